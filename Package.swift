@@ -1,0 +1,73 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Shoal",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "shoal", targets: ["shoal"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        // Wire codec, SCRAM and MD5 math. No sockets.
+        .target(
+            name: "PostgresWire",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        // pgbouncer.ini and userlist.txt, read the way PgBouncer reads them.
+        .target(name: "Configuration"),
+        // Pure pooling logic: protocol trackers, pools, parameter cache. No Channel, no clock reads.
+        .target(
+            name: "Pooling",
+            dependencies: [
+                "PostgresWire", "Configuration",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // Thin NIO glue: listeners, handlers, connectors.
+        .target(
+            name: "ProxyServer",
+            dependencies: [
+                "PostgresWire", "Configuration", "Pooling",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            // Channel handlers cross EventLoops through execute {}; their thread confinement is by design
+            // (documented where it happens), which Swift 6's checker cannot see.
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .executableTarget(
+            name: "shoal",
+            dependencies: [
+                "ProxyServer", "Configuration",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        // libpq, for the integration tests (and the load harness).
+        .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        .testTarget(name: "PostgresWireTests", dependencies: ["PostgresWire"]),
+        .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
+        .testTarget(name: "PoolingTests", dependencies: ["Pooling"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["CLibPQ", "ProxyServer", "Configuration", "PostgresWire"],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+    ]
+)

@@ -1,0 +1,177 @@
+/// Builds a `ShoalConfig` from pgbouncer.ini the way PgBouncer reads it: the last value of a repeated key wins,
+/// a bad value stops the load with file, line and key; a PgBouncer key Shoal does not act on yet is a warning.
+public struct ConfigLoader {
+    public var reader: IniReader
+
+    public init(reader: IniReader = IniReader()) { self.reader = reader }
+
+    public struct Result: Sendable {
+        public var config: ShoalConfig
+        public var warnings: [ConfigDiagnostic]
+    }
+
+    public func load(path: String) throws(ConfigDiagnostic) -> Result {
+        let entries = try reader.read(path: path)
+        var config = ShoalConfig()
+        config.configFile = path
+        var warnings: [ConfigDiagnostic] = []
+        var sawMain = false
+        for entry in entries {
+            switch entry.section {
+            case "pgbouncer":
+                sawMain = true
+                try Self.apply(entry, to: &config, warnings: &warnings)
+            case "databases":
+                guard entry.key != "pgbouncer" else {
+                    throw ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key, "database name \"pgbouncer\" is reserved")
+                }
+                do {
+                    var database = try DatabaseEntry.parse(name: entry.key, value: entry.value)
+                    database.file = entry.file
+                    database.line = entry.line
+                    config.databases[entry.key] = database
+                } catch {
+                    throw ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key, error.message)
+                }
+            case "users":
+                do {
+                    config.users[entry.key] = try UserEntry.parse(name: entry.key, value: entry.value)
+                } catch {
+                    throw ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key, error.message)
+                }
+            case "peers":
+                warnings.append(ConfigDiagnostic(.warning, file: entry.file, line: entry.line, key: entry.key, "[peers] is not supported by Shoal yet; entry ignored"))
+            default:
+                throw ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key, "key outside of any section")
+            }
+        }
+        guard sawMain else {
+            throw ConfigDiagnostic(.error, file: path, line: 0, "load_init_file: main section missing from config file")
+        }
+        return Result(config: config, warnings: warnings)
+    }
+
+    // MARK: [pgbouncer] keys
+
+    private enum Kind {
+        case int(WritableKeyPath<ShoalConfig, Int>)
+        case bool(WritableKeyPath<ShoalConfig, Bool>)
+        case seconds(WritableKeyPath<ShoalConfig, Double>)
+        case string(WritableKeyPath<ShoalConfig, String>)
+        case optionalString(WritableKeyPath<ShoalConfig, String?>)
+        case list(WritableKeyPath<ShoalConfig, [String]>)
+        case poolMode
+        case authType
+        case sslmode(WritableKeyPath<ShoalConfig, String>)
+        /// A PgBouncer key that Shoal accepts but does not act on yet.
+        case unsupported
+    }
+
+    // Immutable after initialisation; key paths are not Sendable, hence the annotation.
+    nonisolated(unsafe) private static let keys: [String: Kind] = [
+        "listen_addr": .list(\.listenAddr), "listen_port": .int(\.listenPort), "unix_socket_dir": .string(\.unixSocketDir),
+        "listen_backlog": .int(\.listenBacklog),
+        "auth_type": .authType, "auth_file": .optionalString(\.authFile), "auth_user": .optionalString(\.authUser),
+        "auth_query": .string(\.authQuery), "auth_dbname": .optionalString(\.authDbname),
+        "admin_users": .list(\.adminUsers), "stats_users": .list(\.statsUsers),
+        "pool_mode": .poolMode, "max_client_conn": .int(\.maxClientConn), "default_pool_size": .int(\.defaultPoolSize),
+        "min_pool_size": .int(\.minPoolSize), "reserve_pool_size": .int(\.reservePoolSize),
+        "reserve_pool_timeout": .seconds(\.reservePoolTimeout), "max_db_connections": .int(\.maxDbConnections),
+        "max_user_connections": .int(\.maxUserConnections), "max_db_client_connections": .int(\.maxDbClientConnections),
+        "max_user_client_connections": .int(\.maxUserClientConnections),
+        "server_reset_query": .string(\.serverResetQuery), "server_reset_query_always": .bool(\.serverResetQueryAlways),
+        "server_check_query": .string(\.serverCheckQuery), "server_check_delay": .seconds(\.serverCheckDelay),
+        "server_lifetime": .seconds(\.serverLifetime), "server_idle_timeout": .seconds(\.serverIdleTimeout),
+        "server_connect_timeout": .seconds(\.serverConnectTimeout), "server_login_retry": .seconds(\.serverLoginRetry),
+        "server_round_robin": .bool(\.serverRoundRobin),
+        "client_login_timeout": .seconds(\.clientLoginTimeout), "query_timeout": .seconds(\.queryTimeout),
+        "query_wait_timeout": .seconds(\.queryWaitTimeout), "client_idle_timeout": .seconds(\.clientIdleTimeout),
+        "idle_transaction_timeout": .seconds(\.idleTransactionTimeout),
+        "ignore_startup_parameters": .list(\.ignoreStartupParameters),
+        "track_extra_parameters": .list(\.trackExtraParameters),
+        "max_packet_size": .int(\.maxPacketSize), "application_name_add_host": .bool(\.applicationNameAddHost),
+        "cancel_wait_timeout": .seconds(\.cancelWaitTimeout),
+        "tcp_keepalive": .bool(\.tcpKeepalive), "tcp_keepidle": .int(\.tcpKeepidle), "tcp_keepintvl": .int(\.tcpKeepintvl),
+        "tcp_keepcnt": .int(\.tcpKeepcnt),
+        "logfile": .optionalString(\.logfile), "pidfile": .optionalString(\.pidfile),
+        "log_connections": .bool(\.logConnections), "log_disconnections": .bool(\.logDisconnections),
+        "log_pooler_errors": .bool(\.logPoolerErrors), "log_stats": .bool(\.logStats), "stats_period": .int(\.statsPeriod),
+        "verbose": .int(\.verbose),
+        "server_tls_sslmode": .sslmode(\.serverTLSSSLMode), "client_tls_sslmode": .sslmode(\.clientTLSSSLMode),
+        // Known to PgBouncer, accepted, not acted on yet.
+        "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported, "client_tls_ca_file": .unsupported,
+        "client_tls_cert_file": .unsupported, "client_tls_ciphers": .unsupported, "client_tls_dheparams": .unsupported,
+        "client_tls_ecdhcurve": .unsupported, "client_tls_key_file": .unsupported, "client_tls_protocols": .unsupported,
+        "conffile": .unsupported, "disable_pqexec": .unsupported, "dns_max_ttl": .unsupported, "dns_nxdomain_ttl": .unsupported,
+        "dns_zone_check_period": .unsupported, "job_name": .unsupported, "login_notify_message": .unsupported,
+        "max_prepared_statements": .unsupported, "peer_id": .unsupported, "pkt_buf": .unsupported,
+        "pool_idle_timeout": .unsupported, "query_wait_notify": .unsupported, "resolv_conf": .unsupported,
+        "sbuf_loopcnt": .unsupported, "scram_iterations": .unsupported, "server_fast_close": .unsupported,
+        "server_tls13_ciphers": .unsupported, "server_tls_ca_file": .unsupported, "server_tls_cert_file": .unsupported,
+        "server_tls_ciphers": .unsupported, "server_tls_key_file": .unsupported, "server_tls_protocols": .unsupported,
+        "so_reuseport": .unsupported, "stats_users_prefix": .unsupported, "suspend_timeout": .unsupported,
+        "syslog": .unsupported, "syslog_facility": .unsupported, "syslog_ident": .unsupported,
+        "tcp_defer_accept": .unsupported, "tcp_socket_buffer": .unsupported, "tcp_user_timeout": .unsupported,
+        "transaction_timeout": .unsupported, "unix_socket_group": .unsupported, "unix_socket_mode": .unsupported,
+        "user": .unsupported, "auth_hba_file": .unsupported, "auth_ident_file": .unsupported, "auth_ldap_options": .unsupported,
+    ]
+
+    static func apply(_ entry: IniEntry, to config: inout ShoalConfig, warnings: inout [ConfigDiagnostic]) throws(ConfigDiagnostic) {
+        func bad(_ expected: String) -> ConfigDiagnostic {
+            ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key, "invalid value \"\(entry.value)\" for parameter \(entry.key): expected \(expected)")
+        }
+        guard let kind = keys[entry.key] else {
+            throw ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key, "unknown parameter: pgbouncer/\(entry.key)")
+        }
+        let value = entry.value
+        switch kind {
+        case .int(let path):
+            guard let number = parseInteger(value) else { throw bad("an integer") }
+            config[keyPath: path] = number
+        case .bool(let path):
+            // PgBouncer takes integers only: 0 is false, anything else true.
+            guard let number = parseInteger(value) else { throw bad("0 or 1") }
+            config[keyPath: path] = number != 0
+        case .seconds(let path):
+            guard let seconds = Double(value), seconds >= 0, seconds.isFinite else { throw bad("a number of seconds") }
+            config[keyPath: path] = seconds
+        case .string(let path):
+            config[keyPath: path] = value
+        case .optionalString(let path):
+            config[keyPath: path] = value.isEmpty ? nil : value
+        case .list(let path):
+            config[keyPath: path] = value.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\t" }).map(String.init)
+        case .poolMode:
+            guard let mode = PoolMode(rawValue: value.lowercased()) else { throw bad("session, transaction or statement") }
+            config.poolMode = mode
+        case .authType:
+            guard let type = AuthType(rawValue: value.lowercased()) else {
+                throw bad("any, trust, plain, md5, cert, hba or scram-sha-256")
+            }
+            config.authType = type
+        case .sslmode(let path):
+            let modes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+            guard modes.contains(value.lowercased()) else { throw bad(modes.joined(separator: ", ")) }
+            config[keyPath: path] = value.lowercased()
+        case .unsupported:
+            warnings.append(ConfigDiagnostic(.warning, file: entry.file, line: entry.line, key: entry.key, "parameter \(entry.key) is not supported by Shoal yet; ignored"))
+        }
+    }
+
+    /// strtol(…, 0): decimal, 0x hex, leading-0 octal.
+    static func parseInteger(_ text: String) -> Int? {
+        var text = Substring(text)
+        var negative = false
+        if text.first == "-" { negative = true; text = text.dropFirst() } else if text.first == "+" { text = text.dropFirst() }
+        let value: Int?
+        if text.hasPrefix("0x") || text.hasPrefix("0X") {
+            value = Int(text.dropFirst(2), radix: 16)
+        } else if text.count > 1 && text.hasPrefix("0") {
+            value = Int(text.dropFirst(), radix: 8)
+        } else {
+            value = Int(text)
+        }
+        guard let value else { return nil }
+        return negative ? -value : value
+    }
+}

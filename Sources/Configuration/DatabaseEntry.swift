@@ -1,0 +1,129 @@
+/// One `[databases]` line.
+public struct DatabaseEntry: Sendable, Equatable {
+    public var name: String
+    /// Hosts in order. Empty means the Unix socket directory of the pooler (PgBouncer's default).
+    public var hosts: [String] = []
+    public var ports: [Int] = [5432]
+    public var dbname: String?
+    public var user: String?
+    public var password: String?
+    public var authUser: String?
+    public var authQuery: String?
+    public var authDbname: String?
+    public var poolSize: Int?
+    public var minPoolSize: Int?
+    public var reservePoolSize: Int?
+    public var maxDbConnections: Int?
+    public var maxDbClientConnections: Int?
+    public var serverLifetime: Double?
+    public var poolMode: PoolMode?
+    public var queryWaitTimeout: Double?
+    public var connectQuery: String?
+    public var loadBalanceHosts: String?
+    /// client_encoding, datestyle, timezone, application_name: added to the server's startup packet.
+    public var startupParameters: [(String, String)] = []
+    public var file: String = ""
+    public var line: Int = 0
+
+    public init(name: String) { self.name = name }
+
+    public static func == (a: DatabaseEntry, b: DatabaseEntry) -> Bool {
+        a.name == b.name && a.hosts == b.hosts && a.ports == b.ports && a.dbname == b.dbname && a.user == b.user
+            && a.password == b.password && a.poolSize == b.poolSize && a.poolMode == b.poolMode
+            && a.startupParameters.map { "\($0)=\($1)" } == b.startupParameters.map { "\($0)=\($1)" }
+            && a.minPoolSize == b.minPoolSize && a.reservePoolSize == b.reservePoolSize && a.maxDbConnections == b.maxDbConnections
+            && a.connectQuery == b.connectQuery && a.authUser == b.authUser && a.authQuery == b.authQuery
+    }
+
+    static let knownKeys: Set<String> = [
+        "host", "port", "dbname", "user", "password", "auth_user", "auth_query", "auth_dbname", "pool_size",
+        "min_pool_size", "reserve_pool_size", "reserve_pool", "max_db_connections", "max_db_client_connections",
+        "server_lifetime", "pool_mode", "query_wait_timeout", "connect_query", "load_balance_hosts",
+        "client_encoding", "datestyle", "timezone", "application_name",
+    ]
+
+    /// Parses the connection string; errors carry PgBouncer's wording.
+    public static func parse(name: String, value: String) throws(ConnectionString.SyntaxError) -> DatabaseEntry {
+        var entry = DatabaseEntry(name: name)
+        for (key, value) in try ConnectionString.parse(value) {
+            func int() throws(ConnectionString.SyntaxError) -> Int {
+                guard let number = Int(value) else { throw .init(message: "invalid value \"\(value)\" for \(key): expected an integer") }
+                return number
+            }
+            switch key {
+            case "host": entry.hosts = value.split(separator: ",").map(String.init)
+            case "port":
+                var ports: [Int] = []
+                for part in value.split(separator: ",") {
+                    guard let port = Int(part), port > 0, port < 65536 else { throw .init(message: "invalid port: \(value)") }
+                    ports.append(port)
+                }
+                entry.ports = ports
+            case "dbname": entry.dbname = value
+            case "user": entry.user = value
+            case "password": entry.password = value
+            case "auth_user": entry.authUser = value
+            case "auth_query": entry.authQuery = value
+            case "auth_dbname": entry.authDbname = value
+            case "pool_size": let n = try int(); entry.poolSize = n < 0 ? nil : n
+            case "min_pool_size": let n = try int(); entry.minPoolSize = n < 0 ? nil : n
+            case "reserve_pool_size", "reserve_pool": let n = try int(); entry.reservePoolSize = n < 0 ? nil : n
+            case "max_db_connections": let n = try int(); entry.maxDbConnections = n <= 0 ? nil : n
+            case "max_db_client_connections": let n = try int(); entry.maxDbClientConnections = n <= 0 ? nil : n
+            case "server_lifetime": let n = try int(); entry.serverLifetime = n <= 0 ? nil : Double(n)
+            case "query_wait_timeout": entry.queryWaitTimeout = Double(try int())
+            case "pool_mode":
+                guard let mode = PoolMode(rawValue: value.lowercased()) else { throw .init(message: "invalid pool mode: \(value)") }
+                entry.poolMode = mode
+            case "connect_query": entry.connectQuery = value
+            case "load_balance_hosts": entry.loadBalanceHosts = value.lowercased()
+            case "client_encoding", "datestyle", "timezone", "application_name":
+                entry.startupParameters.append((key, value))
+            default:
+                throw .init(message: "unrecognized connection parameter: \(key)")
+            }
+        }
+        return entry
+    }
+}
+
+/// One `[users]` line.
+public struct UserEntry: Sendable, Equatable {
+    public var name: String
+    public var poolMode: PoolMode?
+    public var poolSize: Int?
+    public var reservePoolSize: Int?
+    public var maxUserConnections: Int?
+    public var maxUserClientConnections: Int?
+    public var queryTimeout: Double?
+    public var queryWaitTimeout: Double?
+    public var idleTransactionTimeout: Double?
+    public var clientIdleTimeout: Double?
+
+    public init(name: String) { self.name = name }
+
+    public static func parse(name: String, value: String) throws(ConnectionString.SyntaxError) -> UserEntry {
+        var entry = UserEntry(name: name)
+        for (key, value) in try ConnectionString.parse(value) {
+            func int() throws(ConnectionString.SyntaxError) -> Int {
+                guard let number = Int(value) else { throw .init(message: "invalid value \"\(value)\" for \(key): expected an integer") }
+                return number
+            }
+            switch key {
+            case "pool_mode":
+                guard let mode = PoolMode(rawValue: value.lowercased()) else { throw .init(message: "invalid pool mode: \(value)") }
+                entry.poolMode = mode
+            case "pool_size": let n = try int(); entry.poolSize = n < 0 ? nil : n
+            case "reserve_pool_size": let n = try int(); entry.reservePoolSize = n < 0 ? nil : n
+            case "max_user_connections": let n = try int(); entry.maxUserConnections = n <= 0 ? nil : n
+            case "max_user_client_connections": let n = try int(); entry.maxUserClientConnections = n <= 0 ? nil : n
+            case "query_timeout": let n = try int(); entry.queryTimeout = n <= 0 ? nil : Double(n)
+            case "query_wait_timeout": let n = try int(); entry.queryWaitTimeout = n <= 0 ? nil : Double(n)
+            case "idle_transaction_timeout": let n = try int(); entry.idleTransactionTimeout = n <= 0 ? nil : Double(n)
+            case "client_idle_timeout": let n = try int(); entry.clientIdleTimeout = n <= 0 ? nil : Double(n)
+            default: throw .init(message: "unrecognized user parameter: \(key)")
+            }
+        }
+        return entry
+    }
+}

@@ -1,0 +1,83 @@
+/// An immutable snapshot of the whole configuration. A reload builds a new one and swaps it in.
+public struct ShoalConfig: Sendable {
+    // MARK: Listeners
+    public var listenAddr: [String] = []
+    public var listenPort = 6432
+    public var unixSocketDir = "/tmp"
+    public var listenBacklog = 128
+
+    // MARK: Authentication
+    public var authType: AuthType = .md5
+    public var authFile: String?
+    public var authUser: String?
+    public var authQuery = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
+    public var authDbname: String?
+    public var adminUsers: [String] = []
+    public var statsUsers: [String] = []
+
+    // MARK: Pooling
+    public var poolMode: PoolMode = .session
+    public var maxClientConn = 100
+    public var defaultPoolSize = 20
+    public var minPoolSize = 0
+    public var reservePoolSize = 0
+    public var reservePoolTimeout = 5.0
+    public var maxDbConnections = 0
+    public var maxUserConnections = 0
+    public var maxDbClientConnections = 0
+    public var maxUserClientConnections = 0
+    public var serverResetQuery = "DISCARD ALL"
+    public var serverResetQueryAlways = false
+    public var serverCheckQuery = "<empty>"
+    public var serverCheckDelay = 30.0
+    public var serverLifetime = 3600.0
+    public var serverIdleTimeout = 600.0
+    public var serverConnectTimeout = 15.0
+    public var serverLoginRetry = 15.0
+    public var serverRoundRobin = false
+    public var clientLoginTimeout = 60.0
+    public var queryTimeout = 0.0
+    public var queryWaitTimeout = 120.0
+    public var clientIdleTimeout = 0.0
+    public var idleTransactionTimeout = 0.0
+    public var ignoreStartupParameters: [String] = []
+    public var trackExtraParameters: [String] = ["IntervalStyle"]
+    public var maxPacketSize = 2_147_483_647
+    public var applicationNameAddHost = false
+    public var cancelWaitTimeout = 10.0
+
+    // MARK: TCP
+    public var tcpKeepalive = true
+    public var tcpKeepidle = 0
+    public var tcpKeepintvl = 0
+    public var tcpKeepcnt = 0
+
+    // MARK: Process and logging
+    public var logfile: String?
+    public var pidfile: String?
+    public var logConnections = true
+    public var logDisconnections = true
+    public var logPoolerErrors = true
+    public var logStats = true
+    public var statsPeriod = 60
+    public var verbose = 0
+    public var serverTLSSSLMode = "prefer"
+    public var clientTLSSSLMode = "disable"
+
+    // MARK: Sections
+    public var databases: [String: DatabaseEntry] = [:]
+    public var users: [String: UserEntry] = [:]
+    /// The file this snapshot was read from; a reload reads it again.
+    public var configFile = ""
+
+    public init() {}
+
+    /// The database entry for a client's database name, from the `*` fallback when not listed.
+    public func database(named name: String) -> DatabaseEntry? {
+        if let entry = databases[name] { return entry }
+        guard var fallback = databases["*"] else { return nil }
+        fallback.name = name
+        if fallback.dbname == nil { fallback.dbname = name }
+        return fallback
+    }
+}

@@ -1,0 +1,145 @@
+import Configuration
+import Foundation
+import NIOCore
+import PostgresWire
+
+/// Authenticates one client against the secret Shoal holds for its user, with PgBouncer's semantics:
+/// `md5` switches to SCRAM for users with SCRAM secrets; SCRAM with an md5 secret fails; an empty secret never passes.
+public struct ClientAuthMachine {
+    public enum Action {
+        /// Send this request and wait for the client's answer.
+        case send(ByteBuffer)
+        /// Authenticated. `saslFinal` must reach the client before AuthenticationOk. `scramKeys` is set after a
+        /// SCRAM login, for pass-through logins to the server.
+        case authenticated(saslFinal: ByteBuffer?, scramKeys: (clientKey: [UInt8], serverKey: [UInt8])?, cleartextPassword: String?)
+        /// Refused with this message (SQLSTATE 28P01 for a wrong password, 08P01 otherwise).
+        case fail(message: String, code: String)
+    }
+
+    enum Method {
+        case trust
+        case cleartext
+        case md5(salt: [UInt8])
+        case scramStart(SCRAM.Verifier)
+        case scramContinue(SCRAMServerExchange)
+        case done
+    }
+
+    private let user: String
+    /// nil: the user is unknown; PgBouncer still runs the exchange (mock auth) and then fails.
+    private let secret: String?
+    private var method: Method
+
+    public init(authType: AuthType, user: String, secret: String?, scramIterations: Int = SCRAM.defaultIterations,
+                verifierCache: ((String) -> SCRAM.Verifier)? = nil) {
+        self.user = user
+        self.secret = secret
+        let storedVerifier = secret.flatMap(SCRAM.Verifier.init(parsing:))
+        switch authType {
+        case .any, .trust:
+            method = .trust
+        case .plain:
+            method = .cleartext
+        case .md5 where storedVerifier == nil:
+            var generator = SystemRandomNumberGenerator()
+            method = .md5(salt: (0..<4).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        case .md5, .scramSHA256, .cert, .hba:
+            if let storedVerifier {
+                method = .scramStart(storedVerifier)
+            } else if let secret, !MD5Password.isStoredHash(secret), !secret.isEmpty {
+                method = .scramStart(verifierCache?(secret) ?? SCRAM.Verifier(password: secret, salt: Self.randomSalt(), iterations: scramIterations))
+            } else {
+                // Unknown user or an md5 secret: run the exchange against a throwaway verifier so the failure looks alike.
+                method = .scramStart(SCRAM.Verifier(iterations: scramIterations, salt: Self.randomSalt(), storedKey: Array(repeating: 0, count: 32), serverKey: Array(repeating: 0, count: 32)))
+            }
+        }
+    }
+
+    static func randomSalt() -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+
+    public mutating func start() -> Action {
+        var out = ByteBuffer()
+        switch method {
+        case .trust:
+            method = .done
+            return .authenticated(saslFinal: nil, scramKeys: nil, cleartextPassword: nil)
+        case .cleartext:
+            out.writeAuthenticationCleartextPassword()
+        case .md5(let salt):
+            out.writeAuthenticationMD5Password(salt: salt)
+        case .scramStart:
+            out.writeAuthenticationSASL(mechanisms: [SCRAM.mechanism])
+        case .scramContinue, .done:
+            preconditionFailure("Invalid state: start() called twice")
+        }
+        return .send(out)
+    }
+
+    /// The body of a 'p' message from the client.
+    public mutating func passwordMessageReceived(_ body: ByteBuffer) -> Action {
+        var body = body
+        switch method {
+        case .cleartext:
+            guard let password = body.readNullTerminatedString() else { return .fail(message: "broken password packet", code: "08P01") }
+            if password.isEmpty { return .fail(message: "empty password returned by client", code: "08P01") }
+            method = .done
+            guard let secret, !secret.isEmpty else { return passwordFailed() }
+            let matches: Bool
+            if let verifier = SCRAM.Verifier(parsing: secret) {
+                let derived = SCRAM.Verifier(password: password, salt: verifier.salt, iterations: verifier.iterations)
+                matches = derived.storedKey == verifier.storedKey
+            } else if MD5Password.isStoredHash(secret) {
+                matches = MD5Password.storedHash(user: user, password: password) == secret
+            } else {
+                matches = password == secret
+            }
+            return matches ? .authenticated(saslFinal: nil, scramKeys: nil, cleartextPassword: password) : passwordFailed()
+        case .md5(let salt):
+            guard let answer = body.readNullTerminatedString() else { return .fail(message: "broken password packet", code: "08P01") }
+            if answer.isEmpty { return .fail(message: "empty password returned by client", code: "08P01") }
+            method = .done
+            guard let secret, !secret.isEmpty else { return passwordFailed() }
+            let stored = MD5Password.isStoredHash(secret) ? secret : MD5Password.storedHash(user: user, password: secret)
+            return answer == MD5Password.response(storedHash: stored, salt: salt) ? .authenticated(saslFinal: nil, scramKeys: nil, cleartextPassword: nil) : passwordFailed()
+        case .scramStart(let verifier):
+            guard let mechanism = body.readNullTerminatedString(), let length = body.readInteger(as: Int32.self) else {
+                return .fail(message: "broken SASL packet", code: "08P01")
+            }
+            guard mechanism == SCRAM.mechanism else {
+                return .fail(message: "client selected an invalid SASL authentication mechanism", code: "08P01")
+            }
+            guard length >= 0, let data = body.readBytes(length: Int(length)) else { return .fail(message: "broken SASL packet", code: "08P01") }
+            var exchange = SCRAMServerExchange(verifier: verifier)
+            do {
+                let serverFirst = try exchange.receiveClientFirst(data)
+                method = .scramContinue(exchange)
+                var out = ByteBuffer()
+                out.writeAuthenticationSASLContinue(serverFirst)
+                return .send(out)
+            } catch {
+                return saslFailed()
+            }
+        case .scramContinue(var exchange):
+            method = .done
+            let data = body.readBytes(length: body.readableBytes) ?? []
+            guard let secret, !secret.isEmpty, !MD5Password.isStoredHash(secret) else { return saslFailed() }
+            do {
+                let serverFinal = try exchange.receiveClientFinal(data)
+                var out = ByteBuffer()
+                out.writeAuthenticationSASLFinal(serverFinal)
+                let keys = exchange.clientKey.map { (clientKey: $0, serverKey: exchange.verifier.serverKey) }
+                return .authenticated(saslFinal: out, scramKeys: keys, cleartextPassword: nil)
+            } catch {
+                return saslFailed()
+            }
+        case .trust, .done:
+            return .fail(message: "client password pkt before startup packet", code: "08P01")
+        }
+    }
+
+    private func passwordFailed() -> Action { .fail(message: "password authentication failed", code: "28P01") }
+    private func saslFailed() -> Action { .fail(message: "SASL authentication failed", code: "28P01") }
+}

@@ -1,0 +1,49 @@
+import Foundation
+
+/// The tracked run-time parameters (PgBouncer's varcache): those a client expects to keep whichever server
+/// connection it lands on. Names compare case-insensitively; values compare case-insensitively too, as PgBouncer does.
+public struct ParameterSet: Sendable, Equatable {
+    /// lower-cased name → (name as PostgreSQL reports it, value)
+    public private(set) var values: [String: (name: String, value: String)] = [:]
+
+    public static let alwaysTracked = ["client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name"]
+
+    public init() {}
+
+    public static func == (a: ParameterSet, b: ParameterSet) -> Bool {
+        a.values.count == b.values.count && a.values.allSatisfy { key, entry in b.values[key]?.value == entry.value }
+    }
+
+    public subscript(name: String) -> String? {
+        values[name.lowercased()]?.value
+    }
+
+    public mutating func set(_ name: String, _ value: String) {
+        let key = name.lowercased()
+        // Keep PostgreSQL's own spelling of the name once we have seen it.
+        let spelled = values[key]?.name ?? name
+        values[key] = (spelled, value)
+    }
+
+    /// The statement that moves a server whose parameters are `server` to this set's values, or nil if none differ.
+    /// Values whose quoted form is over 128 bytes are skipped, like PgBouncer.
+    public func setStatement(from server: ParameterSet) -> String? {
+        var sql = ""
+        for key in values.keys.sorted() {
+            let wanted = values[key]!
+            if let current = server.values[key], current.value.lowercased() == wanted.value.lowercased() { continue }
+            let literal = Self.quoteLiteral(wanted.value)
+            if literal.utf8.count > 128 { continue }
+            sql += "SET \(wanted.name)=\(literal);"
+        }
+        return sql.isEmpty ? nil : sql
+    }
+
+    static func quoteLiteral(_ value: String) -> String {
+        if value.contains("\\") {
+            return "E'" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "''") + "'"
+        }
+        return "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
+    }
+}
+

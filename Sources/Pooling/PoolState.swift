@@ -1,0 +1,250 @@
+/// The pure state of one pool: which servers are idle, how many are lent out or being dialed, and who waits.
+///
+/// The glue runs it under a lock (a lease and a release per transaction, never per message) and performs the
+/// actions it returns outside the lock. Servers and waiters are opaque references; `loop` is the index of the
+/// EventLoop a server lives on, so a lease can prefer a server on the client's own loop and avoid a thread hop
+/// per message. Time is passed in (`now`, nanoseconds of a monotonic clock) so tests drive it.
+public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
+    public struct IdleServer {
+        public var server: Server
+        public var loop: Int
+        public var createdAt: UInt64
+        public var idleSince: UInt64
+    }
+
+    struct WaitingClient {
+        var waiter: Waiter
+        var loop: Int
+        var since: UInt64
+    }
+
+    public var settings: PoolSettings
+    public private(set) var idle: [IdleServer] = []
+    public private(set) var activeCount = 0
+    public private(set) var connectingCount = 0
+    private var waiters: [WaitingClient] = []
+    private var waiterHead = 0
+    /// The last failed server login, answered to new clients for server_login_retry while no server is up.
+    public private(set) var loginFailure: (at: UInt64, message: String, code: String)? = nil
+
+    public init(settings: PoolSettings) {
+        self.settings = settings
+    }
+
+    public var waitingCount: Int { waiters.count - waiterHead }
+    public var totalServers: Int { idle.count + activeCount + connectingCount }
+
+    /// Nanoseconds the oldest waiter has waited.
+    public func longestWait(now: UInt64) -> UInt64 {
+        guard waiterHead < waiters.count else { return 0 }
+        return now &- waiters[waiterHead].since
+    }
+
+    // MARK: Actions
+
+    public enum LeaseAction {
+        /// Link the client to this server now.
+        case use(Server)
+        /// The client was queued and a new server should be dialed on `loop`; it goes to the first waiter.
+        case connectAndWait(loop: Int)
+        /// The client was queued; a server will be handed over on release.
+        case wait
+        /// Server logins have been failing recently; answer the client with this error.
+        case fail(message: String, code: String)
+    }
+
+    public enum ReleaseAction {
+        /// Give this server to this waiter (it may live on another loop).
+        case handOver(Server, to: Waiter)
+        /// The server is parked idle.
+        case parked
+        /// Close the server; if `connectFor` is set, dial a replacement on that loop for the waiters.
+        case close(Server, connectFor: Int?)
+    }
+
+    public enum ConnectedAction {
+        case handOver(Server, to: Waiter)
+        case parked
+    }
+
+    // MARK: Events
+
+    public mutating func leaseRequested(by waiter: Waiter, loop: Int, now: UInt64) -> LeaseAction {
+        if waiterHead == waiters.count {
+            // Nobody queued ahead: an idle server, preferably on this loop.
+            if let index = idle.lastIndex(where: { $0.loop == loop }) {
+                return .use(takeIdle(at: index))
+            }
+            if totalServers < settings.poolSize {
+                if let failure = loginFailure, now &- failure.at < seconds(settings.serverLoginRetry), activeCount == 0, idle.isEmpty {
+                    return .fail(message: "server login has been failing, cached error: \(failure.message) (server_login_retry)", code: "08P01")
+                }
+                enqueue(waiter, loop: loop, now: now)
+                connectingCount += 1
+                return .connectAndWait(loop: loop)
+            }
+            if !idle.isEmpty {
+                // The pool is full and the only idle servers live on other loops: use one rather than wait.
+                return .use(takeIdle(at: settings.serverRoundRobin ? 0 : idle.count - 1))
+            }
+        }
+        enqueue(waiter, loop: loop, now: now)
+        if totalServers < settings.poolSize && connectingCount < waitingCount {
+            connectingCount += 1
+            return .connectAndWait(loop: loop)
+        }
+        return .wait
+    }
+
+    /// A client is done with its server. `reusable` is false when the server's state is unknown or dirty.
+    public mutating func released(_ server: Server, loop: Int, createdAt: UInt64, reusable: Bool, now: UInt64) -> ReleaseAction {
+        activeCount -= 1
+        let expired = settings.serverLifetime > 0 && now &- createdAt >= seconds(settings.serverLifetime)
+        if !reusable || expired || totalServers >= settings.poolSize + settings.reservePoolSize + 1 {
+            var connectFor: Int? = nil
+            if let next = peekWaiter(), totalServers < settings.poolSize {
+                connectingCount += 1
+                connectFor = next.loop
+            }
+            return .close(server, connectFor: connectFor)
+        }
+        if let next = dequeueWaiter() {
+            activeCount += 1
+            return .handOver(server, to: next.waiter)
+        }
+        idle.append(IdleServer(server: server, loop: loop, createdAt: createdAt, idleSince: now))
+        return .parked
+    }
+
+    public mutating func connected(_ server: Server, loop: Int, now: UInt64) -> ConnectedAction {
+        connectingCount -= 1
+        loginFailure = nil
+        if let next = dequeueWaiter() {
+            activeCount += 1
+            return .handOver(server, to: next.waiter)
+        }
+        idle.append(IdleServer(server: server, loop: loop, createdAt: now, idleSince: now))
+        return .parked
+    }
+
+    /// A dial or login failed. Returns the waiters that should get the error: all of them when no server is
+    /// up or coming that could serve them (PgBouncer does the same).
+    public mutating func connectFailed(message: String, code: String, now: UInt64) -> [Waiter] {
+        connectingCount -= 1
+        loginFailure = (now, message, code)
+        guard activeCount == 0, idle.isEmpty, connectingCount == 0 else { return [] }
+        return drainWaiters()
+    }
+
+    /// An idle server died or was closed by the janitor.
+    public mutating func idleServerClosed(_ server: Server) {
+        idle.removeAll { $0.server === server }
+    }
+
+    /// A server that was lent out closed without being released. Returns a loop to dial a replacement on if
+    /// clients are waiting.
+    public mutating func activeServerClosed() -> Int? {
+        activeCount -= 1
+        if let next = peekWaiter(), totalServers < settings.poolSize, connectingCount < waitingCount {
+            connectingCount += 1
+            return next.loop
+        }
+        return nil
+    }
+
+    /// A waiting client went away (disconnect, timeout, cancel).
+    @discardableResult
+    public mutating func waiterLeft(_ waiter: Waiter) -> Bool {
+        guard let index = waiters[waiterHead...].firstIndex(where: { $0.waiter === waiter }) else { return false }
+        waiters.remove(at: index)
+        return true
+    }
+
+    public struct Maintenance {
+        /// Waiters queued longer than query_wait_timeout.
+        public var timedOut: [Waiter] = []
+        /// Idle servers past server_idle_timeout or server_lifetime.
+        public var close: [Server] = []
+        /// Loops to dial new servers on (min_pool_size, reserve pool).
+        public var connect: [Int] = []
+        /// Idle servers unused for server_check_delay (candidates for server_check_query).
+        public var check: [Server] = []
+    }
+
+    /// The janitor's periodic look.
+    public mutating func maintain(now: UInt64) -> Maintenance {
+        var result = Maintenance()
+        if settings.queryWaitTimeout > 0 {
+            let limit = seconds(settings.queryWaitTimeout)
+            while let first = peekWaiter(), now &- first.since >= limit {
+                result.timedOut.append(dequeueWaiter()!.waiter)
+            }
+        }
+        // Reserve pool: the oldest waiter has waited past reserve_pool_timeout.
+        if let first = peekWaiter(), settings.reservePoolSize > 0,
+           now &- first.since >= seconds(settings.reservePoolTimeout),
+           totalServers < settings.poolSize + settings.reservePoolSize, connectingCount < waitingCount {
+            connectingCount += 1
+            result.connect.append(first.loop)
+        }
+        var kept: [IdleServer] = []
+        for entry in idle {
+            let tooOld = settings.serverLifetime > 0 && now &- entry.createdAt >= seconds(settings.serverLifetime)
+            let idleTooLong = settings.serverIdleTimeout > 0 && now &- entry.idleSince >= seconds(settings.serverIdleTimeout)
+                && idle.count - result.close.count + activeCount > settings.minPoolSize
+            if tooOld || idleTooLong {
+                result.close.append(entry.server)
+            } else {
+                kept.append(entry)
+            }
+        }
+        idle = kept
+        while totalServers < settings.minPoolSize {
+            connectingCount += 1
+            result.connect.append(0)
+        }
+        return result
+    }
+
+    /// Everything idle, for RECONNECT, shutdown and reloads that change the server side.
+    public mutating func takeAllIdle() -> [Server] {
+        defer { idle.removeAll() }
+        return idle.map(\.server)
+    }
+
+    public mutating func drainWaiters() -> [Waiter] {
+        defer { waiters.removeAll(); waiterHead = 0 }
+        return waiters[waiterHead...].map(\.waiter)
+    }
+
+    // MARK: Internals
+
+    private mutating func takeIdle(at index: Int) -> Server {
+        let entry = idle.remove(at: index)
+        activeCount += 1
+        return entry.server
+    }
+
+    private mutating func enqueue(_ waiter: Waiter, loop: Int, now: UInt64) {
+        waiters.append(WaitingClient(waiter: waiter, loop: loop, since: now))
+    }
+
+    private func peekWaiter() -> WaitingClient? {
+        waiterHead < waiters.count ? waiters[waiterHead] : nil
+    }
+
+    private mutating func dequeueWaiter() -> WaitingClient? {
+        guard waiterHead < waiters.count else { return nil }
+        let first = waiters[waiterHead]
+        waiterHead += 1
+        if waiterHead > 32 && waiterHead * 2 > waiters.count {
+            waiters.removeFirst(waiterHead)
+            waiterHead = 0
+        }
+        return first
+    }
+
+    private func seconds(_ value: Double) -> UInt64 {
+        UInt64(value * 1_000_000_000)
+    }
+}

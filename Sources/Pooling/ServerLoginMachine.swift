@@ -1,0 +1,124 @@
+import NIOCore
+import PostgresWire
+
+/// Logs Shoal in to a PostgreSQL server: answers its authentication requests and collects what it reports
+/// (ParameterStatus, BackendKeyData) until the first ReadyForQuery.
+public struct ServerLoginMachine {
+    public enum Secret: Sendable {
+        case none
+        case password(String)
+        /// An md5 hash from the auth file (`md5…`): good for md5 servers only.
+        case md5Hash(String)
+        /// ClientKey/ServerKey from a client's SCRAM login (pass-through).
+        case scramKeys(clientKey: [UInt8], serverKey: [UInt8])
+    }
+
+    public enum Action {
+        /// Send these bytes to the server and wait.
+        case send(ByteBuffer)
+        case wait
+        /// Logged in: the server is ready for queries.
+        case ready
+        /// Login failed with this message and SQLSTATE, in PgBouncer's wording where it has one.
+        case fail(message: String, code: String)
+    }
+
+    private let user: String
+    private let secret: Secret
+    private var scram: SCRAMClientExchange?
+    public private(set) var parameters: [(String, String)] = []
+    public private(set) var backendKey: (processID: Int32, secretKey: Int32)? = nil
+
+    public init(user: String, secret: Secret) {
+        self.user = user
+        self.secret = secret
+    }
+
+    public mutating func messageReceived(type: UInt8, body: ByteBuffer) -> Action {
+        var body = body
+        switch type {
+        case BackendMessage.authentication:
+            guard let code = body.readInteger(as: Int32.self) else { return .fail(message: "server login failed: bad packet", code: "08P01") }
+            return authenticationRequested(code: code, body: body)
+        case BackendMessage.parameterStatus:
+            if let name = body.readNullTerminatedString(), let value = body.readNullTerminatedString() {
+                if let index = parameters.firstIndex(where: { $0.0 == name }) {
+                    parameters[index].1 = value
+                } else {
+                    parameters.append((name, value))
+                }
+            }
+            return .wait
+        case BackendMessage.backendKeyData:
+            if let pid = body.readInteger(as: Int32.self), let key = body.readInteger(as: Int32.self) {
+                backendKey = (pid, key)
+            }
+            return .wait
+        case BackendMessage.readyForQuery:
+            return .ready
+        case BackendMessage.errorResponse:
+            let fields = ErrorFields(body: body)
+            return .fail(message: fields.message, code: fields.code)
+        case BackendMessage.noticeResponse, BackendMessage.negotiateProtocolVersion:
+            return .wait
+        default:
+            return .fail(message: "server login failed: unknown pkt", code: "08P01")
+        }
+    }
+
+    private mutating func authenticationRequested(code: Int32, body: ByteBuffer) -> Action {
+        var body = body
+        var out = ByteBuffer()
+        switch code {
+        case 0:
+            return .wait
+        case 3: // cleartext
+            guard case .password(let password) = secret else { return wrongPasswordType() }
+            out.writePasswordMessage(password)
+        case 5: // md5
+            guard let salt = body.readBytes(length: 4) else { return .fail(message: "server login failed: bad packet", code: "08P01") }
+            switch secret {
+            case .password(let password): out.writePasswordMessage(MD5Password.response(user: user, password: password, salt: salt))
+            case .md5Hash(let hash): out.writePasswordMessage(MD5Password.response(storedHash: hash, salt: salt))
+            default: return wrongPasswordType()
+            }
+        case 10: // SASL
+            var mechanisms: [String] = []
+            while let name = body.readNullTerminatedString(), !name.isEmpty { mechanisms.append(name) }
+            guard mechanisms.contains(SCRAM.mechanism) else {
+                return .fail(message: "server login failed: none of the server's SASL authentication mechanisms are supported", code: "08P01")
+            }
+            var exchange: SCRAMClientExchange
+            switch secret {
+            case .password(let password): exchange = SCRAMClientExchange(secret: .password(password))
+            case .scramKeys(let clientKey, let serverKey): exchange = SCRAMClientExchange(secret: .keys(clientKey: clientKey, serverKey: serverKey))
+            default: return wrongPasswordType()
+            }
+            out.writeSASLInitialResponse(mechanism: SCRAM.mechanism, data: exchange.clientFirst())
+            scram = exchange
+        case 11: // SASL continue
+            guard var exchange = scram else { return .fail(message: "server login failed: bad packet", code: "08P01") }
+            do {
+                out.writeSASLResponse(try exchange.receiveServerFirst(body.readBytes(length: body.readableBytes) ?? []))
+            } catch {
+                return .fail(message: "server login failed: invalid server signature", code: "08P01")
+            }
+            scram = exchange
+        case 12: // SASL final
+            guard let exchange = scram else { return .fail(message: "server login failed: bad packet", code: "08P01") }
+            do {
+                try exchange.receiveServerFinal(body.readBytes(length: body.readableBytes) ?? [])
+            } catch {
+                return .fail(message: "server login failed: failed to verify server signature", code: "08P01")
+            }
+            return .wait
+        default:
+            return .fail(message: "server login failed: wrong password type", code: "08P01")
+        }
+        return .send(out)
+    }
+
+    private func wrongPasswordType() -> Action {
+        .fail(message: "server login failed: wrong password type", code: "08P01")
+    }
+}

@@ -1,0 +1,241 @@
+import Crypto
+import _CryptoExtras
+import Foundation
+
+/// SCRAM-SHA-256 as PostgreSQL uses it (RFC 5802 / RFC 7677, no channel binding, username ignored).
+public enum SCRAM {
+    public static let mechanism = "SCRAM-SHA-256"
+    public static let defaultIterations = 4096
+
+    /// A stored verifier: `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
+    public struct Verifier: Sendable, Equatable {
+        public var iterations: Int
+        public var salt: [UInt8]
+        public var storedKey: [UInt8]
+        public var serverKey: [UInt8]
+
+        public init(iterations: Int, salt: [UInt8], storedKey: [UInt8], serverKey: [UInt8]) {
+            self.iterations = iterations
+            self.salt = salt
+            self.storedKey = storedKey
+            self.serverKey = serverKey
+        }
+
+        /// Parses PostgreSQL's text form, or returns nil if `text` is not one.
+        public init?(parsing text: String) {
+            guard text.hasPrefix("SCRAM-SHA-256$") else { return nil }
+            let rest = text.dropFirst("SCRAM-SHA-256$".count)
+            let parts = rest.split(separator: "$", omittingEmptySubsequences: false)
+            guard parts.count == 2 else { return nil }
+            let first = parts[0].split(separator: ":", omittingEmptySubsequences: false)
+            let second = parts[1].split(separator: ":", omittingEmptySubsequences: false)
+            guard first.count == 2, second.count == 2,
+                  let iterations = Int(first[0]), iterations > 0,
+                  let salt = Data(base64Encoded: String(first[1])),
+                  let storedKey = Data(base64Encoded: String(second[0])), storedKey.count == 32,
+                  let serverKey = Data(base64Encoded: String(second[1])), serverKey.count == 32
+            else { return nil }
+            self.init(iterations: iterations, salt: Array(salt), storedKey: Array(storedKey), serverKey: Array(serverKey))
+        }
+
+        /// Derives a verifier from a plaintext password.
+        public init(password: String, salt: [UInt8], iterations: Int) {
+            let salted = SCRAM.saltedPassword(password, salt: salt, iterations: iterations)
+            let clientKey = SCRAM.hmac(key: salted, "Client Key")
+            self.init(
+                iterations: iterations, salt: salt,
+                storedKey: SCRAM.sha256(clientKey),
+                serverKey: SCRAM.hmac(key: salted, "Server Key")
+            )
+        }
+
+        public var text: String {
+            "SCRAM-SHA-256$\(iterations):\(Data(salt).base64EncodedString())$\(Data(storedKey).base64EncodedString()):\(Data(serverKey).base64EncodedString())"
+        }
+    }
+
+    // MARK: Primitives
+
+    public static func saltedPassword(_ password: String, salt: [UInt8], iterations: Int) -> [UInt8] {
+        // PostgreSQL uses SASLprep; for ASCII passwords it is the identity. Non-ASCII passwords are used as UTF-8,
+        // which is also what PostgreSQL falls back to when SASLprep fails.
+        let key = try! KDF.Insecure.PBKDF2.deriveKey(
+            from: Array(password.utf8), salt: salt, using: .sha256, outputByteCount: 32,
+            unsafeUncheckedRounds: iterations
+        )
+        return key.withUnsafeBytes { Array($0) }
+    }
+
+    public static func hmac(key: [UInt8], _ message: String) -> [UInt8] {
+        hmac(key: key, Array(message.utf8))
+    }
+
+    public static func hmac(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
+        Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key)))
+    }
+
+    public static func sha256(_ bytes: [UInt8]) -> [UInt8] {
+        Array(SHA256.hash(data: bytes))
+    }
+
+    static func xor(_ a: [UInt8], _ b: [UInt8]) -> [UInt8] {
+        zip(a, b).map { $0 ^ $1 }
+    }
+
+    /// Constant-time comparison of two byte strings.
+    static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        var difference: UInt8 = 0
+        for (x, y) in zip(a, b) { difference |= x ^ y }
+        return difference == 0
+    }
+
+    public static func randomNonce() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<18).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        return Data(bytes).base64EncodedString()
+    }
+
+    static func attributes(_ message: String) -> [Character: String] {
+        var result: [Character: String] = [:]
+        for part in message.split(separator: ",", omittingEmptySubsequences: false) {
+            guard part.count >= 2, part.dropFirst().first == "=" else { continue }
+            result[part.first!] = String(part.dropFirst(2))
+        }
+        return result
+    }
+}
+
+/// The server side of a SCRAM exchange, used when Shoal authenticates a client.
+public struct SCRAMServerExchange: Sendable {
+    public enum Failure: Error, Equatable, Sendable {
+        case malformedMessage
+        case channelBindingUnsupported
+        case nonceMismatch
+        case wrongProof
+    }
+
+    public let verifier: Verifier
+    public typealias Verifier = SCRAM.Verifier
+    private let serverNonce: String
+    private var clientFirstBare = ""
+    private var serverFirst = ""
+    private var combinedNonce = ""
+    /// The client's ClientKey, recovered from its proof; it lets Shoal log in to the server as this client.
+    public private(set) var clientKey: [UInt8]? = nil
+
+    public init(verifier: SCRAM.Verifier, serverNonce: String = SCRAM.randomNonce()) {
+        self.verifier = verifier
+        self.serverNonce = serverNonce
+    }
+
+    /// Takes the client-first-message and returns server-first-message.
+    public mutating func receiveClientFirst(_ message: [UInt8]) throws(Failure) -> [UInt8] {
+        guard let text = String(bytes: message, encoding: .utf8) else { throw .malformedMessage }
+        // gs2-header: "n,," or "y,," (client supports binding but thinks we don't) — "p=" would need TLS.
+        let parts = text.split(separator: ",", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3 else { throw .malformedMessage }
+        switch parts[0] {
+        case "n", "y": break
+        case let flag where flag.hasPrefix("p="): throw .channelBindingUnsupported
+        default: throw .malformedMessage
+        }
+        guard parts[1].isEmpty || parts[1].hasPrefix("a=") else { throw .malformedMessage }
+        clientFirstBare = String(parts[2])
+        guard let clientNonce = SCRAM.attributes(clientFirstBare)["r"], !clientNonce.isEmpty else { throw .malformedMessage }
+        combinedNonce = clientNonce + serverNonce
+        serverFirst = "r=\(combinedNonce),s=\(Data(verifier.salt).base64EncodedString()),i=\(verifier.iterations)"
+        return Array(serverFirst.utf8)
+    }
+
+    /// Takes client-final-message; returns server-final-message on success.
+    public mutating func receiveClientFinal(_ message: [UInt8]) throws(Failure) -> [UInt8] {
+        guard let text = String(bytes: message, encoding: .utf8),
+              let proofRange = text.range(of: ",p=", options: .backwards)
+        else { throw .malformedMessage }
+        let withoutProof = String(text[..<proofRange.lowerBound])
+        let attributes = SCRAM.attributes(withoutProof)
+        guard attributes["r"] == combinedNonce else { throw .nonceMismatch }
+        guard let binding = attributes["c"], let bindingBytes = Data(base64Encoded: binding),
+              let gs2 = String(data: bindingBytes, encoding: .utf8), gs2.hasPrefix("n,") || gs2.hasPrefix("y,")
+        else { throw .malformedMessage }
+        guard let proof = Data(base64Encoded: String(text[proofRange.upperBound...])), proof.count == 32 else {
+            throw .malformedMessage
+        }
+        let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
+        let clientSignature = SCRAM.hmac(key: verifier.storedKey, authMessage)
+        let recoveredKey = SCRAM.xor(Array(proof), clientSignature)
+        guard SCRAM.equal(SCRAM.sha256(recoveredKey), verifier.storedKey) else { throw .wrongProof }
+        clientKey = recoveredKey
+        let serverSignature = SCRAM.hmac(key: verifier.serverKey, authMessage)
+        return Array("v=\(Data(serverSignature).base64EncodedString())".utf8)
+    }
+}
+
+/// The client side of a SCRAM exchange, used when Shoal logs in to a PostgreSQL server.
+public struct SCRAMClientExchange: Sendable {
+    public enum Failure: Error, Equatable, Sendable {
+        case malformedMessage
+        case nonceMismatch
+        case invalidServerSignature
+        /// The secret Shoal holds cannot answer this server (e.g. a ClientKey for another salt).
+        case unusableSecret
+    }
+
+    /// What Shoal knows of the password.
+    public enum Secret: Sendable {
+        case password(String)
+        /// From a client's SCRAM login against the same verifier (pass-through, as PgBouncer does).
+        case keys(clientKey: [UInt8], serverKey: [UInt8])
+    }
+
+    private let secret: Secret
+    private let clientNonce: String
+    private var clientFirstBare = ""
+    private var expectedServerSignature: [UInt8] = []
+
+    public init(secret: Secret, clientNonce: String = SCRAM.randomNonce()) {
+        self.secret = secret
+        self.clientNonce = clientNonce
+    }
+
+    public mutating func clientFirst() -> [UInt8] {
+        clientFirstBare = "n=,r=\(clientNonce)"
+        return Array("n,,\(clientFirstBare)".utf8)
+    }
+
+    public mutating func receiveServerFirst(_ message: [UInt8]) throws(Failure) -> [UInt8] {
+        guard let serverFirst = String(bytes: message, encoding: .utf8) else { throw .malformedMessage }
+        let attributes = SCRAM.attributes(serverFirst)
+        guard let nonce = attributes["r"], let saltText = attributes["s"], let salt = Data(base64Encoded: saltText),
+              let iterationsText = attributes["i"], let iterations = Int(iterationsText), iterations > 0
+        else { throw .malformedMessage }
+        guard nonce.hasPrefix(clientNonce), nonce.count > clientNonce.count else { throw .nonceMismatch }
+        let clientKey: [UInt8]
+        let serverKey: [UInt8]
+        switch secret {
+        case .password(let password):
+            let salted = SCRAM.saltedPassword(password, salt: Array(salt), iterations: iterations)
+            clientKey = SCRAM.hmac(key: salted, "Client Key")
+            serverKey = SCRAM.hmac(key: salted, "Server Key")
+        case .keys(let client, let server):
+            clientKey = client
+            serverKey = server
+        }
+        let withoutProof = "c=biws,r=\(nonce)"
+        let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
+        let storedKey = SCRAM.sha256(clientKey)
+        let proof = SCRAM.xor(clientKey, SCRAM.hmac(key: storedKey, authMessage))
+        expectedServerSignature = SCRAM.hmac(key: serverKey, authMessage)
+        return Array("\(withoutProof),p=\(Data(proof).base64EncodedString())".utf8)
+    }
+
+    public func receiveServerFinal(_ message: [UInt8]) throws(Failure) {
+        guard let text = String(bytes: message, encoding: .utf8) else { throw .malformedMessage }
+        let attributes = SCRAM.attributes(text)
+        guard let signatureText = attributes["v"], let signature = Data(base64Encoded: signatureText) else {
+            throw .malformedMessage
+        }
+        guard SCRAM.equal(Array(signature), expectedServerSignature) else { throw .invalidServerSignature }
+    }
+}

@@ -1,0 +1,28 @@
+import Configuration
+import NIOCore
+import NIOPosix
+import PostgresWire
+
+/// Opens a short connection to the server and sends it a CancelRequest with the server's own key.
+enum CancelForwarder {
+    static func send(processID: Int32, secretKey: Int32, database: DatabaseEntry, runtime: ShoalRuntime, on eventLoop: EventLoop) {
+        let config = runtime.config
+        let host = database.hosts.first ?? config.unixSocketDir
+        let port = database.ports.first ?? 5432
+        let bootstrap = ClientBootstrap(group: eventLoop).connectTimeout(.seconds(5))
+        let connected = host.hasPrefix("/")
+            ? bootstrap.connect(unixDomainSocketPath: "\(host)/.s.PGSQL.\(port)")
+            : bootstrap.connect(host: host, port: port)
+        connected.whenSuccess { channel in
+            var request = channel.allocator.buffer(capacity: 16)
+            request.writeCancelRequest(processID: processID, secretKey: secretKey)
+            // The server closes the connection after reading the request.
+            channel.writeAndFlush(request).whenComplete { _ in
+                channel.eventLoop.scheduleTask(in: .seconds(Int64(max(1, config.cancelWaitTimeout)))) { channel.close(promise: nil) }
+            }
+        }
+        connected.whenFailure { error in
+            runtime.logger.warning("cancel request to \(host):\(port) failed: \(error)")
+        }
+    }
+}

@@ -1,0 +1,722 @@
+import Configuration
+import Logging
+import NIOCore
+import Pooling
+import PostgresWire
+
+/// One client of Shoal, from its startup packet to its goodbye.
+///
+/// All fields live on the client channel's EventLoop. Server bytes arrive here (directly when the server
+/// shares the loop, through `execute` when it does not), so the client owns the view of its link: the
+/// TransactionTracker that decides when the server can go back to the pool is in one place.
+final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    enum State {
+        case startup
+        case authenticating
+        /// Authenticated; waiting for a first server login to learn the welcome parameters.
+        case waitingForWelcome
+        /// Logged in, no server, nothing to do.
+        case idle
+        /// Has a request buffered and is queued in the pool.
+        case waitingForServer
+        case linked
+        case closed
+    }
+
+    let id: Int
+    let runtime: ShoalRuntime
+    let eventLoop: EventLoop
+    let loopIndex: Int
+    private var context: ChannelHandlerContext?
+    private(set) var state: State = .startup
+    private var logger: Logger
+    private let connectedAt = NIODeadline.now()
+    private var peerDescription = "unknown"
+
+    // Login
+    private var startupBuffer: ByteBuffer?
+    private var auth: ClientAuthMachine?
+    private var authScanner = FrameScanner(maxMessageLength: 65_536)
+    private var startupParameters: [(String, String)] = []
+    private var user = ""
+    private var databaseName = ""
+    private var databaseEntry: DatabaseEntry?
+    private var loginTimeout: Scheduled<Void>?
+    private var counted = false
+    private(set) var cancelKey: (processID: Int32, secretKey: Int32)?
+
+    // Pooling
+    private(set) var pool: Pool?
+    private var mode: PoolMode = .session
+    /// The tracked parameters this client expects on whatever server it uses.
+    private var parameters = ParameterSet()
+    private var scanner = FrameScanner()
+    private var tracker = TransactionTracker()
+    private(set) var server: ServerConnection?
+    private var pending: ByteBuffer?
+
+    // The server side of the current link.
+    private var serverScanner = FrameScanner()
+    private var serverStreamPosition = 0
+    /// ReadyForQuery messages of Shoal's own SET statement still to swallow.
+    private var swallowReadyForQuery = 0
+    private var swallowEnd = 0
+    private var currentSwallowed = false
+    private var needsFlush = false
+
+    init(runtime: ShoalRuntime, eventLoop: EventLoop) {
+        self.id = runtime.makeConnectionID()
+        self.runtime = runtime
+        self.eventLoop = eventLoop
+        self.loopIndex = runtime.loopIndex(of: eventLoop)
+        self.logger = runtime.logger
+        let maxPacket = runtime.config.maxPacketSize
+        self.scanner = FrameScanner(maxMessageLength: maxPacket)
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.context = context
+        if let remote = context.channel.remoteAddress {
+            switch remote {
+            case .unixDomainSocket: peerDescription = "unix:\(runtime.config.listenPort)"
+            case .v6: peerDescription = "[\(remote.ipAddress ?? "?")]:\(remote.port ?? 0)"
+            default: peerDescription = "\(remote.ipAddress ?? "?"):\(remote.port ?? 0)"
+            }
+        }
+        updateLogPrefix()
+        let timeout = runtime.config.clientLoginTimeout
+        if timeout > 0 {
+            loginTimeout = context.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) { [weak self] in
+                guard let self, self.state == .startup || self.state == .authenticating || self.state == .waitingForWelcome else { return }
+                self.fatal(self.state == .waitingForWelcome ? "client_login_timeout (server down)" : "client_login_timeout")
+            }
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        switch state {
+        case .startup:
+            startupBytesReceived(buffer)
+        case .authenticating:
+            authBytesReceived(buffer)
+        case .waitingForWelcome:
+            // Nothing may come before the welcome; keep it for later.
+            appendPending(buffer)
+        case .idle, .waitingForServer, .linked:
+            queryBytesReceived(buffer)
+        case .closed:
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if state == .linked, let server, server.eventLoop === eventLoop {
+            server.flush()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        // Backpressure: stop reading the server while the client cannot take more.
+        server?.setReadPaused(!context.channel.isWritable)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        disconnected(reason: "client unexpected eof")
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("client connection error: \(error)")
+        context.close(promise: nil)
+    }
+
+    // MARK: Startup
+
+    private func startupBytesReceived(_ buffer: ByteBuffer) {
+        var buffer = buffer
+        if var existing = startupBuffer {
+            existing.writeBuffer(&buffer)
+            buffer = existing
+        }
+        while state == .startup {
+            let packet: StartupPacket?
+            do {
+                packet = try StartupPacketDecoder.decode(&buffer)
+            } catch .oldProtocolVersion {
+                return fatal("old V2 protocol not supported")
+            } catch .invalidLayout {
+                return fatal("invalid startup packet layout: expected terminator as last byte")
+            } catch .badHeader(let bytes) {
+                return fatal("bad packet header: '\(MD5Password.hex(bytes))'")
+            } catch {
+                return fatal("bad packet header")
+            }
+            guard let packet else { break }
+            switch packet {
+            case .sslRequest, .gssEncRequest:
+                if buffer.readableBytes > 0 {
+                    return fatal(packet == .sslRequest ? "received unencrypted data after SSL request" : "received unencrypted data after GSSAPI encryption request")
+                }
+                var answer = context!.channel.allocator.buffer(capacity: 1)
+                answer.writeInteger(UInt8(ascii: "N"))
+                context!.writeAndFlush(wrapOutboundOut(answer), promise: nil)
+            case .cancel(let processID, let secretKey):
+                cancelRequested(processID: processID, secretKey: secretKey)
+                return
+            case .startup(let minor, let parameters):
+                startupParameters = parameters
+                if buffer.readableBytes > 0 {
+                    // A client may pipeline its first messages after the startup packet (e.g. a password).
+                    startupBuffer = nil
+                    startupReceived(minorVersion: minor)
+                    if state == .authenticating { authBytesReceived(buffer) } else if state != .closed { appendPending(buffer) }
+                    return
+                }
+                startupBuffer = nil
+                startupReceived(minorVersion: minor)
+                return
+            }
+        }
+        startupBuffer = buffer.readableBytes > 0 ? buffer : nil
+    }
+
+    private func startupReceived(minorVersion: UInt16) {
+        let config = runtime.config
+        var unsupportedProtocolOptions: [String] = []
+        var clientSettings: [(String, String)] = []
+        let tracked = Set((ParameterSet.alwaysTracked + config.trackExtraParameters).map { $0.lowercased() })
+        let ignored = Set(config.ignoreStartupParameters)
+        for (key, value) in startupParameters {
+            switch key {
+            case "user": user = value
+            case "database": databaseName = value
+            case "replication":
+                return fatal("unsupported startup parameter: replication")
+            case "options":
+                let settings: [(String, String)]
+                do {
+                    settings = try StartupOptions.parse(value)
+                } catch {
+                    if ignored.contains("options") { continue }
+                    return fatal("unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed")
+                }
+                for (name, setting) in settings {
+                    if tracked.contains(name.lowercased()) {
+                        clientSettings.append((name, setting))
+                    } else if !ignored.contains(name) && !ignored.contains("options") {
+                        logger.warning("unsupported startup parameter in options: \(name)=\(setting)")
+                        return fatal("unsupported startup parameter in options: \(name)")
+                    }
+                }
+            case let name where name.hasPrefix("_pq_."):
+                unsupportedProtocolOptions.append(name)
+            default:
+                if tracked.contains(key.lowercased()) {
+                    clientSettings.append((key, value))
+                } else if !ignored.contains(key) {
+                    logger.warning("unsupported startup parameter: \(key)=\(value)")
+                    return fatal("unsupported startup parameter: \(key)")
+                }
+            }
+        }
+        if minorVersion > 0 || !unsupportedProtocolOptions.isEmpty {
+            var negotiate = context!.channel.allocator.buffer(capacity: 64)
+            negotiate.writeNegotiateProtocolVersion(newestMinor: 0, unrecognized: unsupportedProtocolOptions)
+            context!.write(wrapOutboundOut(negotiate), promise: nil)
+        }
+        guard !user.isEmpty else { return fatal("no username supplied") }
+        if databaseName.isEmpty { databaseName = user }
+        if config.applicationNameAddHost {
+            let app = clientSettings.last(where: { $0.0 == "application_name" })?.1 ?? "app"
+            clientSettings.append(("application_name", "\(app) - \(peerDescription)"))
+        }
+        for (name, value) in clientSettings { parameters.set(name, value) }
+        updateLogPrefix()
+        if config.logConnections {
+            logger.info("login attempt: db=\(databaseName) user=\(user) tls=no replication=no")
+        }
+        guard runtime.admitClient() else { return fatal("no more connections allowed (max_client_conn)", code: "53300") }
+        counted = true
+
+        databaseEntry = config.database(named: databaseName)
+        let secret = runtime.userList.secrets[user]
+        if config.authType == .trust, config.authFile != nil, secret == nil, config.authUser == nil {
+            return fatal("\"trust\" authentication failed", code: "28000")
+        }
+        var machine = ClientAuthMachine(authType: config.authType, user: user, secret: secret,
+                                        verifierCache: { [runtime] in runtime.scramVerifier(forPassword: $0) })
+        if secret == nil && config.authType != .trust && config.authType != .any {
+            logger.info("no such user: \(user)")
+        }
+        state = .authenticating
+        handle(machine.start())
+        auth = machine
+        if state == .authenticating { context?.flush() }
+    }
+
+    // MARK: Authentication
+
+    private func authBytesReceived(_ buffer: ByteBuffer) {
+        var visitor = LoginVisitor()
+        do {
+            _ = try authScanner.scan(buffer, visitor: &visitor)
+        } catch {
+            return fatal("bad packet header")
+        }
+        for (type, body) in visitor.messages where state == .authenticating {
+            guard type == FrontendMessage.password, var machine = auth else {
+                if type == FrontendMessage.terminate { return close(reason: "client close request") }
+                return fatal("client password pkt before startup packet")
+            }
+            let action = machine.passwordMessageReceived(body)
+            auth = machine
+            handle(action)
+        }
+        if state == .authenticating { context?.flush() }
+    }
+
+    private func handle(_ action: ClientAuthMachine.Action) {
+        switch action {
+        case .send(let bytes):
+            context?.write(wrapOutboundOut(bytes), promise: nil)
+        case .fail(let message, let code):
+            logger.info("login failed: db=\(databaseName) user=\(user)")
+            fatal(message, code: code)
+        case .authenticated(let saslFinal, let scramKeys, let cleartext):
+            auth = nil
+            if let saslFinal { context?.write(wrapOutboundOut(saslFinal), promise: nil) }
+            authenticated(scramKeys: scramKeys, cleartextPassword: cleartext)
+        }
+    }
+
+    private func authenticated(scramKeys: (clientKey: [UInt8], serverKey: [UInt8])?, cleartextPassword: String?) {
+        guard let database = databaseEntry else {
+            return fatal("no such database: \(databaseName)", code: "3D000")
+        }
+        let pool = runtime.pool(for: PoolKey(database: databaseName, user: database.user ?? user), database: database)
+        self.pool = pool
+        mode = pool.settings.mode
+        // Learn how to log in to servers as this user when the config alone cannot tell.
+        if database.user == nil || database.user == user {
+            if case .unknown = pool.serverSecret {
+                if let scramKeys { pool.serverSecret = .scramKeys(clientKey: scramKeys.clientKey, serverKey: scramKeys.serverKey) }
+                else if let cleartextPassword { pool.serverSecret = .password(cleartextPassword) }
+            } else if case .scramKeys = pool.serverSecret, let scramKeys {
+                pool.serverSecret = .scramKeys(clientKey: scramKeys.clientKey, serverKey: scramKeys.serverKey)
+            }
+        }
+        var ok = context!.channel.allocator.buffer(capacity: 9)
+        ok.writeAuthenticationOk()
+        context!.write(wrapOutboundOut(ok), promise: nil)
+        if let welcome = pool.welcome {
+            sendWelcome(welcome)
+        } else {
+            state = .waitingForWelcome
+            context?.flush()
+            requestServer()
+        }
+    }
+
+    private func sendWelcome(_ welcome: [(String, String)]) {
+        guard let context else { return }
+        loginTimeout?.cancel()
+        loginTimeout = nil
+        // Tracked parameters the client did not choose start at the server defaults.
+        let tracked = Set((ParameterSet.alwaysTracked + runtime.config.trackExtraParameters).map { $0.lowercased() })
+        for (name, value) in welcome where tracked.contains(name.lowercased()) && parameters[name] == nil {
+            parameters.set(name, value)
+        }
+        var out = context.channel.allocator.buffer(capacity: 512)
+        for (name, value) in welcome {
+            out.writeParameterStatus(name: name, value: parameters[name] ?? value)
+        }
+        let key = runtime.cancelRegistry.register(self)
+        cancelKey = key
+        out.writeBackendKeyData(processID: key.processID, secretKey: key.secretKey)
+        out.writeReadyForQuery(.idle)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        state = .idle
+        if pending != nil {
+            let buffered = pending!
+            pending = nil
+            queryBytesReceived(buffered)
+        }
+    }
+
+    // MARK: Queries
+
+    private func queryBytesReceived(_ buffer: ByteBuffer) {
+        var visitor = ClientVisitor(tracker: tracker)
+        let consumed: Int
+        do {
+            consumed = try scanner.scan(buffer, visitor: &visitor)
+        } catch .badLength(_, _, let header) {
+            return fatal("bad packet header: '\(MD5Password.hex(header))'")
+        } catch {
+            return fatal("bad packet header")
+        }
+        tracker = visitor.tracker
+        logger.trace("client data \(buffer.readableBytes) bytes, state \(state)")
+        var toForward = buffer
+        if visitor.terminated {
+            toForward = buffer.getSlice(at: buffer.readerIndex, length: consumed)!
+        }
+        if toForward.readableBytes > 0 {
+            switch state {
+            case .linked:
+                server!.send(toForward, flush: server!.eventLoop !== eventLoop)
+            case .idle:
+                pending = toForward
+                requestServer()
+            case .waitingForServer, .waitingForWelcome:
+                appendPending(toForward)
+            case .startup, .authenticating, .closed:
+                break
+            }
+        }
+        if visitor.terminated {
+            close(reason: "client close request")
+        }
+    }
+
+    private func appendPending(_ buffer: ByteBuffer) {
+        var buffer = buffer
+        if pending == nil {
+            pending = buffer
+        } else {
+            pending!.writeBuffer(&buffer)
+        }
+    }
+
+    private func requestServer() {
+        guard let pool else { return }
+        if state == .idle { state = .waitingForServer }
+        let action = pool.withState { $0.leaseRequested(by: self, loop: loopIndex, now: NIODeadline.now().uptimeNanoseconds) }
+        logger.debug("lease: \(action)")
+        switch action {
+        case .use(let server):
+            link(to: server)
+        case .connectAndWait(let loop):
+            ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
+        case .wait:
+            break
+        case .fail(let message, let code):
+            fatal(message, code: code)
+        }
+    }
+
+    /// The pool hands this client a server (from any loop).
+    func assign(_ server: ServerConnection) {
+        if eventLoop.inEventLoop {
+            link(to: server)
+        } else {
+            eventLoop.execute { self.link(to: server) }
+        }
+    }
+
+    private func link(to server: ServerConnection) {
+        switch state {
+        case .waitingForWelcome:
+            // Only the welcome was needed: take the parameters and give the server straight back.
+            sendWelcome(pool?.welcome ?? [])
+            if state == .waitingForServer || state == .linked {
+                // sendWelcome replayed buffered bytes and asked for a server again; this one can serve it.
+                _ = pool?.withState { $0.waiterLeft(self) }
+                // Fall through to a normal link below with the server we hold.
+                state = .waitingForServer
+            } else {
+                server.returnToPool(reusable: true)
+                return
+            }
+        case .waitingForServer:
+            break
+        case .startup, .authenticating, .idle, .linked, .closed:
+            // Not wanted any more (the client left or was served meanwhile).
+            server.returnToPool(reusable: true)
+            return
+        }
+        state = .linked
+        self.server = server
+        server.attach(self)
+        serverScanner = FrameScanner()
+        serverStreamPosition = 0
+        swallowEnd = 0
+        swallowReadyForQuery = 0
+        currentSwallowed = false
+        if let context, !context.channel.isWritable { server.setReadPaused(true) }
+        if let sql = parameters.setStatement(from: server.parameters) {
+            var set = ByteBuffer()
+            set.writeQuery(sql)
+            swallowReadyForQuery = 1
+            server.send(set, flush: false)
+        }
+        if let bytes = pending {
+            pending = nil
+            server.send(bytes, flush: true)
+        } else {
+            server.flush()
+        }
+    }
+
+    // MARK: Server traffic
+
+    /// Bytes from the linked server. `flush` is set when they came from another loop (no read-complete follows here).
+    func serverDataReceived(_ buffer: ByteBuffer, from origin: ServerConnection, flush: Bool) {
+        logger.trace("server data \(buffer.readableBytes) bytes, state \(state)")
+        guard state == .linked, origin === server, let context else { return }
+        var visitor = ServerVisitor(tracker: tracker, swallow: swallowReadyForQuery, currentSwallowed: currentSwallowed,
+                                    position: serverStreamPosition, mode: mode)
+        do {
+            _ = try serverScanner.scan(buffer, visitor: &visitor)
+        } catch {
+            origin.close(reason: "bad packet from server")
+            return fatal("server conn crashed?")
+        }
+        tracker = visitor.tracker
+        swallowReadyForQuery = visitor.swallow
+        currentSwallowed = visitor.currentSwallowed
+        if let end = visitor.swallowEnd { swallowEnd = end }
+        let start = serverStreamPosition
+        serverStreamPosition += buffer.readableBytes
+        if let updates = visitor.parameterUpdates {
+            for update in updates {
+                origin.parameters.set(update.name, update.value)
+                if !update.fromShoal { parameters.set(update.name, update.value) }
+            }
+        }
+        if visitor.setFailed {
+            origin.close(reason: "invalid server parameter")
+            return fatal("invalid server parameter")
+        }
+        // Skip what answered Shoal's own SET.
+        let skip = max(0, min(buffer.readableBytes, swallowEnd - start))
+        if swallowReadyForQuery == 0 || skip < buffer.readableBytes {
+            let forward = skip == 0 ? buffer : buffer.getSlice(at: buffer.readerIndex + skip, length: buffer.readableBytes - skip)!
+            if forward.readableBytes > 0 && swallowReadyForQuery == 0 {
+                context.write(wrapOutboundOut(forward), promise: nil)
+                needsFlush = true
+            }
+        }
+        if visitor.statementModeViolation {
+            context.flush()
+            origin.close(reason: "transaction blocks not allowed in statement pooling mode")
+            server = nil
+            _ = pool?.withState { $0.activeServerClosed() }
+            return fatal("transaction blocks not allowed in statement pooling mode")
+        }
+        if flush { flushToClient() }
+        if visitor.releasable && mode != .session && tracker.isReleasable && scanner.atBoundary {
+            releaseServer()
+        }
+    }
+
+    func flushToClient() {
+        if needsFlush {
+            needsFlush = false
+            context?.flush()
+        }
+    }
+
+    private func releaseServer() {
+        guard let server else { return }
+        // Once unlinked, the server's read-complete no longer reaches us: flush what it sent now.
+        flushToClient()
+        self.server = nil
+        state = .idle
+        server.detach(self)
+        let config = runtime.config
+        if config.serverResetQueryAlways && !config.serverResetQuery.isEmpty {
+            server.resetAndRelease(query: config.serverResetQuery)
+        } else {
+            server.returnToPool(reusable: true)
+        }
+    }
+
+    /// The linked server went away under this client.
+    func linkedServerClosed(_ closed: ServerConnection) {
+        guard server === closed else { return }
+        server = nil
+        if let pool, let loop = pool.withState({ $0.activeServerClosed() }) {
+            ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
+        }
+        fatal("server conn crashed?")
+    }
+
+    /// The pool could not log in to a server for this waiting client.
+    func serverLoginFailed(message: String, code: String) {
+        guard state == .waitingForServer || state == .waitingForWelcome else { return }
+        _ = pool?.withState { $0.waiterLeft(self) }
+        fatal(message, code: code)
+    }
+
+    /// query_wait_timeout passed in the queue.
+    func waitTimedOut() {
+        guard state == .waitingForServer || state == .waitingForWelcome else { return }
+        fatal("query_wait_timeout")
+    }
+
+    // MARK: Cancel
+
+    private func cancelRequested(processID: Int32, secretKey: Int32) {
+        // The canceller is closed silently whatever happens, like PgBouncer.
+        let target = runtime.cancelRegistry.client(processID: processID, secretKey: secretKey)
+        state = .closed
+        context?.close(promise: nil)
+        guard let target else { return }
+        target.eventLoop.execute { target.forwardCancel() }
+    }
+
+    /// Sends a CancelRequest with the server's own key to the server serving this client right now.
+    private func forwardCancel() {
+        guard state == .linked, let server, let key = server.backendKey, let pool else { return }
+        CancelForwarder.send(processID: key.processID, secretKey: key.secretKey, database: pool.database, runtime: runtime, on: eventLoop)
+    }
+
+    // MARK: Closing
+
+    /// Sends a FATAL ErrorResponse with PgBouncer's wording and closes.
+    func fatal(_ message: String, code: String = "08P01") {
+        guard state != .closed, let context else { return }
+        if runtime.config.logPoolerErrors {
+            logger.warning("pooler error: \(message)")
+        }
+        var out = context.channel.allocator.buffer(capacity: 64 + message.utf8.count)
+        out.writeErrorResponse(severity: "FATAL", code: code, message: message)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        close(reason: message)
+    }
+
+    private func close(reason: String) {
+        guard state != .closed else { return }
+        disconnected(reason: reason)
+        context?.close(promise: nil)
+    }
+
+    /// Releases everything the client held; the server goes back clean or is closed.
+    private func disconnected(reason: String) {
+        let previous = state
+        guard previous != .closed else { return }
+        state = .closed
+        loginTimeout?.cancel()
+        if counted { runtime.clientLeft(); counted = false }
+        if let key = cancelKey { runtime.cancelRegistry.unregister(processID: key.processID, secretKey: key.secretKey) }
+        if runtime.config.logDisconnections && previous != .startup {
+            logger.info("closing because: \(reason) (age=\((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)s)")
+        }
+        switch previous {
+        case .waitingForServer, .waitingForWelcome:
+            _ = pool?.withState { $0.waiterLeft(self) }
+        case .linked:
+            guard let server else { break }
+            self.server = nil
+            server.detach(self)
+            if tracker.isReleasable && scanner.atBoundary {
+                let config = runtime.config
+                if (mode == .session || config.serverResetQueryAlways) && !config.serverResetQuery.isEmpty {
+                    server.resetAndRelease(query: config.serverResetQuery)
+                } else {
+                    server.returnToPool(reusable: true)
+                }
+            } else {
+                // A transaction or a query in flight: never hand that server to someone else.
+                let why = tracker.awaitingServer ? "client disconnected with query in progress" : "client disconnect while server was not ready"
+                server.close(reason: why)
+                if let pool, let loop = pool.withState({ $0.activeServerClosed() }) {
+                    ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
+                }
+            }
+        case .startup, .authenticating, .idle, .closed:
+            break
+        }
+    }
+
+    private func updateLogPrefix() {
+        let db = databaseName.isEmpty ? "(nodb)" : databaseName
+        let name = user.isEmpty ? "(nouser)" : user
+        logger[metadataKey: "prefix"] = "C-\(id): \(db)/\(name)@\(peerDescription)"
+    }
+}
+
+// MARK: - Visitors
+
+/// Client → server: counts requests into the tracker and notices Terminate.
+struct ClientVisitor: FrameVisitor {
+    var tracker: TransactionTracker
+    var terminated = false
+
+    @inline(__always) func wantsBody(type: UInt8) -> Bool { false }
+
+    @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
+        if type == FrontendMessage.terminate {
+            terminated = true
+            return false
+        }
+        tracker.clientSent(type: type)
+        return true
+    }
+
+    mutating func messageBody(type: UInt8, body: ByteBuffer) {}
+}
+
+/// Server → client: ReadyForQuery, ParameterStatus and COPY state; swallows the answer to Shoal's own SET.
+struct ServerVisitor: FrameVisitor {
+    struct ParameterUpdate { var name: String; var value: String; var fromShoal: Bool }
+
+    var tracker: TransactionTracker
+    /// ReadyForQuery messages of Shoal's SET still to come.
+    var swallow: Int
+    /// The message whose body is awaited belongs to the swallowed answer (kept across reads by the client).
+    var currentSwallowed: Bool
+    let position: Int
+    let mode: PoolMode
+    var swallowEnd: Int?
+    var releasable = false
+    var setFailed = false
+    var statementModeViolation = false
+    var parameterUpdates: [ParameterUpdate]?
+
+    init(tracker: TransactionTracker, swallow: Int, currentSwallowed: Bool, position: Int, mode: PoolMode) {
+        self.tracker = tracker
+        self.swallow = swallow
+        self.currentSwallowed = currentSwallowed
+        self.position = position
+        self.mode = mode
+    }
+
+    @inline(__always) func wantsBody(type: UInt8) -> Bool {
+        type == BackendMessage.readyForQuery || type == BackendMessage.parameterStatus
+    }
+
+    @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
+        currentSwallowed = swallow > 0
+        if swallow > 0 {
+            if type == BackendMessage.errorResponse { setFailed = true }
+            if type == BackendMessage.readyForQuery {
+                swallow -= 1
+                if swallow == 0 { swallowEnd = position + offset + 1 + length }
+            }
+            return true
+        }
+        if type == BackendMessage.copyInResponse { tracker.copyInStarted() }
+        return true
+    }
+
+    mutating func messageBody(type: UInt8, body: ByteBuffer) {
+        var body = body
+        if type == BackendMessage.readyForQuery {
+            guard !currentSwallowed else { return }
+            guard let raw = body.readInteger(as: UInt8.self), let status = TransactionStatus(rawValue: raw) else { return }
+            if tracker.readyForQueryReceived(status) { releasable = true }
+            if mode == .statement && status != .idle { statementModeViolation = true }
+        } else if type == BackendMessage.parameterStatus {
+            guard let name = body.readNullTerminatedString(), let value = body.readNullTerminatedString() else { return }
+            if parameterUpdates == nil { parameterUpdates = [] }
+            parameterUpdates!.append(ParameterUpdate(name: name, value: value, fromShoal: currentSwallowed))
+        }
+    }
+}

@@ -1,0 +1,31 @@
+import NIOCore
+import Pooling
+
+/// The periodic look over every pool (about three times a second, like PgBouncer's): waiters past
+/// query_wait_timeout, idle servers past their lifetime or idle timeout, min_pool_size and the reserve pool.
+final class Janitor: @unchecked Sendable {
+    private let runtime: ShoalRuntime
+    private var task: RepeatedTask?
+
+    init(runtime: ShoalRuntime) { self.runtime = runtime }
+
+    func start() {
+        task = runtime.loops[0].scheduleRepeatedTask(initialDelay: .milliseconds(333), delay: .milliseconds(333)) { [runtime] _ in
+            let now = NIODeadline.now().uptimeNanoseconds
+            for pool in runtime.allPools {
+                let work = pool.withState { $0.maintain(now: now) }
+                for waiter in work.timedOut {
+                    waiter.eventLoop.execute { waiter.waitTimedOut() }
+                }
+                for server in work.close {
+                    server.close(reason: "server idle timeout or lifetime")
+                }
+                for loop in work.connect {
+                    ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
+                }
+            }
+        }
+    }
+
+    func stop() { task?.cancel() }
+}

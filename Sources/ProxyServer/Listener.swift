@@ -1,0 +1,60 @@
+import Configuration
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Binds the TCP and Unix-socket listeners and starts one `ClientConnection` per accepted socket.
+/// Accepted channels are spread over the EventLoops by NIO; each client stays on its loop for life.
+public enum Listener {
+    public static func bind(runtime: ShoalRuntime) async throws -> [Channel] {
+        let config = runtime.config
+        let bootstrap = ServerBootstrap(group: runtime.group)
+            .serverChannelOption(.backlog, value: Int32(config.listenBacklog))
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.autoRead, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if case .unixDomainSocket = channel.localAddress {} else {
+                        try? channel.syncOptions?.setOption(.tcpOption(.tcp_nodelay), value: 1)
+                        if config.tcpKeepalive { try? channel.syncOptions?.setOption(.socketOption(.so_keepalive), value: 1) }
+                    }
+                    try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop))
+                }
+            }
+        var channels: [Channel] = []
+        for address in config.listenAddr {
+            let hosts = address == "*" ? ["0.0.0.0", "::"] : [address]
+            for host in hosts {
+                do {
+                    let channel = try await bootstrap.bind(host: host, port: config.listenPort).get()
+                    runtime.logger.info("listening on \(host.contains(":") ? "[\(host)]" : host):\(config.listenPort)")
+                    channels.append(channel)
+                } catch {
+                    runtime.logger.warning("cannot listen on \(host):\(config.listenPort): \(error)")
+                }
+            }
+        }
+        if !config.unixSocketDir.isEmpty {
+            let path = "\(config.unixSocketDir)/.s.PGSQL.\(config.listenPort)"
+            try? FileManager.default.removeItem(atPath: path)
+            do {
+                let channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+                chmod(path, 0o777)
+                runtime.logger.info("listening on unix:\(path)")
+                channels.append(channel)
+            } catch {
+                runtime.logger.warning("cannot listen on unix:\(path): \(error)")
+            }
+        }
+        if channels.isEmpty {
+            throw ListenerError.nowhereToListen
+        }
+        return channels
+    }
+}
+
+public enum ListenerError: Error, CustomStringConvertible {
+    case nowhereToListen
+    public var description: String { "nowhere to listen on" }
+}

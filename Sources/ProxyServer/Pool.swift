@@ -1,0 +1,66 @@
+import Configuration
+import NIOConcurrencyHelpers
+import Pooling
+
+/// One pool per (database, user): the pure `PoolState` under a lock, plus what clients of the pool share —
+/// the welcome parameters of its first server and the credentials for logging in to servers.
+///
+/// The lock is taken once per lease and once per release (per transaction), never per message.
+final class Pool: @unchecked Sendable {
+    let key: PoolKey
+    private let lock = NIOLock()
+    /// Guarded by `lock`.
+    private var state: PoolState<ServerConnection, ClientConnection>
+    private var _welcome: [(String, String)]? = nil
+    private var _database: DatabaseEntry
+    private var _serverSecret: ServerLoginSecret = .unknown
+
+    init(key: PoolKey, database: DatabaseEntry, settings: PoolSettings) {
+        self.key = key
+        self._database = database
+        self.state = PoolState(settings: settings)
+    }
+
+    func withState<T>(_ body: (inout PoolState<ServerConnection, ClientConnection>) -> T) -> T {
+        lock.withLock { body(&state) }
+    }
+
+    var settings: PoolSettings { lock.withLock { state.settings } }
+    var database: DatabaseEntry { lock.withLock { _database } }
+
+    /// Applies a reloaded config to this pool.
+    func update(database: DatabaseEntry, settings: PoolSettings) {
+        lock.withLock {
+            _database = database
+            state.settings = settings
+        }
+    }
+
+    /// ParameterStatus of the pool's first server login: what a new client is welcomed with.
+    var welcome: [(String, String)]? {
+        get { lock.withLock { _welcome } }
+        set { lock.withLock { if _welcome == nil { _welcome = newValue } } }
+    }
+
+    /// What Shoal knows of the password for server logins in this pool, learned from the config or a client login.
+    var serverSecret: ServerLoginSecret {
+        get { lock.withLock { _serverSecret } }
+        set { lock.withLock { _serverSecret = newValue } }
+    }
+}
+
+enum ServerLoginSecret {
+    case unknown
+    case password(String)
+    case md5Hash(String)
+    case scramKeys(clientKey: [UInt8], serverKey: [UInt8])
+
+    var loginSecret: ServerLoginMachine.Secret {
+        switch self {
+        case .unknown: return .none
+        case .password(let password): return .password(password)
+        case .md5Hash(let hash): return .md5Hash(hash)
+        case .scramKeys(let clientKey, let serverKey): return .scramKeys(clientKey: clientKey, serverKey: serverKey)
+        }
+    }
+}

@@ -1,0 +1,109 @@
+import Configuration
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Pooling
+import PostgresWire
+
+/// State shared by every connection of one Shoal process: the config snapshot, the auth file, the pools,
+/// the cancel keys, and the EventLoops. Configuration is an immutable snapshot swapped whole on reload.
+public final class ShoalRuntime: @unchecked Sendable {
+    let group: MultiThreadedEventLoopGroup
+    let loops: [EventLoop]
+    let logger: Logger
+    let cancelRegistry = CancelRegistry()
+    private let configBox: NIOLockedValueBox<ShoalConfig>
+    private let userListBox: NIOLockedValueBox<UserList>
+    private let poolsLock = NIOLock()
+    private var pools: [PoolKey: Pool] = [:]
+    private let clientCountBox = NIOLockedValueBox(0)
+    /// SCRAM verifiers derived from plaintext auth_file passwords, so each login does not pay PBKDF2.
+    private let verifierCache = NIOLockedValueBox<[String: SCRAM.Verifier]>([:])
+    private let nextConnectionID = NIOLockedValueBox(0)
+
+    public init(config: ShoalConfig, userList: UserList, group: MultiThreadedEventLoopGroup, logger: Logger) {
+        self.group = group
+        self.loops = Array(group.makeIterator())
+        self.logger = logger
+        self.configBox = NIOLockedValueBox(config)
+        self.userListBox = NIOLockedValueBox(userList)
+    }
+
+    public var config: ShoalConfig { configBox.withLockedValue { $0 } }
+    var userList: UserList { userListBox.withLockedValue { $0 } }
+
+    func loopIndex(of eventLoop: EventLoop) -> Int {
+        loops.firstIndex { $0 === eventLoop } ?? 0
+    }
+
+    func makeConnectionID() -> Int {
+        nextConnectionID.withLockedValue { $0 += 1; return $0 }
+    }
+
+    // MARK: Clients
+
+    /// Counts a client in, or refuses it past max_client_conn.
+    func admitClient() -> Bool {
+        let limit = config.maxClientConn
+        return clientCountBox.withLockedValue { count in
+            guard count < limit else { return false }
+            count += 1
+            return true
+        }
+    }
+
+    func clientLeft() {
+        clientCountBox.withLockedValue { $0 -= 1 }
+    }
+
+    public var clientCount: Int { clientCountBox.withLockedValue { $0 } }
+
+    func scramVerifier(forPassword password: String) -> SCRAM.Verifier {
+        if let cached = verifierCache.withLockedValue({ $0[password] }) { return cached }
+        var generator = SystemRandomNumberGenerator()
+        let salt = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let verifier = SCRAM.Verifier(password: password, salt: salt, iterations: SCRAM.defaultIterations)
+        verifierCache.withLockedValue { $0[password] = verifier }
+        return verifier
+    }
+
+    // MARK: Pools
+
+    func pool(for key: PoolKey, database: DatabaseEntry) -> Pool {
+        poolsLock.withLock {
+            if let pool = pools[key] { return pool }
+            let config = self.config
+            let pool = Pool(key: key, database: database, settings: PoolSettings(config: config, database: database, user: key.user))
+            pool.serverSecret = initialServerSecret(database: database, user: key.user)
+            pools[key] = pool
+            return pool
+        }
+    }
+
+    var allPools: [Pool] { poolsLock.withLock { Array(pools.values) } }
+
+    /// The password for server logins known from the config: the database entry's, else the auth file's.
+    func initialServerSecret(database: DatabaseEntry, user: String) -> ServerLoginSecret {
+        if let password = database.password, database.user == nil || database.user == user {
+            return .password(password)
+        }
+        guard let secret = userList.secrets[user], !secret.isEmpty else { return .unknown }
+        if MD5Password.isStoredHash(secret) { return .md5Hash(secret) }
+        if SCRAM.Verifier(parsing: secret) != nil { return .unknown } // only a client's SCRAM login can unlock it
+        return .password(secret)
+    }
+
+    // MARK: Reload
+
+    /// Swaps in a new config and auth file; pools pick up new limits at once, servers keep running.
+    public func apply(config: ShoalConfig, userList: UserList) {
+        configBox.withLockedValue { $0 = config }
+        userListBox.withLockedValue { $0 = userList }
+        verifierCache.withLockedValue { $0.removeAll() }
+        for pool in allPools {
+            guard let database = config.database(named: pool.key.database) else { continue }
+            pool.update(database: database, settings: PoolSettings(config: config, database: database, user: pool.key.user))
+        }
+    }
+}

@@ -1,0 +1,397 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Pooling
+import PostgresWire
+
+/// One connection from Shoal to a PostgreSQL server.
+///
+/// Threading: the handler's own fields (`context`, `client`, login state) live on the server channel's
+/// EventLoop and every entry point from elsewhere hops there. `parameters` belongs to whoever holds the
+/// server: the linked client on its loop while linked, this loop otherwise; the pool lock or the
+/// `execute` that hands the server over orders those accesses.
+final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    enum State {
+        case connecting
+        case loggingIn(ServerLoginMachine)
+        /// Lent to a client or idle in the pool.
+        case ready
+        /// Running server_reset_query / server_check_query; released to the pool at its ReadyForQuery.
+        case resetting
+        case closed
+    }
+
+    let id: Int
+    let pool: Pool
+    let runtime: ShoalRuntime
+    let eventLoop: EventLoop
+    let loopIndex: Int
+    let createdAt: UInt64
+    private var context: ChannelHandlerContext?
+    private var state: State = .connecting
+    private var scanner = FrameScanner()
+    private var loginScanner = FrameScanner(maxMessageLength: 1 << 20)
+    /// The client this server is lent to; touched on this loop only.
+    private var client: ClientConnection?
+    private var readPaused = false
+    private var readPending = false
+    var logger: Logger
+    /// Tracked parameters as this server has them. See the threading note above.
+    var parameters = ParameterSet()
+    private(set) var backendKey: (processID: Int32, secretKey: Int32)?
+    let address: String
+
+    init(pool: Pool, runtime: ShoalRuntime, eventLoop: EventLoop, address: String) {
+        self.id = runtime.makeConnectionID()
+        self.pool = pool
+        self.runtime = runtime
+        self.eventLoop = eventLoop
+        self.loopIndex = runtime.loopIndex(of: eventLoop)
+        self.createdAt = NIODeadline.now().uptimeNanoseconds
+        self.address = address
+        var logger = runtime.logger
+        logger[metadataKey: "prefix"] = "S-\(id): \(pool.key.database)/\(pool.key.user)@\(address)"
+        self.logger = logger
+    }
+
+    // MARK: Dialing
+
+    /// Dials a new server for `pool` on `eventLoop`; the result goes through the pool to its first waiter.
+    static func dial(pool: Pool, runtime: ShoalRuntime, on eventLoop: EventLoop) {
+        let config = runtime.config
+        let database = pool.database
+        let host = database.hosts.first ?? config.unixSocketDir
+        let port = database.ports.first ?? 5432
+        let isUnix = host.hasPrefix("/")
+        let address = isUnix ? "unix:\(host)/.s.PGSQL.\(port)" : "\(host):\(port)"
+        let server = ServerConnection(pool: pool, runtime: runtime, eventLoop: eventLoop, address: address)
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(.milliseconds(Int64(config.serverConnectTimeout * 1000)))
+            .channelOption(.autoRead, value: true)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if !isUnix {
+                        try channel.syncOptions?.setOption(.tcpOption(.tcp_nodelay), value: 1)
+                        if config.tcpKeepalive { try channel.syncOptions?.setOption(.socketOption(.so_keepalive), value: 1) }
+                    }
+                    try channel.pipeline.syncOperations.addHandler(server)
+                }
+            }
+        let connected = isUnix
+            ? bootstrap.connect(unixDomainSocketPath: "\(host)/.s.PGSQL.\(port)")
+            : bootstrap.connect(host: host, port: port)
+        connected.whenFailure { error in
+            server.loginFailed(message: "connect failed", code: "08006", logLine: "sbuf_connect failed to connect to \(address): \(error)")
+        }
+        // A server that connects but never finishes its login is bounded by server_connect_timeout too.
+        eventLoop.scheduleTask(in: .milliseconds(Int64(config.serverConnectTimeout * 1000))) {
+            if case .loggingIn = server.state {
+                server.loginFailed(message: "connect timeout", code: "08006", logLine: "server connect timeout")
+                server.context?.close(promise: nil)
+            }
+        }
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.context = context
+        state = .loggingIn(ServerLoginMachine(user: pool.database.user ?? pool.key.user, secret: pool.serverSecret.loginSecret))
+        if runtime.config.logConnections {
+            logger.info("new connection to server")
+        }
+        var startup = context.channel.allocator.buffer(capacity: 128)
+        let database = pool.database
+        var parameters: [(String, String)] = [("user", database.user ?? pool.key.user), ("database", database.dbname ?? pool.key.database)]
+        parameters.append(contentsOf: database.startupParameters.map { key, value in
+            (key == "datestyle" ? "DateStyle" : key == "timezone" ? "TimeZone" : key, value)
+        })
+        startup.writeStartupMessage(parameters: parameters)
+        context.writeAndFlush(wrapOutboundOut(startup), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        switch state {
+        case .ready:
+            if let client {
+                if client.eventLoop === eventLoop {
+                    client.serverDataReceived(buffer, from: self, flush: false)
+                } else {
+                    client.eventLoop.execute { client.serverDataReceived(buffer, from: self, flush: true) }
+                }
+            } else {
+                // An idle server speaking unprompted: a notice, or a FATAL before it goes away. The close follows.
+                var visitor = IdleServerVisitor()
+                _ = try? scanner.scan(buffer, visitor: &visitor)
+                if let message = visitor.fatal { logger.info("server sent while idle: \(message)") }
+            }
+        case .loggingIn(var login):
+            var visitor = LoginVisitor()
+            do {
+                _ = try loginScanner.scan(buffer, visitor: &visitor)
+            } catch {
+                loginFailed(message: "server login failed: bad packet", code: "08P01", logLine: "bad packet from server")
+                context.close(promise: nil)
+                return
+            }
+            for (type, body) in visitor.messages {
+                switch login.messageReceived(type: type, body: body) {
+                case .wait:
+                    continue
+                case .send(let bytes):
+                    context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+                case .fail(let message, let code):
+                    state = .closed
+                    loginFailed(message: message, code: code, logLine: "server login failed: \(message)")
+                    context.close(promise: nil)
+                    return
+                case .ready:
+                    loginSucceeded(login)
+                    return
+                }
+            }
+            state = .loggingIn(login)
+        case .resetting:
+            var visitor = ResetVisitor()
+            _ = try? scanner.scan(buffer, visitor: &visitor)
+            if visitor.failed {
+                logger.warning("server reset query failed")
+                close(reason: "reset query failed")
+                return
+            }
+            if visitor.ready {
+                state = .ready
+                returnToPool(reusable: true)
+            }
+        case .connecting, .closed:
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if let client, client.eventLoop === eventLoop {
+            client.flushToClient()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let previous = state
+        state = .closed
+        self.context = nil
+        switch previous {
+        case .connecting, .loggingIn:
+            loginFailed(message: "server closed the connection during login", code: "08006", logLine: "server closed during login")
+        case .ready, .resetting:
+            if let client {
+                self.client = nil
+                let server = self
+                client.eventLoop.execute { client.linkedServerClosed(server) }
+            } else {
+                pool.withState { $0.idleServerClosed(self) }
+            }
+            if runtime.config.logDisconnections {
+                logger.info("closing because: server conn crashed? (age=\(ageSeconds)s)")
+            }
+        case .closed:
+            break
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("server connection error: \(error)")
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if readPaused {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    // MARK: Login outcome
+
+    private func loginSucceeded(_ login: ServerLoginMachine) {
+        state = .ready
+        backendKey = login.backendKey
+        let tracked = trackedNames()
+        for (name, value) in login.parameters where tracked.contains(name.lowercased()) {
+            parameters.set(name, value)
+        }
+        pool.welcome = login.parameters
+        let action = pool.withState { $0.connected(self, loop: loopIndex, now: NIODeadline.now().uptimeNanoseconds) }
+        logger.debug("server login done: \(action)")
+        switch action {
+        case .handOver(let server, let waiter):
+            waiter.assign(server)
+        case .parked:
+            break
+        }
+    }
+
+    private var loginFailureReported = false
+
+    func loginFailed(message: String, code: String, logLine: String) {
+        guard !loginFailureReported else { return }
+        loginFailureReported = true
+        state = .closed
+        logger.warning("\(logLine)")
+        let waiters = pool.withState { $0.connectFailed(message: message, code: code, now: NIODeadline.now().uptimeNanoseconds) }
+        for waiter in waiters {
+            waiter.eventLoop.execute { waiter.serverLoginFailed(message: message, code: code) }
+        }
+    }
+
+    private func trackedNames() -> Set<String> {
+        Set((ParameterSet.alwaysTracked + runtime.config.trackExtraParameters).map { $0.lowercased() })
+    }
+
+    var ageSeconds: UInt64 { (NIODeadline.now().uptimeNanoseconds &- createdAt) / 1_000_000_000 }
+
+    // MARK: Entry points from clients (any loop)
+
+    func attach(_ client: ClientConnection) {
+        onLoop { server in
+            guard case .ready = server.state, server.context != nil else {
+                // Died between the lease and the link: the client learns it as for any lost server.
+                let dead = server
+                client.eventLoop.execute { client.linkedServerClosed(dead) }
+                return
+            }
+            server.client = client
+        }
+    }
+
+    /// Unlinks `client` if it is still the linked one; a newer link made meanwhile is left alone.
+    func detach(_ client: ClientConnection) {
+        onLoop { server in
+            if server.client === client { server.client = nil }
+            if server.readPaused { server.setReadPaused(false) }
+        }
+    }
+
+    /// Writes client bytes; flushes when asked (at the end of the client's read burst).
+    func send(_ buffer: ByteBuffer, flush: Bool) {
+        if eventLoop.inEventLoop {
+            guard let context else { return }
+            context.write(wrapOutboundOut(buffer), promise: nil)
+            if flush { context.flush() }
+        } else {
+            eventLoop.execute {
+                guard let context = self.context else { return }
+                context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
+            }
+        }
+    }
+
+    func flush() {
+        onLoop { $0.context?.flush() }
+    }
+
+    func setReadPaused(_ paused: Bool) {
+        onLoop { server in
+            server.readPaused = paused
+            if !paused, server.readPending, let context = server.context {
+                server.readPending = false
+                context.read()
+            }
+        }
+    }
+
+    /// Runs `query` (server_reset_query) and returns the server to the pool once it answers.
+    func resetAndRelease(query: String) {
+        onLoop { server in
+            server.client = nil
+            guard let context = server.context else { return }
+            server.state = .resetting
+            server.scanner = FrameScanner()
+            var buffer = context.channel.allocator.buffer(capacity: query.utf8.count + 6)
+            buffer.writeQuery(query)
+            context.writeAndFlush(server.wrapOutboundOut(buffer), promise: nil)
+        }
+    }
+
+    /// Gives a server back after its client is done with it.
+    func returnToPool(reusable: Bool) {
+        let now = NIODeadline.now().uptimeNanoseconds
+        let action = pool.withState { $0.released(self, loop: loopIndex, createdAt: createdAt, reusable: reusable, now: now) }
+        runtime.perform(action, pool: pool)
+    }
+
+    func close(reason: String) {
+        onLoop { server in
+            guard let context = server.context else { return }
+            if server.runtime.config.logDisconnections {
+                server.logger.info("closing because: \(reason) (age=\(server.ageSeconds)s)")
+            }
+            server.client = nil
+            server.state = .closed
+            server.context = nil
+            var terminate = context.channel.allocator.buffer(capacity: 5)
+            terminate.writeTerminate()
+            context.writeAndFlush(server.wrapOutboundOut(terminate), promise: nil)
+            context.close(promise: nil)
+        }
+    }
+
+    private func onLoop(_ body: @escaping (ServerConnection) -> Void) {
+        if eventLoop.inEventLoop {
+            body(self)
+        } else {
+            eventLoop.execute { body(self) }
+        }
+    }
+}
+
+// MARK: - Visitors
+
+/// Collects every message during login (they are few and small).
+struct LoginVisitor: FrameVisitor {
+    var messages: [(UInt8, ByteBuffer)] = []
+    func wantsBody(type: UInt8) -> Bool { true }
+    mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool { true }
+    mutating func messageBody(type: UInt8, body: ByteBuffer) { messages.append((type, body)) }
+}
+
+struct IdleServerVisitor: FrameVisitor {
+    var fatal: String?
+    func wantsBody(type: UInt8) -> Bool { type == BackendMessage.errorResponse }
+    mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool { true }
+    mutating func messageBody(type: UInt8, body: ByteBuffer) { fatal = ErrorFields(body: body).message }
+}
+
+struct ResetVisitor: FrameVisitor {
+    var ready = false
+    var failed = false
+    func wantsBody(type: UInt8) -> Bool { false }
+    mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
+        if type == BackendMessage.readyForQuery { ready = true }
+        if type == BackendMessage.errorResponse { failed = true }
+        return true
+    }
+    mutating func messageBody(type: UInt8, body: ByteBuffer) {}
+}
+
+extension ShoalRuntime {
+    /// Carries out what a pool decided on release.
+    func perform(_ action: PoolState<ServerConnection, ClientConnection>.ReleaseAction, pool: Pool) {
+        switch action {
+        case .handOver(let server, let waiter):
+            waiter.assign(server)
+        case .parked:
+            break
+        case .close(let server, let connectFor):
+            server.close(reason: "server lifetime over or not reusable")
+            if let connectFor {
+                ServerConnection.dial(pool: pool, runtime: self, on: loops[connectFor])
+            }
+        }
+    }
+}

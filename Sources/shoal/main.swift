@@ -1,0 +1,146 @@
+import Configuration
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ProxyServer
+
+let version = "0.1.0"
+let programName = "shoal"
+
+let options: CommandLineOptions
+do {
+    options = try CommandLineOptions.parse(Array(CommandLine.arguments.dropFirst()))
+} catch .noConfigFile {
+    FileHandle.standardError.write(Data("\(programName): no configuration file specified\nTry \"\(programName) --help\" for more information.\n".utf8))
+    exit(1)
+} catch {
+    FileHandle.standardError.write(Data("Try \"\(programName) --help\" for more information.\n".utf8))
+    exit(1)
+}
+if options.showHelp {
+    print(CommandLineOptions.usage)
+    exit(0)
+}
+if options.showVersion {
+    print("Shoal \(version)\nPgBouncer-compatible configuration and console (PgBouncer 1.25 level)\nSwiftNIO event loops: \(System.coreCount)")
+    exit(0)
+}
+
+// MARK: Configuration
+
+let bootstrapSink = LogSink(quiet: options.quiet, logfile: nil)
+let loaded: ConfigLoader.Result
+do {
+    loaded = try ConfigLoader().load(path: options.configPath!)
+} catch {
+    LoggingSystem.bootstrap { PgBouncerLogHandler(label: $0, sink: bootstrapSink, level: .info) }
+    Logger(label: "shoal").critical("cannot load config file: \(error)")
+    exit(1)
+}
+let config = loaded.config
+let sink = LogSink(quiet: options.quiet || options.daemon, logfile: config.logfile)
+let level: Logger.Level = max(options.verbose, config.verbose) >= 2 ? .trace : max(options.verbose, config.verbose) == 1 ? .debug : .info
+LoggingSystem.bootstrap { PgBouncerLogHandler(label: $0, sink: sink, level: level) }
+let logger = Logger(label: "shoal")
+for warning in loaded.warnings { logger.warning("\(warning)") }
+
+if config.authType == .hba || config.authType == .cert {
+    logger.critical("auth_type \(config.authType.rawValue) is not supported by Shoal yet")
+    exit(1)
+}
+if options.daemon && config.pidfile == nil {
+    logger.critical("daemon needs pidfile configured")
+    exit(1)
+}
+if options.daemon {
+    // Detach: fork once, new session, stdio to /dev/null. The parent exits 0.
+    let child = fork()
+    if child < 0 { logger.critical("fork failed"); exit(1) }
+    if child > 0 { exit(0) }
+    setsid()
+    let null = open("/dev/null", O_RDWR)
+    dup2(null, 0); dup2(null, 1); dup2(null, 2)
+}
+if let pidfile = config.pidfile {
+    if let existing = try? String(contentsOfFile: pidfile, encoding: .utf8), let pid = Int32(existing.trimmingCharacters(in: .whitespacesAndNewlines)), kill(pid, 0) == 0 {
+        logger.critical("pidfile '\(pidfile)' exists, another instance running?")
+        exit(1)
+    } else if FileManager.default.fileExists(atPath: pidfile) {
+        logger.info("stale pidfile, removing")
+        try? FileManager.default.removeItem(atPath: pidfile)
+    }
+    try? "\(getpid())\n".write(toFile: pidfile, atomically: false, encoding: .utf8)
+}
+func removePidfile() {
+    if let pidfile = config.pidfile { try? FileManager.default.removeItem(atPath: pidfile) }
+}
+
+var limit = rlimit()
+getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+if limit.rlim_cur < limit.rlim_max {
+    // Each client and server costs a descriptor; take what the hard limit allows.
+    limit.rlim_cur = limit.rlim_max
+    setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+}
+logger.info("process up: Shoal \(version), SwiftNIO, tls: none")
+logger.info("kernel file descriptor limit: \(limit.rlim_cur) (hard: \(limit.rlim_max)); max_client_conn: \(config.maxClientConn)")
+
+let userList = ShoalServer.loadUserList(config: config, logger: logger)
+let server = ShoalServer(config: config, userList: userList, logger: logger, logSink: sink)
+
+// MARK: Signals
+
+signal(SIGPIPE, SIG_IGN)
+let signalQueue = DispatchQueue(label: "shoal.signals")
+var signalSources: [DispatchSourceSignal] = []
+var shuttingDown = false
+func onSignal(_ number: Int32, _ handler: @escaping () -> Void) {
+    signal(number, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(signal: number, queue: signalQueue)
+    source.setEventHandler(handler: handler)
+    source.resume()
+    signalSources.append(source)
+}
+onSignal(SIGHUP) {
+    logger.info("got SIGHUP, re-reading config")
+    server.reload()
+}
+onSignal(SIGQUIT) {
+    logger.info("got SIGQUIT, fast exit")
+    removePidfile()
+    exit(0)
+}
+func gracefulShutdown(_ line: String, _ again: String) {
+    if shuttingDown {
+        logger.info("\(again)")
+        removePidfile()
+        exit(0)
+    }
+    shuttingDown = true
+    logger.info("\(line)")
+    Task {
+        await server.drain(timeout: .hours(24))
+        logger.info("client connections dropped, exiting")
+        removePidfile()
+        exit(0)
+    }
+}
+onSignal(SIGTERM) {
+    gracefulShutdown("got SIGTERM, shutting down, waiting for all clients disconnect", "got SIGTERM while shutting down, fast exit")
+}
+onSignal(SIGINT) {
+    gracefulShutdown("got SIGINT, shutting down, waiting for all servers connections to be released", "got SIGINT while shutting down, fast exit")
+}
+
+do {
+    try await server.start()
+} catch {
+    logger.critical("\(error)")
+    removePidfile()
+    exit(1)
+}
+// Serve until a signal ends the process.
+while true {
+    try? await Task.sleep(nanoseconds: 3_600_000_000_000)
+}
