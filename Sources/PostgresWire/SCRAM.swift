@@ -191,16 +191,19 @@ public struct SCRAMClientExchange: Sendable {
 
     private let secret: Secret
     private let clientNonce: String
+    /// PostgreSQL ignores the SCRAM user name (it uses the startup packet's); RFC test vectors set one.
+    private let username: String
     private var clientFirstBare = ""
     private var expectedServerSignature: [UInt8] = []
 
-    public init(secret: Secret, clientNonce: String = SCRAM.randomNonce()) {
+    public init(secret: Secret, clientNonce: String = SCRAM.randomNonce(), username: String = "") {
         self.secret = secret
         self.clientNonce = clientNonce
+        self.username = username
     }
 
     public mutating func clientFirst() -> [UInt8] {
-        clientFirstBare = "n=,r=\(clientNonce)"
+        clientFirstBare = "n=\(username),r=\(clientNonce)"
         return Array("n,,\(clientFirstBare)".utf8)
     }
 

@@ -1,0 +1,102 @@
+import Configuration
+import Testing
+
+@Suite struct ConfigLoaderTests {
+    func loader(_ files: [String: String]) -> ConfigLoader {
+        ConfigLoader(reader: IniReader(load: { path in
+            guard let text = files[path] else { throw CocoaLikeError.missing }
+            return text
+        }))
+    }
+    enum CocoaLikeError: Error { case missing }
+
+    @Test func readsPgBouncerHabits() throws {
+        let ini = """
+            ; a comment
+            # another
+            [databases]
+              moodle = host=10.0.0.5 port=5433 dbname=moodle pool_size=40 pool_mode=transaction
+            quoted = host=db user=app password='it''s' client_encoding=UTF8
+            * = host=fallback
+
+            [users]
+            cron = pool_mode=session max_user_connections=5
+
+            [pgbouncer]
+            listen_port = 6000
+            listen_port = 6432
+            listen_addr = 127.0.0.1, ::1
+            auth_type = SCRAM-SHA-256
+            max_client_conn = 0x10
+            query_wait_timeout = 2.5
+            server_reset_query_always = 1
+            ignore_startup_parameters = extra_float_digits options
+            %include extra.ini
+            """
+        let result = try loader(["main.ini": ini, "extra.ini": "default_pool_size = 7\ndns_max_ttl = 3\n"]).load(path: "main.ini")
+        let config = result.config
+        #expect(config.listenPort == 6432)
+        #expect(config.listenAddr == ["127.0.0.1", "::1"])
+        #expect(config.authType == .scramSHA256)
+        #expect(config.maxClientConn == 16)
+        #expect(config.queryWaitTimeout == 2.5)
+        #expect(config.serverResetQueryAlways)
+        #expect(config.defaultPoolSize == 7)
+        #expect(config.ignoreStartupParameters == ["extra_float_digits", "options"])
+        let moodle = try #require(config.databases["moodle"])
+        #expect(moodle.hosts == ["10.0.0.5"] && moodle.ports == [5433] && moodle.poolSize == 40 && moodle.poolMode == .transaction)
+        #expect(config.databases["quoted"]?.password == "it's")
+        #expect(config.users["cron"]?.poolMode == .session)
+        #expect(config.database(named: "physics")?.dbname == "physics")
+        #expect(config.database(named: "physics")?.hosts == ["fallback"])
+        // dns_max_ttl is PgBouncer's but not acted on: a warning naming file, line and key.
+        let warning = try #require(result.warnings.first)
+        #expect(warning.file == "extra.ini" && warning.line == 2 && warning.key == "dns_max_ttl")
+    }
+
+    @Test func badValueNamesFileLineAndKey() {
+        let ini = "[pgbouncer]\nlisten_port = 6432\npool_mode = sometimes\n"
+        do {
+            _ = try loader(["a.ini": ini]).load(path: "a.ini")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.file == "a.ini" && error.line == 3 && error.key == "pool_mode")
+            #expect(error.description.contains("session, transaction or statement"))
+        }
+    }
+
+    @Test func refusesUnknownKeysSyntaxAndMissingMainSection() {
+        #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[pgbouncer]\nno_such_key = 1\n"]).load(path: "a.ini") }
+        #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[pgbouncer]\njust words\n"]).load(path: "a.ini") }
+        #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[databases]\na = host=x\n"]).load(path: "a.ini") }
+        #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[nonsense]\n"]).load(path: "a.ini") }
+        #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[pgbouncer]\n[databases]\na = host=x bogus=1\n"]).load(path: "a.ini") }
+        #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[pgbouncer]\n[databases]\npgbouncer = host=x\n"]).load(path: "a.ini") }
+        #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[pgbouncer]\n%include missing.ini\n"]).load(path: "a.ini") }
+        #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[pgbouncer]\nlog_connections = yes\n"]).load(path: "a.ini") }
+        #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[pgbouncer]\nserver_lifetime = -1\n"]).load(path: "a.ini") }
+    }
+
+    @Test func inlineSemicolonIsPartOfTheValue() throws {
+        let result = try loader(["a.ini": "[pgbouncer]\nserver_reset_query = DISCARD ALL ;x\n"]).load(path: "a.ini")
+        #expect(result.config.serverResetQuery == "DISCARD ALL ;x")
+    }
+}
+
+@Suite struct UserListTests {
+    @Test func parsesQuotedFieldsAndStopsAtBrokenLine() {
+        let text = """
+            ; comment
+            "postgres" "secret"
+            "we""ird" "md54cd7994f0a6f6357615cc334d1c5d03a" trailing words
+            broken line
+            "after" "never"
+            """
+        let result = UserList.parse(text, file: "userlist.txt")
+        #expect(result.userList.secrets["postgres"] == "secret")
+        #expect(result.userList.secrets["we\"ird"] == "md54cd7994f0a6f6357615cc334d1c5d03a")
+        #expect(result.userList.secrets["after"] == nil)
+        #expect(result.problem?.line == 4)
+        #expect(result.problem?.message == "broken auth file")
+    }
+}

@@ -1,0 +1,175 @@
+import NIOCore
+import Pooling
+import PostgresWire
+import Testing
+
+final class FakeServer {}
+final class FakeClient {}
+
+@Suite struct TransactionTrackerTests {
+    @Test func simpleQueryReleasesAtIdleReadyForQuery() {
+        var tracker = TransactionTracker()
+        tracker.clientSent(type: FrontendMessage.query)
+        #expect(!tracker.isReleasable)
+        #expect(rfq(&tracker, .idle))
+    }
+
+    @Test func transactionKeepsTheLink() {
+        var tracker = TransactionTracker()
+        tracker.clientSent(type: FrontendMessage.query)
+        #expect(!rfq(&tracker, .inTransaction))
+        tracker.clientSent(type: FrontendMessage.query)
+        #expect(!rfq(&tracker, .failed))
+        tracker.clientSent(type: FrontendMessage.query)
+        #expect(rfq(&tracker, .idle))
+    }
+
+    @Test func pipelineWaitsForTheLastReadyForQuery() {
+        var tracker = TransactionTracker()
+        for _ in 0..<3 {
+            for type in [FrontendMessage.parse, FrontendMessage.bind, FrontendMessage.execute, FrontendMessage.sync] {
+                tracker.clientSent(type: type)
+            }
+        }
+        #expect(!rfq(&tracker, .idle))
+        #expect(!rfq(&tracker, .idle))
+        #expect(rfq(&tracker, .idle))
+    }
+
+    @Test func halfSentBatchKeepsTheLink() {
+        var tracker = TransactionTracker()
+        tracker.clientSent(type: FrontendMessage.query)
+        tracker.clientSent(type: FrontendMessage.parse)
+        tracker.clientSent(type: FrontendMessage.bind)
+        #expect(!rfq(&tracker, .idle))
+        tracker.clientSent(type: FrontendMessage.execute)
+        tracker.clientSent(type: FrontendMessage.sync)
+        #expect(rfq(&tracker, .idle))
+    }
+
+    @Test func extendedCopyInForgetsTheIgnoredSync() {
+        // libpq: Parse/Bind/Execute/Sync, then CopyData…, CopyDone and a second Sync. The server ignores the first.
+        var tracker = TransactionTracker()
+        for type in [FrontendMessage.parse, FrontendMessage.bind, FrontendMessage.execute, FrontendMessage.sync] {
+            tracker.clientSent(type: type)
+        }
+        tracker.copyInStarted()
+        tracker.clientSent(type: FrontendMessage.copyData)
+        tracker.clientSent(type: FrontendMessage.copyDone)
+        tracker.clientSent(type: FrontendMessage.sync)
+        #expect(rfq(&tracker, .idle))
+    }
+
+    @Test func simpleCopyInKeepsItsQuery() {
+        var tracker = TransactionTracker()
+        tracker.clientSent(type: FrontendMessage.query)
+        tracker.copyInStarted()
+        tracker.clientSent(type: FrontendMessage.copyData)
+        tracker.clientSent(type: FrontendMessage.copyDone)
+        #expect(rfq(&tracker, .idle))
+    }
+}
+
+@Suite struct PoolStateTests {
+    let second: UInt64 = 1_000_000_000
+
+    @Test func dialsUpToPoolSizeThenQueuesInArrivalOrder() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 2))
+        let clients = (0..<4).map { _ in FakeClient() }
+        guard case .connectAndWait(loop: 0) = pool.leaseRequested(by: clients[0], loop: 0, now: 0) else { Issue.record("want dial"); return }
+        guard case .connectAndWait(loop: 1) = pool.leaseRequested(by: clients[1], loop: 1, now: 0) else { Issue.record("want dial"); return }
+        guard case .wait = pool.leaseRequested(by: clients[2], loop: 0, now: 0) else { Issue.record("want wait"); return }
+        guard case .wait = pool.leaseRequested(by: clients[3], loop: 0, now: 0) else { Issue.record("want wait"); return }
+        let servers = [FakeServer(), FakeServer()]
+        guard case .handOver(_, let first) = pool.connected(servers[0], loop: 0, now: 1) else { Issue.record("want hand-over"); return }
+        #expect(first === clients[0])
+        guard case .handOver(_, let secondClient) = pool.connected(servers[1], loop: 1, now: 1) else { Issue.record("want hand-over"); return }
+        #expect(secondClient === clients[1])
+        guard case .handOver(_, let third) = pool.released(servers[0], loop: 0, createdAt: 1, reusable: true, now: 2) else { Issue.record("want hand-over"); return }
+        #expect(third === clients[2])
+        #expect(pool.waitingCount == 1)
+    }
+
+    @Test func prefersAnIdleServerOnTheClientsLoop() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 2))
+        let a = FakeServer(), b = FakeServer()
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.leaseRequested(by: FakeClient(), loop: 1, now: 0)
+        _ = pool.connected(a, loop: 0, now: 0)
+        _ = pool.connected(b, loop: 1, now: 0)
+        _ = pool.released(a, loop: 0, createdAt: 0, reusable: true, now: 1)
+        _ = pool.released(b, loop: 1, createdAt: 0, reusable: true, now: 1)
+        guard case .use(let chosen) = pool.leaseRequested(by: FakeClient(), loop: 0, now: 2) else { Issue.record("want use"); return }
+        #expect(chosen === a)
+        guard case .use(let other) = pool.leaseRequested(by: FakeClient(), loop: 0, now: 2) else { Issue.record("want use"); return }
+        #expect(other === b) // full pool: a server on another loop beats waiting
+    }
+
+    @Test func waitersTimeOutAndLoginFailuresAreShared() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1, queryWaitTimeout: 5, serverLoginRetry: 15))
+        let a = FakeClient(), b = FakeClient()
+        _ = pool.leaseRequested(by: a, loop: 0, now: 0)
+        _ = pool.leaseRequested(by: b, loop: 0, now: 0)
+        let failed = pool.connectFailed(message: "connect failed", code: "08006", now: second)
+        #expect(failed.count == 2)
+        guard case .fail(let message, _) = pool.leaseRequested(by: FakeClient(), loop: 0, now: 2 * second) else { Issue.record("want fail"); return }
+        #expect(message.contains("server login has been failing"))
+        guard case .connectAndWait = pool.leaseRequested(by: FakeClient(), loop: 0, now: 20 * second) else { Issue.record("want retry"); return }
+        let late = FakeClient()
+        _ = pool.leaseRequested(by: late, loop: 0, now: 20 * second)
+        let work = pool.maintain(now: 26 * second)
+        #expect(work.timedOut.count == 2)
+    }
+
+    @Test func dirtyOrExpiredServersAreClosedAndReplacedForWaiters() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1, serverLifetime: 10))
+        let server = FakeServer()
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.connected(server, loop: 0, now: 0)
+        _ = pool.leaseRequested(by: FakeClient(), loop: 1, now: 0)
+        guard case .close(let closed, let connectFor) = pool.released(server, loop: 0, createdAt: 0, reusable: false, now: second) else {
+            Issue.record("want close"); return
+        }
+        #expect(closed === server && connectFor == 1)
+    }
+
+    @Test func idleTimeoutKeepsMinPoolSize() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 3, minPoolSize: 1, serverIdleTimeout: 10))
+        let servers = (0..<3).map { _ in FakeServer() }
+        for server in servers {
+            _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+            _ = pool.connected(server, loop: 0, now: 0)
+        }
+        for server in servers { _ = pool.released(server, loop: 0, createdAt: 0, reusable: true, now: 0) }
+        let work = pool.maintain(now: 11 * second)
+        #expect(work.close.count == 2)
+        #expect(pool.idle.count == 1)
+    }
+}
+
+@Suite struct ParameterAndOptionsTests {
+    @Test func setStatementCoversOnlyDifferences() {
+        var client = ParameterSet()
+        client.set("TimeZone", "Europe/Paris")
+        client.set("application_name", "it's")
+        client.set("client_encoding", "UTF8")
+        var server = ParameterSet()
+        server.set("TimeZone", "UTC")
+        server.set("client_encoding", "utf8")
+        #expect(client.setStatement(from: server) == "SET application_name='it''s';SET TimeZone='Europe/Paris';")
+        #expect(client.setStatement(from: client) == nil)
+    }
+
+    @Test func parsesMoodleOptions() throws {
+        let settings = try StartupOptions.parse("--client_encoding=utf8 --standard_conforming_strings=on -c search_path=a\\ b -cTimeZone=UTC")
+        #expect(settings.map(\.0) == ["client_encoding", "standard_conforming_strings", "search_path", "TimeZone"])
+        #expect(settings.map(\.1) == ["utf8", "on", "a b", "UTC"])
+        #expect(throws: StartupOptions.ParseError.self) { try StartupOptions.parse("-d 5") }
+        #expect(throws: StartupOptions.ParseError.self) { try StartupOptions.parse("-c") }
+    }
+}
+
+/// `#expect` cannot call a mutating method on its argument directly.
+func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bool {
+    tracker.readyForQueryReceived(status)
+}

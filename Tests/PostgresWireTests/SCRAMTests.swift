@@ -1,0 +1,74 @@
+import Foundation
+import PostgresWire
+import Testing
+
+/// RFC 7677 section 3: user "user", password "pencil".
+@Suite struct SCRAMTests {
+    let clientNonce = "rOprNGfwEbeRWgbNEkqO"
+    let serverNonce = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    let salt = Array(Data(base64Encoded: "W22ZaJ0SNY7soEsUEjb6gQ==")!)
+    let clientFinal = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+    let serverFinal = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+
+    @Test func clientSideMatchesRFC7677() throws {
+        var exchange = SCRAMClientExchange(secret: .password("pencil"), clientNonce: clientNonce, username: "user")
+        #expect(String(decoding: exchange.clientFirst(), as: UTF8.self) == "n,,n=user,r=\(clientNonce)")
+        let final = try exchange.receiveServerFirst(Array("r=\(clientNonce)\(serverNonce),s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096".utf8))
+        #expect(String(decoding: final, as: UTF8.self) == clientFinal)
+        try exchange.receiveServerFinal(Array(serverFinal.utf8))
+        #expect(throws: SCRAMClientExchange.Failure.invalidServerSignature) {
+            try exchange.receiveServerFinal(Array("v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".utf8))
+        }
+    }
+
+    @Test func serverSideMatchesRFC7677AndRecoversClientKey() throws {
+        let verifier = SCRAM.Verifier(password: "pencil", salt: salt, iterations: 4096)
+        var exchange = SCRAMServerExchange(verifier: verifier, serverNonce: serverNonce)
+        let first = try exchange.receiveClientFirst(Array("n,,n=user,r=\(clientNonce)".utf8))
+        #expect(String(decoding: first, as: UTF8.self) == "r=\(clientNonce)\(serverNonce),s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+        let final = try exchange.receiveClientFinal(Array(clientFinal.utf8))
+        #expect(String(decoding: final, as: UTF8.self) == serverFinal)
+        let salted = SCRAM.saltedPassword("pencil", salt: salt, iterations: 4096)
+        #expect(exchange.clientKey == SCRAM.hmac(key: salted, "Client Key"))
+    }
+
+    @Test func serverRejectsWrongProofAndNonce() throws {
+        let verifier = SCRAM.Verifier(password: "other", salt: salt, iterations: 4096)
+        var exchange = SCRAMServerExchange(verifier: verifier, serverNonce: serverNonce)
+        _ = try exchange.receiveClientFirst(Array("n,,n=user,r=\(clientNonce)".utf8))
+        #expect(throws: SCRAMServerExchange.Failure.wrongProof) { try exchange.receiveClientFinal(Array(clientFinal.utf8)) }
+
+        var other = SCRAMServerExchange(verifier: verifier, serverNonce: "different")
+        _ = try other.receiveClientFirst(Array("n,,n=user,r=\(clientNonce)".utf8))
+        #expect(throws: SCRAMServerExchange.Failure.nonceMismatch) { try other.receiveClientFinal(Array(clientFinal.utf8)) }
+        #expect(throws: SCRAMServerExchange.Failure.malformedMessage) { try other.receiveClientFirst(Array("garbage".utf8)) }
+    }
+
+    @Test func verifierTextRoundTrips() throws {
+        let verifier = SCRAM.Verifier(password: "pencil", salt: salt, iterations: 4096)
+        let parsed = try #require(SCRAM.Verifier(parsing: verifier.text))
+        #expect(parsed == verifier)
+        #expect(SCRAM.Verifier(parsing: "md5abc") == nil)
+        #expect(SCRAM.Verifier(parsing: "SCRAM-SHA-256$x:abc$def:ghi") == nil)
+    }
+
+    @Test func passThroughKeysLogInLikeThePassword() throws {
+        let salted = SCRAM.saltedPassword("pencil", salt: salt, iterations: 4096)
+        let keys = SCRAMClientExchange.Secret.keys(clientKey: SCRAM.hmac(key: salted, "Client Key"), serverKey: SCRAM.hmac(key: salted, "Server Key"))
+        var exchange = SCRAMClientExchange(secret: keys, clientNonce: clientNonce, username: "user")
+        _ = exchange.clientFirst()
+        let final = try exchange.receiveServerFirst(Array("r=\(clientNonce)\(serverNonce),s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096".utf8))
+        #expect(String(decoding: final, as: UTF8.self) == clientFinal)
+    }
+}
+
+@Suite struct MD5PasswordTests {
+    @Test func matchesPostgreSQL() {
+        // Expected values computed independently: 'md5' || md5('secretpw' || 'postgres'), then with salt 01020304.
+        #expect(MD5Password.storedHash(user: "postgres", password: "secretpw") == "md54cd7994f0a6f6357615cc334d1c5d03a")
+        #expect(MD5Password.response(user: "postgres", password: "secretpw", salt: [1, 2, 3, 4]) == "md5f7f7d44173da53d13bbaf4fff77edc21")
+        #expect(MD5Password.response(storedHash: "md54cd7994f0a6f6357615cc334d1c5d03a", salt: [1, 2, 3, 4]) == "md5f7f7d44173da53d13bbaf4fff77edc21")
+        #expect(MD5Password.isStoredHash("md54cd7994f0a6f6357615cc334d1c5d03a"))
+        #expect(!MD5Password.isStoredHash("md5XYZ"))
+    }
+}
