@@ -1,0 +1,67 @@
+import Configuration
+import Foundation
+import Logging
+import ProxyServer
+
+/// Shoal running in the test process in front of the shared test PostgreSQL.
+final class ShoalInstance {
+    let server: ShoalServer
+    let port: Int
+    let directory: String
+    let logPath: String
+
+    /// `configure` adjusts a transaction-mode config with one `postgres` database entry before start.
+    init(_ configure: (inout ShoalConfig) -> Void = { _ in }) async throws {
+        let postgres = TestPostgres.shared
+        port = freePort()
+        directory = "/tmp/shoal-test-\(getpid())-\(port)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        logPath = "\(directory)/shoal.log"
+        var config = ShoalConfig()
+        config.listenAddr = ["127.0.0.1"]
+        config.listenPort = port
+        config.unixSocketDir = directory
+        config.authType = .scramSHA256
+        config.poolMode = .transaction
+        config.defaultPoolSize = 10
+        config.maxClientConn = 3000
+        var database = DatabaseEntry(name: "postgres")
+        database.hosts = ["127.0.0.1"]
+        database.ports = [postgres.port]
+        database.dbname = "postgres"
+        config.databases["postgres"] = database
+        config.databases["*"] = { var d = database; d.name = "*"; d.dbname = nil; return d }()
+        configure(&config)
+        let userList = UserList(secrets: ["postgres": TestPostgres.password])
+        let sink = LogSink(quiet: true, logfile: logPath)
+        let level = ProcessInfo.processInfo.environment["SHOAL_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .info
+        var logger = Logger(label: "shoal-test") { PgBouncerLogHandler(label: $0, sink: sink, level: level) }
+        logger.logLevel = level
+        server = ShoalServer(config: config, userList: userList, threads: 2, logger: logger, logSink: sink)
+        try await server.start()
+    }
+
+    var conninfo: String {
+        "host=127.0.0.1 port=\(port) user=postgres dbname=postgres password=\(TestPostgres.password) connect_timeout=10"
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    func stop() async {
+        await server.shutdown()
+        // Keep the log of the last run of each port for post-mortems.
+        try? FileManager.default.removeItem(atPath: "/tmp/shoal-test-last.log")
+        try? FileManager.default.copyItem(atPath: logPath, toPath: "/tmp/shoal-test-last.log")
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// psql through Shoal; returns unaligned output.
+    func psql(_ arguments: [String], conninfo: String? = nil) throws -> ProcessResult {
+        try ProcessRunner.run("psql", ["-X", "-At", "-v", "ON_ERROR_STOP=1", conninfo ?? self.conninfo] + arguments)
+    }
+
+    func pgbench(_ arguments: [String], timeout: TimeInterval = 60) throws -> ProcessResult {
+        try ProcessRunner.run("pgbench", ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres"] + arguments + ["postgres"],
+                              environment: ["PGPASSWORD": TestPostgres.password], timeout: timeout)
+    }
+}
