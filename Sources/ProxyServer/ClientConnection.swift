@@ -328,8 +328,11 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         loginTimeout = nil
         // Tracked parameters the client did not choose start at the server defaults.
         let tracked = Set((ParameterSet.alwaysTracked + runtime.config.trackExtraParameters).map { $0.lowercased() })
-        for (name, value) in welcome where tracked.contains(name.lowercased()) && parameters[name] == nil {
-            parameters.set(name, value)
+        for (name, value) in welcome where tracked.contains(name.lowercased()) {
+            // Unset, or the same value spelled differently ("utf8"): take the server's canonical spelling.
+            if parameters[name] == nil || parameters[name]!.lowercased() == value.lowercased() {
+                parameters.set(name, value)
+            }
         }
         var out = context.channel.allocator.buffer(capacity: 512)
         for (name, value) in welcome {
@@ -483,11 +486,24 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if let end = visitor.swallowEnd { swallowEnd = end }
         let start = serverStreamPosition
         serverStreamPosition += buffer.readableBytes
+        var canonical: ByteBuffer?
         if let updates = visitor.parameterUpdates {
             for update in updates {
                 origin.parameters.set(update.name, update.value)
-                if !update.fromShoal { parameters.set(update.name, update.value) }
+                if !update.fromShoal {
+                    parameters.set(update.name, update.value)
+                } else if let believed = parameters[update.name], believed != update.value,
+                          believed.lowercased() == update.value.lowercased() {
+                    // Shoal's SET made PostgreSQL report its canonical spelling: pass it on, as PgBouncer does.
+                    parameters.set(update.name, update.value)
+                    if canonical == nil { canonical = context.channel.allocator.buffer(capacity: 64) }
+                    canonical!.writeParameterStatus(name: update.name, value: update.value)
+                }
             }
+        }
+        if let canonical {
+            context.write(wrapOutboundOut(canonical), promise: nil)
+            needsFlush = true
         }
         if visitor.setFailed {
             origin.close(reason: "invalid server parameter")

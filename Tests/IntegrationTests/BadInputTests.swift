@@ -1,0 +1,103 @@
+import Foundation
+import NIOCore
+import PostgresWire
+import Testing
+
+/// Bytes no client should send. Each gets an answer (or a silent close where PgBouncer closes silently),
+/// and a normal client is served right after.
+@Suite(.serialized) struct BadInputTests {
+    /// Opens a TCP connection, sends `bytes`, and returns what came back before the close (or after 3 s).
+    func exchange(port: Int, _ bytes: [UInt8], thenClose: Bool = false) throws -> [UInt8] {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw TestFailure("connect failed") }
+        var timeout = timeval(tv_sec: 3, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        if thenClose { shutdown(fd, Int32(SHUT_WR)) }
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = recv(fd, &chunk, chunk.count, 0)
+            if count <= 0 { break }
+            received += chunk[0..<count]
+        }
+        return received
+    }
+
+    func errorMessage(_ bytes: [UInt8]) -> (code: String, message: String)? {
+        var buffer = ByteBuffer(bytes: bytes)
+        while let type = buffer.readInteger(as: UInt8.self), let length = buffer.readInteger(as: Int32.self) {
+            guard let body = buffer.readSlice(length: Int(length) - 4) else { return nil }
+            if type == BackendMessage.errorResponse {
+                let fields = ErrorFields(body: body)
+                return (fields.code, fields.message)
+            }
+        }
+        return nil
+    }
+
+    func int32(_ value: Int32) -> [UInt8] { withUnsafeBytes(of: value.bigEndian) { Array($0) } }
+
+    @Test func garbageAbsurdLengthsTruncatedPacketsAndOldProtocolsAreSurvived() async throws {
+        let shoal = try await ShoalInstance()
+        defer { Task { await shoal.stop() } }
+
+        let garbage = try exchange(port: shoal.port, Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(errorMessage(garbage)?.message.hasPrefix("bad packet header") == true)
+        #expect(errorMessage(garbage)?.code == "08P01")
+
+        let absurd = try exchange(port: shoal.port, int32(Int32.max) + int32(196608))
+        #expect(errorMessage(absurd)?.message.hasPrefix("bad packet header") == true)
+
+        let tooShort = try exchange(port: shoal.port, int32(2) + int32(196608))
+        #expect(errorMessage(tooShort)?.code == "08P01")
+
+        // Half a startup packet, then the client goes away: nothing to answer, nothing must break.
+        _ = try exchange(port: shoal.port, int32(40) + int32(196608) + Array("user\0po".utf8), thenClose: true)
+
+        let v2 = try exchange(port: shoal.port, int32(9) + int32(2 << 16) + [0])
+        #expect(errorMessage(v2)?.message == "old V2 protocol not supported")
+
+        let unknownVersion = try exchange(port: shoal.port, int32(9) + int32(9 << 16 | 9) + [0])
+        #expect(errorMessage(unknownVersion)?.message.hasPrefix("bad packet header") == true)
+
+        let layout = try exchange(port: shoal.port, int32(17) + int32(196608) + Array("user\0abc\0".utf8))
+        #expect(errorMessage(layout)?.message == "invalid startup packet layout: expected terminator as last byte")
+
+        // A logged-in client that sends a message with an absurd length.
+        let login = try PQConnection(shoal.conninfo)
+        _ = login
+        // A 3.2 request is answered with NegotiateProtocolVersion, then authentication goes on.
+        let negotiated = try exchange(port: shoal.port, int32(8 + 15) + int32(3 << 16 | 2) + Array("user\0postgres\0\0".utf8))
+        #expect(negotiated.first == BackendMessage.negotiateProtocolVersion)
+
+        // Through all that, normal clients are served.
+        let after = try PQConnection(shoal.conninfo)
+        #expect(try after.scalar("select 'served'") == "served")
+        #expect(try login.scalar("select 'still here'") == "still here")
+    }
+
+    @Test func absurdMessageLengthAfterLoginIsAProtocolViolation() async throws {
+        let shoal = try await ShoalInstance { $0.authType = .trust; $0.maxPacketSize = 1 << 20 }
+        defer { Task { await shoal.stop() } }
+        var startup = ByteBuffer()
+        startup.writeStartupMessage(parameters: [("user", "postgres"), ("database", "postgres")])
+        var query = ByteBuffer()
+        query.writeInteger(FrontendMessage.query)
+        query.writeInteger(Int32(50_000_000))
+        let answer = try exchange(port: shoal.port, Array(startup.readableBytesView) + Array(query.readableBytesView))
+        let error = errorMessage(answer)
+        #expect(error?.code == "08P01")
+        #expect(error?.message.hasPrefix("bad packet header") == true)
+        let after = try PQConnection(shoal.conninfo)
+        #expect(try after.scalar("select 1") == "1")
+    }
+}
