@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Runs pgbench scenarios against several targets in interleaved rounds and prints medians and ratios.
+
+CPU per transaction is the pooler process's user+system time (from /proc/PID/stat) spent during the run,
+divided by the transactions pgbench completed. Direct PostgreSQL has no pooler process, so no CPU figure.
+"""
+import argparse, os, re, statistics, subprocess
+
+SCENARIOS = [
+    ("pgbench -S, 50 clients", ["-S", "-c", "50", "-j", "2"]),
+    ("pgbench -S -C, 50 clients", ["-S", "-C", "-c", "50", "-j", "2"]),
+    ("pgbench -S, 1000 clients", ["-S", "-c", "1000", "-j", "2"]),
+]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run(port, args, seconds, password):
+    command = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-T", str(seconds)] + args + ["postgres"]
+    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password}, timeout=seconds * 4 + 60)
+    tps = re.search(r"tps = ([0-9.]+)", out.stdout)
+    done = re.search(r"actually processed: (\d+)", out.stdout)
+    failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+    if not tps or not done:
+        return None, 0, out.stderr.strip().splitlines()[-1:] or ["no output"]
+    return float(tps.group(1)), int(done.group(1)), int(failed.group(1)) if failed else 0
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--target", action="append", required=True, help="name=port:pid (pid empty for none)")
+    options = parser.parse_args()
+    targets = []
+    for spec in options.target:
+        name, rest = spec.split("=", 1)
+        port, pid = rest.split(":", 1)
+        targets.append((name, int(port), int(pid) if pid else None))
+
+    results = {}
+    for round_number in range(options.rounds):
+        for scenario, args in SCENARIOS:
+            # Rotate the order each round so no target always runs first.
+            ordered = targets[round_number % len(targets):] + targets[:round_number % len(targets)]
+            for name, port, pid in ordered:
+                before = cpu_seconds(pid) if pid else None
+                tps, done, failed = run(port, args, options.seconds, options.password)
+                after = cpu_seconds(pid) if pid else None
+                entry = results.setdefault((scenario, name), {"tps": [], "cpu_us": [], "failed": 0})
+                if tps is None:
+                    entry["failed"] += 1
+                    print(f"round {round_number + 1} {scenario} {name}: failed: {failed}", flush=True)
+                    continue
+                entry["tps"].append(tps)
+                entry["failed"] += failed
+                if pid and done:
+                    entry["cpu_us"].append((after - before) * 1e6 / done)
+                cpu = f", {entry['cpu_us'][-1]:.1f} µs CPU/xact" if pid and done else ""
+                print(f"round {round_number + 1} {scenario:28} {name:10} {tps:10.0f} tps{cpu}", flush=True)
+
+    print()
+    print(f"| scenario | target | tps (median of {options.rounds}) | pooler CPU µs/xact (median) | failed xacts |")
+    print("|---|---|---:|---:|---:|")
+    for scenario, _ in SCENARIOS:
+        for name, _, _ in targets:
+            entry = results.get((scenario, name), {"tps": [], "cpu_us": [], "failed": 0})
+            tps = f"{statistics.median(entry['tps']):.0f}" if entry["tps"] else "—"
+            cpu = f"{statistics.median(entry['cpu_us']):.1f}" if entry["cpu_us"] else "—"
+            print(f"| {scenario} | {name} | {tps} | {cpu} | {entry['failed']} |")
+    print()
+    print("| scenario | Shoal/PgBouncer throughput | Shoal/PgBouncer CPU per xact |")
+    print("|---|---:|---:|")
+    for scenario, _ in SCENARIOS:
+        s, b = results.get((scenario, "shoal")), results.get((scenario, "pgbouncer"))
+        if s and b and s["tps"] and b["tps"]:
+            ratio = statistics.median(s["tps"]) / statistics.median(b["tps"])
+            cpu = (statistics.median(s["cpu_us"]) / statistics.median(b["cpu_us"])) if s["cpu_us"] and b["cpu_us"] else float("nan")
+            print(f"| {scenario} | {ratio:.2f} | {cpu:.2f} |")
+    for name, _, pid in targets:
+        if pid:
+            print(f"peak RSS {name}: {peak_rss_kb(pid) / 1024:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# End-to-end comparison on one machine, in one run: direct PostgreSQL, Shoal (release build) and PgBouncer
+# (Debian's package) with equivalent settings — transaction pooling, the same pool size, scram-sha-256 —
+# driven by pgbench in interleaved rounds so a noisy machine affects all alike.
+# Usage: Benchmarks/e2e.sh [seconds per run, default 10] [rounds, default 3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh >/dev/null
+source scripts/lib/throwaway-postgres.sh
+seconds=${1:-10}
+rounds=${2:-3}
+pool_size=${POOL_SIZE:-20}
+
+swift build -c release --product shoal --scratch-path .build-release >/dev/null
+shoal_bin=.build-release/release/shoal
+
+dir=$(mktemp -d /tmp/shoal-bench.XXXXXX)
+chmod 755 "$dir"
+pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1)); bouncerport=$((pgport + 2))
+cleanup() {
+    [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
+    [ -n "${bouncer_pid:-}" ] && kill -QUIT "$bouncer_pid" 2>/dev/null || true
+    pg_down "$dir"
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+pg_up "$dir" "$pgport" "max_connections=300"
+ulimit -n "$(ulimit -Hn)"
+verifier=$(PGPASSWORD=$PG_PASSWORD psql -X -At -h 127.0.0.1 -p "$pgport" -U postgres -c "select rolpassword from pg_authid where rolname='postgres'" postgres)
+# Both poolers get the same userlist: the SCRAM verifier PostgreSQL stores, as a real deployment would.
+printf '"postgres" "%s"\n' "$verifier" > "$dir/userlist.txt"
+for who in shoal pgbouncer; do
+    port=$shoalport; [ "$who" = pgbouncer ] && port=$bouncerport
+    mkdir -p "$dir/$who"
+    cat > "$dir/$who/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pgport dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir = $dir/$who
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = $pool_size
+max_client_conn = 3000
+log_connections = 0
+log_disconnections = 0
+logfile = $dir/$who/log
+INI
+done
+chown -R postgres "$dir" 2>/dev/null || true
+
+"$shoal_bin" -q "$dir/shoal/pgbouncer.ini" &
+shoal_pid=$!
+if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- bash -c "ulimit -n $(ulimit -Hn); exec pgbouncer -q $dir/pgbouncer/pgbouncer.ini" &
+else
+    pgbouncer -q "$dir/pgbouncer/pgbouncer.ini" &
+fi
+bouncer_pid=$!
+wait_port "$shoalport"; wait_port "$bouncerport"
+sleep 0.5
+# runuser forks: find the pgbouncer process itself for CPU accounting.
+bouncer_pid=$(pgrep -f "pgbouncer -q $dir/pgbouncer/pgbouncer.ini" | tail -1)
+
+PGPASSWORD=$PG_PASSWORD pgbench -i -s 10 -q -h 127.0.0.1 -p "$pgport" -U postgres postgres >/dev/null 2>&1
+python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password "$PG_PASSWORD" \
+    --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid"
+echo
+echo "machine: $(nproc) cores, $(uname -r); $(pgbouncer --version | head -1); $(psql --version); pool_size $pool_size; commit $(git rev-parse --short HEAD)"

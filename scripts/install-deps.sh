@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Shoal's tests, demo and benchmarks use on Debian: PostgreSQL 15 (server, client, pgbench),
+# libpq headers, PgBouncer (for side-by-side comparisons), and PHP's pgsql driver (the Moodle-pattern test).
+# Idempotent: packages already present are left alone.
+set -euo pipefail
+packages=(postgresql-15 postgresql-client-15 libpq-dev pgbouncer php-cli php-pgsql pkg-config)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "installing: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Freshly installed, Debian starts a PostgreSQL cluster on 5432 and a pgbouncer service on 6432.
+    # Tests and benchmarks run their own on other ports; stop what this install just started.
+    if printf '%s\n' "${missing[@]}" | grep -qx postgresql-15; then
+        pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
+    fi
+    if printf '%s\n' "${missing[@]}" | grep -qx pgbouncer; then
+        (systemctl stop pgbouncer || service pgbouncer stop || /etc/init.d/pgbouncer stop) >/dev/null 2>&1 || true
+    fi
+fi
+echo "dependencies ready: $(psql --version), $(pgbouncer --version | head -1), $(php --version | head -1)"
