@@ -67,6 +67,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["CLibPQ", "ProxyServer", "Configuration", "PostgresWire"],
+            exclude: ["Fixtures"],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
     ]

@@ -41,8 +41,7 @@ public struct ClientAuthMachine {
         case .plain:
             method = .cleartext
         case .md5 where storedVerifier == nil:
-            var generator = SystemRandomNumberGenerator()
-            method = .md5(salt: (0..<4).map { _ in UInt8.random(in: 0...255, using: &generator) })
+            method = .md5(salt: SCRAM.randomBytes(4))
         case .md5, .scramSHA256, .cert, .hba:
             if let storedVerifier {
                 method = .scramStart(storedVerifier)
@@ -56,8 +55,7 @@ public struct ClientAuthMachine {
     }
 
     static func randomSalt() -> [UInt8] {
-        var generator = SystemRandomNumberGenerator()
-        return (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        SCRAM.randomBytes(16)
     }
 
     public mutating func start() -> Action {

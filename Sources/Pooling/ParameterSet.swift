@@ -28,10 +28,20 @@ public struct ParameterSet: Sendable, Equatable {
     /// The statement that moves a server whose parameters are `server` to this set's values, or nil if none differ.
     /// Values whose quoted form is over 128 bytes are skipped, like PgBouncer.
     public func setStatement(from server: ParameterSet) -> String? {
+        // The common case on every link: nothing differs. Check without sorting or allocating.
+        var anyDifferent = false
+        for (key, wanted) in values {
+            guard let current = server.values[key] else { anyDifferent = true; break }
+            if current.value != wanted.value && current.value.lowercased() != wanted.value.lowercased() {
+                anyDifferent = true
+                break
+            }
+        }
+        guard anyDifferent else { return nil }
         var sql = ""
         for key in values.keys.sorted() {
             let wanted = values[key]!
-            if let current = server.values[key], current.value.lowercased() == wanted.value.lowercased() { continue }
+            if let current = server.values[key], current.value == wanted.value || current.value.lowercased() == wanted.value.lowercased() { continue }
             let literal = Self.quoteLiteral(wanted.value)
             if literal.utf8.count > 128 { continue }
             sql += "SET \(wanted.name)=\(literal);"

@@ -22,22 +22,53 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     public private(set) var idle: [IdleServer] = []
     public private(set) var activeCount = 0
     public private(set) var connectingCount = 0
-    private var waiters: [WaitingClient] = []
-    private var waiterHead = 0
+    /// One FIFO per EventLoop, so a released server can go to a waiter on its own loop (no cross-loop link).
+    private var queues: [WaiterQueue] = []
+    public private(set) var waitingCount = 0
     /// The last failed server login, answered to new clients for server_login_retry while no server is up.
+    struct WaiterQueue {
+        private var items: [WaitingClient] = []
+        private var head = 0
+
+        func peek() -> WaitingClient? { head < items.count ? items[head] : nil }
+
+        mutating func append(_ item: WaitingClient) { items.append(item) }
+
+        mutating func popFirst() -> WaitingClient? {
+            guard head < items.count else { return nil }
+            let first = items[head]
+            head += 1
+            if head > 32 && head * 2 > items.count {
+                items.removeFirst(head)
+                head = 0
+            }
+            return first
+        }
+
+        mutating func remove(_ waiter: Waiter) -> Bool {
+            guard let index = items[head...].firstIndex(where: { $0.waiter === waiter }) else { return false }
+            items.remove(at: index)
+            return true
+        }
+
+        mutating func drain() -> [WaitingClient] {
+            defer { items = []; head = 0 }
+            return Array(items[head...])
+        }
+    }
+
     public private(set) var loginFailure: (at: UInt64, message: String, code: String)? = nil
 
     public init(settings: PoolSettings) {
         self.settings = settings
     }
 
-    public var waitingCount: Int { waiters.count - waiterHead }
     public var totalServers: Int { idle.count + activeCount + connectingCount }
 
     /// Nanoseconds the oldest waiter has waited.
     public func longestWait(now: UInt64) -> UInt64 {
-        guard waiterHead < waiters.count else { return 0 }
-        return now &- waiters[waiterHead].since
+        guard let oldest = peekWaiter() else { return 0 }
+        return now &- oldest.since
     }
 
     // MARK: Actions
@@ -70,7 +101,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     // MARK: Events
 
     public mutating func leaseRequested(by waiter: Waiter, loop: Int, now: UInt64) -> LeaseAction {
-        if waiterHead == waiters.count {
+        if waitingCount == 0 {
             // Nobody queued ahead: an idle server, preferably on this loop.
             if let index = idle.lastIndex(where: { $0.loop == loop }) {
                 return .use(takeIdle(at: index))
@@ -108,7 +139,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             }
             return .close(server, connectFor: connectFor)
         }
-        if let next = dequeueWaiter() {
+        if let next = dequeueWaiter(preferringLoop: loop) {
             activeCount += 1
             return .handOver(server, to: next.waiter)
         }
@@ -119,7 +150,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     public mutating func connected(_ server: Server, loop: Int, now: UInt64) -> ConnectedAction {
         connectingCount -= 1
         loginFailure = nil
-        if let next = dequeueWaiter() {
+        if let next = dequeueWaiter(preferringLoop: loop) {
             activeCount += 1
             return .handOver(server, to: next.waiter)
         }
@@ -155,9 +186,11 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     /// A waiting client went away (disconnect, timeout, cancel).
     @discardableResult
     public mutating func waiterLeft(_ waiter: Waiter) -> Bool {
-        guard let index = waiters[waiterHead...].firstIndex(where: { $0.waiter === waiter }) else { return false }
-        waiters.remove(at: index)
-        return true
+        for loop in queues.indices where queues[loop].remove(waiter) {
+            waitingCount -= 1
+            return true
+        }
+        return false
     }
 
     public struct Maintenance {
@@ -177,7 +210,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         if settings.queryWaitTimeout > 0 {
             let limit = seconds(settings.queryWaitTimeout)
             while let first = peekWaiter(), now &- first.since >= limit {
-                result.timedOut.append(dequeueWaiter()!.waiter)
+                result.timedOut.append(dequeueWaiter(preferringLoop: first.loop)!.waiter)
             }
         }
         // Reserve pool: the oldest waiter has waited past reserve_pool_timeout.
@@ -213,8 +246,10 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     }
 
     public mutating func drainWaiters() -> [Waiter] {
-        defer { waiters.removeAll(); waiterHead = 0 }
-        return waiters[waiterHead...].map(\.waiter)
+        var all: [WaitingClient] = []
+        for loop in queues.indices { all += queues[loop].drain() }
+        waitingCount = 0
+        return all.sorted { $0.since < $1.since }.map(\.waiter)
     }
 
     // MARK: Internals
@@ -226,22 +261,33 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     }
 
     private mutating func enqueue(_ waiter: Waiter, loop: Int, now: UInt64) {
-        waiters.append(WaitingClient(waiter: waiter, loop: loop, since: now))
+        while queues.count <= loop { queues.append(WaiterQueue()) }
+        queues[loop].append(WaitingClient(waiter: waiter, loop: loop, since: now))
+        waitingCount += 1
     }
 
+    /// The longest-waiting client over all loops.
     private func peekWaiter() -> WaitingClient? {
-        waiterHead < waiters.count ? waiters[waiterHead] : nil
+        var oldest: WaitingClient? = nil
+        for queue in queues {
+            if let head = queue.peek(), oldest == nil || head.since < oldest!.since { oldest = head }
+        }
+        return oldest
     }
 
-    private mutating func dequeueWaiter() -> WaitingClient? {
-        guard waiterHead < waiters.count else { return nil }
-        let first = waiters[waiterHead]
-        waiterHead += 1
-        if waiterHead > 32 && waiterHead * 2 > waiters.count {
-            waiters.removeFirst(waiterHead)
-            waiterHead = 0
+    /// How much longer than the local head another loop's head may have waited before it is served first.
+    /// Bounded unfairness in exchange for links without a thread hop per message.
+    static var localPreference: UInt64 { 5_000_000 } // 5 ms
+
+    /// The next waiter: the head of `loop`'s queue, unless another loop's head has waited notably longer.
+    private mutating func dequeueWaiter(preferringLoop loop: Int) -> WaitingClient? {
+        guard waitingCount > 0, let oldest = peekWaiter() else { return nil }
+        var chosen = oldest.loop
+        if loop < queues.count, let local = queues[loop].peek(), local.since <= oldest.since &+ Self.localPreference {
+            chosen = loop
         }
-        return first
+        waitingCount -= 1
+        return queues[chosen].popFirst()
     }
 
     private func seconds(_ value: Double) -> UInt64 {

@@ -91,9 +91,18 @@ public enum SCRAM {
     }
 
     public static func randomNonce() -> String {
+        Data(randomBytes(18)).base64EncodedString()
+    }
+
+    /// Random bytes, eight per draw: the system generator costs a getrandom() call per draw.
+    public static func randomBytes(_ count: Int) -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
-        let bytes = (0..<18).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        return Data(bytes).base64EncodedString()
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(count + 7)
+        while bytes.count < count {
+            withUnsafeBytes(of: generator.next() as UInt64) { bytes.append(contentsOf: $0) }
+        }
+        return Array(bytes.prefix(count))
     }
 
     static func attributes(_ message: String) -> [Character: String] {

@@ -57,6 +57,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private var tracker = TransactionTracker()
     private(set) var server: ServerConnection?
     private var pending: ByteBuffer?
+    /// server_reset_query when server_reset_query_always is on; read once at login, off the per-transaction path.
+    private var resetQueryOnRelease: String?
 
     // The server side of the current link.
     private var serverScanner = FrameScanner()
@@ -301,6 +303,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         let pool = runtime.pool(for: PoolKey(database: databaseName, user: database.user ?? user), database: database)
         self.pool = pool
         mode = pool.settings.mode
+        let config = runtime.config
+        if config.serverResetQueryAlways && !config.serverResetQuery.isEmpty {
+            resetQueryOnRelease = config.serverResetQuery
+        }
         // Learn how to log in to servers as this user when the config alone cannot tell.
         if database.user == nil || database.user == user {
             if case .unknown = pool.serverSecret {
@@ -364,7 +370,6 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             return fatal("bad packet header")
         }
         tracker = visitor.tracker
-        logger.trace("client data \(buffer.readableBytes) bytes, state \(state)")
         var toForward = buffer
         if visitor.terminated {
             toForward = buffer.getSlice(at: buffer.readerIndex, length: consumed)!
@@ -400,7 +405,6 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         guard let pool else { return }
         if state == .idle { state = .waitingForServer }
         let action = pool.withState { $0.leaseRequested(by: self, loop: loopIndex, now: NIODeadline.now().uptimeNanoseconds) }
-        logger.debug("lease: \(action)")
         switch action {
         case .use(let server):
             link(to: server)
@@ -470,7 +474,6 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Bytes from the linked server. `flush` is set when they came from another loop (no read-complete follows here).
     func serverDataReceived(_ buffer: ByteBuffer, from origin: ServerConnection, flush: Bool) {
-        logger.trace("server data \(buffer.readableBytes) bytes, state \(state)")
         guard state == .linked, origin === server, let context else { return }
         var visitor = ServerVisitor(tracker: tracker, swallow: swallowReadyForQuery, currentSwallowed: currentSwallowed,
                                     position: serverStreamPosition, mode: mode)
@@ -545,9 +548,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         self.server = nil
         state = .idle
         server.detach(self)
-        let config = runtime.config
-        if config.serverResetQueryAlways && !config.serverResetQuery.isEmpty {
-            server.resetAndRelease(query: config.serverResetQuery)
+        if let resetQuery = resetQueryOnRelease {
+            server.resetAndRelease(query: resetQuery)
         } else {
             server.returnToPool(reusable: true)
         }

@@ -13,6 +13,9 @@ public enum Listener {
             .serverChannelOption(.backlog, value: Int32(config.listenBacklog))
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.autoRead, value: true)
+            // One read per readiness event, as PgBouncer does: NIO's default of 4 costs an extra read()
+            // that returns EAGAIN on every request of a request/response protocol.
+            .childChannelOption(.maxMessagesPerRead, value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if case .unixDomainSocket = channel.localAddress {} else {

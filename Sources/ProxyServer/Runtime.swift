@@ -61,8 +61,7 @@ public final class ShoalRuntime: @unchecked Sendable {
 
     func scramVerifier(forPassword password: String) -> SCRAM.Verifier {
         if let cached = verifierCache.withLockedValue({ $0[password] }) { return cached }
-        var generator = SystemRandomNumberGenerator()
-        let salt = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let salt = SCRAM.randomBytes(16)
         let verifier = SCRAM.Verifier(password: password, salt: salt, iterations: SCRAM.defaultIterations)
         verifierCache.withLockedValue { $0[password] = verifier }
         return verifier

@@ -73,6 +73,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(Int64(config.serverConnectTimeout * 1000)))
             .channelOption(.autoRead, value: true)
+            .channelOption(.maxMessagesPerRead, value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if !isUnix {
@@ -227,7 +228,6 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
         pool.welcome = login.parameters
         let action = pool.withState { $0.connected(self, loop: loopIndex, now: NIODeadline.now().uptimeNanoseconds) }
-        logger.debug("server login done: \(action)")
         switch action {
         case .handOver(let server, let waiter):
             waiter.assign(server)
@@ -258,23 +258,34 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     // MARK: Entry points from clients (any loop)
 
     func attach(_ client: ClientConnection) {
-        onLoop { server in
-            guard case .ready = server.state, server.context != nil else {
-                // Died between the lease and the link: the client learns it as for any lost server.
-                let dead = server
-                client.eventLoop.execute { client.linkedServerClosed(dead) }
-                return
-            }
-            server.client = client
+        if eventLoop.inEventLoop {
+            attachOnLoop(client)
+        } else {
+            eventLoop.execute { self.attachOnLoop(client) }
         }
+    }
+
+    private func attachOnLoop(_ client: ClientConnection) {
+        guard case .ready = state, context != nil else {
+            // Died between the lease and the link: the client learns it as for any lost server.
+            client.eventLoop.execute { client.linkedServerClosed(self) }
+            return
+        }
+        self.client = client
     }
 
     /// Unlinks `client` if it is still the linked one; a newer link made meanwhile is left alone.
     func detach(_ client: ClientConnection) {
-        onLoop { server in
-            if server.client === client { server.client = nil }
-            if server.readPaused { server.setReadPaused(false) }
+        if eventLoop.inEventLoop {
+            detachOnLoop(client)
+        } else {
+            eventLoop.execute { self.detachOnLoop(client) }
         }
+    }
+
+    private func detachOnLoop(_ client: ClientConnection) {
+        if self.client === client { self.client = nil }
+        if readPaused { setReadPaused(false) }
     }
 
     /// Writes client bytes; flushes when asked (at the end of the client's read burst).
@@ -292,7 +303,11 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func flush() {
-        onLoop { $0.context?.flush() }
+        if eventLoop.inEventLoop {
+            context?.flush()
+        } else {
+            eventLoop.execute { self.context?.flush() }
+        }
     }
 
     func setReadPaused(_ paused: Bool) {

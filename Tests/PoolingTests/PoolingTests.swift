@@ -173,3 +173,44 @@ final class FakeClient {}
 func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bool {
     tracker.readyForQueryReceived(status)
 }
+
+@Suite struct WaiterFairnessTests {
+    let millisecond: UInt64 = 1_000_000
+
+    /// A released server goes to a waiter on its own loop unless one elsewhere has waited over 5 ms longer.
+    @Test func localWaiterFirstWithinTheFairnessBound() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1))
+        let server = FakeServer()
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.connected(server, loop: 0, now: 0)
+        let remote = FakeClient(), local = FakeClient(), remoteLater = FakeClient()
+        _ = pool.leaseRequested(by: remote, loop: 1, now: 1 * millisecond)
+        _ = pool.leaseRequested(by: local, loop: 0, now: 3 * millisecond)
+        _ = pool.leaseRequested(by: remoteLater, loop: 1, now: 20 * millisecond)
+        guard case .handOver(_, let first) = pool.released(server, loop: 0, createdAt: 0, reusable: true, now: 21 * millisecond) else {
+            Issue.record("want hand-over"); return
+        }
+        #expect(first === local) // 2 ms younger than the remote head: the local one wins
+        guard case .handOver(_, let second) = pool.released(server, loop: 0, createdAt: 0, reusable: true, now: 22 * millisecond) else {
+            Issue.record("want hand-over"); return
+        }
+        #expect(second === remote) // nothing local left: the oldest anywhere
+        #expect(pool.waitingCount == 1)
+        #expect(pool.waiterLeft(remoteLater))
+        #expect(pool.waitingCount == 0)
+    }
+
+    @Test func oldWaiterElsewhereBeatsTheLocalOne() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1))
+        let server = FakeServer()
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.connected(server, loop: 0, now: 0)
+        let remote = FakeClient(), local = FakeClient()
+        _ = pool.leaseRequested(by: remote, loop: 1, now: 1 * millisecond)
+        _ = pool.leaseRequested(by: local, loop: 0, now: 10 * millisecond)
+        guard case .handOver(_, let first) = pool.released(server, loop: 0, createdAt: 0, reusable: true, now: 11 * millisecond) else {
+            Issue.record("want hand-over"); return
+        }
+        #expect(first === remote)
+    }
+}
