@@ -196,7 +196,8 @@ func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bo
         }
         #expect(second === remote) // nothing local left: the oldest anywhere
         #expect(pool.waitingCount == 1)
-        #expect(pool.waiterLeft(remoteLater))
+        let left = pool.waiterLeft(remoteLater)
+        #expect(left)
         #expect(pool.waitingCount == 0)
     }
 
