@@ -26,13 +26,13 @@ public enum FrameScanError: Error, Equatable, Sendable {
 public struct FrameScanner: Sendable {
     public let maxMessageLength: Int
     /// Body bytes of the current message still to come. Only meaningful when `headerFilled == 0`.
-    private var remainingBody: Int = 0
+    @usableFromInline var remainingBody: Int = 0
     /// A header split across reads.
-    private var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
-    private var headerFilled: Int = 0
+    @usableFromInline var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
+    @usableFromInline var headerFilled: Int = 0
     /// A body being collected across reads for the visitor.
-    private var pendingBody: ByteBuffer? = nil
-    private var pendingType: UInt8 = 0
+    @usableFromInline var pendingBody: ByteBuffer? = nil
+    @usableFromInline var pendingType: UInt8 = 0
 
     public init(maxMessageLength: Int = Int(Int32.max)) {
         self.maxMessageLength = maxMessageLength
@@ -47,7 +47,8 @@ public struct FrameScanner: Sendable {
         try scanImpl(buffer, visitor: &visitor)
     }
 
-    @usableFromInline
+    // Inlinable so the proxy gets a copy specialised for its visitor: no generic dispatch per message.
+    @inlinable
     mutating func scanImpl<V: FrameVisitor>(_ buffer: ByteBuffer, visitor: inout V) throws(FrameScanError) -> Int {
         let start = buffer.readerIndex
         let end = buffer.writerIndex
@@ -117,7 +118,7 @@ public struct FrameScanner: Sendable {
         return index - start
     }
 
-    @usableFromInline
+    @inlinable
     func checkLength(type: UInt8, length: Int, buffer: ByteBuffer, at index: Int) throws(FrameScanError) {
         if length < 4 || length > maxMessageLength {
             let available = min(8, buffer.writerIndex - index)
@@ -125,7 +126,7 @@ public struct FrameScanner: Sendable {
         }
     }
 
-    @usableFromInline
+    @inlinable
     mutating func beginBody<V: FrameVisitor>(type: UInt8, length: Int, buffer: ByteBuffer, index: inout Int, end: Int, visitor: inout V) throws(FrameScanError) {
         let bodyLength = length - 4
         if visitor.wantsBody(type: type) {
