@@ -60,6 +60,14 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// server_reset_query when server_reset_query_always is on; read once at login, off the per-transaction path.
     private var resetQueryOnRelease: String?
 
+    // Timeouts (seconds; 0 = off), resolved at login: the [users] value if set, else the global one.
+    private var queryTimeout = 0.0
+    private var idleTransactionTimeout = 0.0
+    private var clientIdleTimeout = 0.0
+    private var tracksActivity = false
+    private var lastActivity = NIODeadline.now()
+    private var registeredWithSweeper = false
+
     // The server side of the current link.
     private var serverScanner = FrameScanner()
     private var serverStreamPosition = 0
@@ -111,6 +119,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             // Nothing may come before the welcome; keep it for later.
             appendPending(buffer)
         case .idle, .waitingForServer, .linked:
+            if tracksActivity { lastActivity = NIODeadline.now() }
             queryBytesReceived(buffer)
         case .closed:
             break
@@ -306,6 +315,15 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         let config = runtime.config
         if config.serverResetQueryAlways && !config.serverResetQuery.isEmpty {
             resetQueryOnRelease = config.serverResetQuery
+        }
+        let userEntry = config.users[user]
+        queryTimeout = userEntry?.queryTimeout ?? config.queryTimeout
+        idleTransactionTimeout = userEntry?.idleTransactionTimeout ?? config.idleTransactionTimeout
+        clientIdleTimeout = userEntry?.clientIdleTimeout ?? config.clientIdleTimeout
+        tracksActivity = queryTimeout > 0 || idleTransactionTimeout > 0 || clientIdleTimeout > 0
+        if tracksActivity {
+            runtime.sweepers[loopIndex].add(self)
+            registeredWithSweeper = true
         }
         // Learn how to log in to servers as this user when the config alone cannot tell.
         if database.user == nil || database.user == user {
@@ -578,6 +596,42 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         fatal("query_wait_timeout")
     }
 
+    // MARK: Timeouts
+
+    /// Called by this loop's sweeper about three times a second.
+    func checkTimeouts(now: NIODeadline) {
+        let quiet = Double((now - lastActivity).nanoseconds) / 1e9
+        switch state {
+        case .linked:
+            if tracker.awaitingServer {
+                if queryTimeout > 0 && quiet >= queryTimeout { serverSideTimeout("query timeout") }
+            } else if tracker.transactionStatus != .idle {
+                if idleTransactionTimeout > 0 && quiet >= idleTransactionTimeout { serverSideTimeout("idle transaction timeout") }
+            } else if clientIdleTimeout > 0 && quiet >= clientIdleTimeout {
+                fatal("client_idle_timeout")
+            }
+        case .idle:
+            if clientIdleTimeout > 0 && quiet >= clientIdleTimeout { fatal("client_idle_timeout") }
+        case .waitingForServer:
+            if queryTimeout > 0 && quiet >= queryTimeout { fatal("query_timeout") }
+        case .startup, .authenticating, .waitingForWelcome, .closed:
+            break
+        }
+    }
+
+    /// A timeout while the server holds this client's query or transaction: the server cannot be reused.
+    private func serverSideTimeout(_ reason: String) {
+        if let server {
+            self.server = nil
+            server.detach(self)
+            server.close(reason: reason)
+            if let pool, let loop = pool.withState({ $0.activeServerClosed() }) {
+                ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
+            }
+        }
+        fatal(reason)
+    }
+
     // MARK: Cancel
 
     private func cancelRequested(processID: Int32, secretKey: Int32) {
@@ -621,6 +675,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         guard previous != .closed else { return }
         state = .closed
         loginTimeout?.cancel()
+        if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }
         if let key = cancelKey { runtime.cancelRegistry.unregister(processID: key.processID, secretKey: key.secretKey) }
         if runtime.config.logDisconnections && previous != .startup {

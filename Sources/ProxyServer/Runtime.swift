@@ -22,9 +22,13 @@ public final class ShoalRuntime: @unchecked Sendable {
     private let verifierCache = NIOLockedValueBox<[String: SCRAM.Verifier]>([:])
     private let nextConnectionID = NIOLockedValueBox(0)
 
+    /// One per EventLoop, same index as `loops`.
+    let sweepers: [ClientSweeper]
+
     public init(config: ShoalConfig, userList: UserList, group: MultiThreadedEventLoopGroup, logger: Logger) {
         self.group = group
         self.loops = Array(group.makeIterator())
+        self.sweepers = loops.map { ClientSweeper(eventLoop: $0) }
         self.logger = logger
         self.configBox = NIOLockedValueBox(config)
         self.userListBox = NIOLockedValueBox(userList)

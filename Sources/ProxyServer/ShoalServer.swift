@@ -22,6 +22,7 @@ public final class ShoalServer: @unchecked Sendable {
     public func start() async throws {
         channels = try await Listener.bind(runtime: runtime)
         janitor.start()
+        for sweeper in runtime.sweepers { sweeper.start() }
     }
 
     /// The TCP port actually bound (useful when the config asked for port 0 in tests).
@@ -68,6 +69,7 @@ public final class ShoalServer: @unchecked Sendable {
 
     public func shutdown() async {
         janitor.stop()
+        for sweeper in runtime.sweepers { sweeper.stop() }
         for channel in channels { try? await channel.close() }
         channels = []
         try? await runtime.group.shutdownGracefully()

@@ -45,7 +45,10 @@ final class PQConnection {
             return rows
         default:
             let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
-            throw PQError(sqlState: state, message: String(cString: PQresultErrorMessage(result)))
+            // The connection's message accumulates what arrived (a FATAL, then the lost connection), as PHP's
+            // pg_last_error shows it; the result's message alone may carry only the last part.
+            let message = String(cString: PQresultErrorMessage(result)) + String(cString: PQerrorMessage(handle))
+            throw PQError(sqlState: state, message: message)
         }
     }
 

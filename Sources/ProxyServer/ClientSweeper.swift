@@ -1,0 +1,35 @@
+import NIOCore
+
+/// Per-EventLoop list of logged-in clients and the periodic look at their timeouts (query_timeout,
+/// idle_transaction_timeout, client_idle_timeout). Each loop sweeps only its own clients, so no lock and no
+/// thread hop; a client costs one timestamp per read when any of these timeouts is set.
+final class ClientSweeper: @unchecked Sendable {
+    private let eventLoop: EventLoop
+    /// Touched on `eventLoop` only.
+    private var clients: [ObjectIdentifier: ClientConnection] = [:]
+    private var task: RepeatedTask?
+
+    init(eventLoop: EventLoop) { self.eventLoop = eventLoop }
+
+    func add(_ client: ClientConnection) {
+        eventLoop.preconditionInEventLoop()
+        clients[ObjectIdentifier(client)] = client
+    }
+
+    func remove(_ client: ClientConnection) {
+        eventLoop.preconditionInEventLoop()
+        clients.removeValue(forKey: ObjectIdentifier(client))
+    }
+
+    var count: Int { clients.count }
+
+    func start() {
+        task = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(333), delay: .milliseconds(333)) { [weak self] _ in
+            guard let self else { return }
+            let now = NIODeadline.now()
+            for client in self.clients.values { client.checkTimeouts(now: now) }
+        }
+    }
+
+    func stop() { task?.cancel() }
+}

@@ -1,0 +1,44 @@
+import Foundation
+import Testing
+
+@Suite(.serialized) struct TimeoutTests {
+    @Test func idleTransactionAndQueryTimeoutsCloseTheClientAndFreeTheServer() async throws {
+        let shoal = try await ShoalInstance {
+            $0.defaultPoolSize = 1
+            $0.idleTransactionTimeout = 1
+            $0.queryTimeout = 1.5
+        }
+        defer { Task { await shoal.stop() } }
+        let idle = try PQConnection(shoal.conninfo)
+        try idle.query("begin")
+        try await Task.sleep(nanoseconds: 2_000_000_000)
+        do {
+            try idle.query("select 1")
+            Issue.record("an idle transaction outlived idle_transaction_timeout")
+        } catch let error as PQError {
+            #expect(error.message.contains("idle transaction timeout"), "\(error)")
+        }
+        let slow = try PQConnection(shoal.conninfo)
+        let started = Date()
+        do {
+            try slow.query("select pg_sleep(5)")
+            Issue.record("a query outlived query_timeout")
+        } catch let error as PQError {
+            #expect(error.message.contains("query timeout"), "\(error)")
+        }
+        #expect(Date().timeIntervalSince(started) < 3.5)
+        // The pool of one is usable again.
+        #expect(try PQConnection(shoal.conninfo).scalar("select 'free'") == "free")
+        #expect(shoal.log.contains("closing because: idle transaction timeout"))
+    }
+
+    @Test func clientIdleTimeoutClosesIdleClients() async throws {
+        let shoal = try await ShoalInstance { $0.clientIdleTimeout = 1 }
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        #expect(try client.scalar("select 1") == "1")
+        try await Task.sleep(nanoseconds: 2_000_000_000)
+        #expect(throws: PQError.self) { try client.query("select 1") }
+        #expect(shoal.log.contains("client_idle_timeout"))
+    }
+}
