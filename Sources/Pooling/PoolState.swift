@@ -167,6 +167,12 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         return drainWaiters()
     }
 
+    /// A dial the pool asked for could not start (max_db_connections / max_user_connections reached).
+    /// The waiters stay queued; the janitor asks again.
+    public mutating func connectDeferred() {
+        connectingCount -= 1
+    }
+
     /// An idle server died or was closed by the janitor.
     public mutating func idleServerClosed(_ server: Server) {
         idle.removeAll { $0.server === server }
@@ -236,7 +242,19 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             connectingCount += 1
             result.connect.append(0)
         }
+        // Waiters with room in the pool but no dial under way (a dial was deferred by a shared limit).
+        let retryAllowed = loginFailure.map { now &- $0.at >= seconds(settings.serverLoginRetry) } ?? true
+        if let first = peekWaiter(), totalServers < settings.poolSize, connectingCount == 0, retryAllowed {
+            connectingCount += 1
+            result.connect.append(first.loop)
+        }
         return result
+    }
+
+    /// The idle server unused longest, to close for another pool's sake.
+    public mutating func takeOneIdle() -> Server? {
+        guard !idle.isEmpty else { return nil }
+        return idle.removeFirst().server
     }
 
     /// Everything idle, for RECONNECT, shutdown and reloads that change the server side.

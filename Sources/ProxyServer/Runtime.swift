@@ -13,6 +13,7 @@ public final class ShoalRuntime: @unchecked Sendable {
     let loops: [EventLoop]
     let logger: Logger
     let cancelRegistry = CancelRegistry()
+    let budget = ConnectionBudget()
     private let configBox: NIOLockedValueBox<ShoalConfig>
     private let userListBox: NIOLockedValueBox<UserList>
     private let poolsLock = NIOLock()
@@ -85,6 +86,16 @@ public final class ShoalRuntime: @unchecked Sendable {
     }
 
     var allPools: [Pool] { poolsLock.withLock { Array(pools.values) } }
+
+    /// Closes one idle server of another pool with the same database or user, to free a shared slot.
+    func evictIdleServer(sharingWith pool: Pool) {
+        for other in allPools where other !== pool && (other.key.database == pool.key.database || other.key.user == pool.key.user) {
+            if let victim = other.withState({ $0.takeOneIdle() }) {
+                victim.close(reason: "evicted for max_db_connections/max_user_connections")
+                return
+            }
+        }
+    }
 
     /// The password for server logins known from the config: the database entry's, else the auth file's.
     func initialServerSecret(database: DatabaseEntry, user: String) -> ServerLoginSecret {

@@ -39,6 +39,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// The client this server is lent to; touched on this loop only.
     private var client: ClientConnection?
     private var readPaused = false
+    /// This server holds a max_db_connections / max_user_connections slot until it closes.
+    private var holdsBudget = true
     private var readPending = false
     var logger: Logger
     /// Tracked parameters as this server has them. See the threading note above.
@@ -65,6 +67,15 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     static func dial(pool: Pool, runtime: ShoalRuntime, on eventLoop: EventLoop) {
         let config = runtime.config
         let database = pool.database
+        let maxDatabase = database.maxDbConnections ?? config.maxDbConnections
+        let maxUser = config.users[pool.key.user]?.maxUserConnections ?? config.maxUserConnections
+        guard runtime.budget.tryAcquire(database: pool.key.database, user: pool.key.user, maxDatabase: maxDatabase, maxUser: maxUser) else {
+            // Make room by closing an idle server of another pool on the same database or user, as PgBouncer
+            // evicts; the janitor retries this pool's dial shortly.
+            pool.withState { $0.connectDeferred() }
+            runtime.evictIdleServer(sharingWith: pool)
+            return
+        }
         let host = database.hosts.first ?? config.unixSocketDir
         let port = database.ports.first ?? 5432
         let isUnix = host.hasPrefix("/")
@@ -182,6 +193,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        releaseBudget()
         let previous = state
         state = .closed
         self.context = nil
@@ -238,7 +250,14 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     private var loginFailureReported = false
 
+    private func releaseBudget() {
+        guard holdsBudget else { return }
+        holdsBudget = false
+        runtime.budget.release(database: pool.key.database, user: pool.key.user)
+    }
+
     func loginFailed(message: String, code: String, logLine: String) {
+        if context == nil { releaseBudget() } // never connected: no channelInactive will follow
         guard !loginFailureReported else { return }
         loginFailureReported = true
         state = .closed

@@ -42,3 +42,20 @@ import Testing
         #expect(shoal.log.contains("client_idle_timeout"))
     }
 }
+
+@Suite(.serialized) struct SharedLimitTests {
+    @Test func maxDbConnectionsCapsServersAcrossPoolsAndClientsStillGetServed() async throws {
+        let shoal = try await ShoalInstance {
+            $0.defaultPoolSize = 5
+            $0.maxDbConnections = 2
+        }
+        defer { Task { await shoal.stop() } }
+        let script = "\(shoal.directory)/select.sql"
+        try "SELECT pg_sleep(0.001);\n".write(toFile: script, atomically: true, encoding: .utf8)
+        let run = try shoal.pgbench(["-n", "-f", script, "-c", "10", "-j", "2", "-T", "2"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("number of failed transactions: 0"))
+        let servers = try TestPostgres.shared.psql("select count(*) from pg_stat_activity where application_name = 'pgbench'")
+        #expect(Int(servers)! <= 2)
+    }
+}
