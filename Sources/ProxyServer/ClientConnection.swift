@@ -39,6 +39,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     // Login
     private var startupBuffer: ByteBuffer?
     private var auth: ClientAuthMachine?
+    /// The secret the client was checked against (auth file or auth_query), for server logins as this user.
+    private var authSecret: String?
     private var authScanner = FrameScanner(maxMessageLength: 65_536)
     private var startupParameters: [(String, String)] = []
     private var user = ""
@@ -255,16 +257,39 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         counted = true
 
         databaseEntry = config.database(named: databaseName)
+        state = .authenticating
         let secret = runtime.userList.secrets[user]
-        if config.authType == .trust, config.authFile != nil, secret == nil, config.authUser == nil {
+        let authUser = databaseEntry?.authUser ?? config.authUser
+        if secret == nil, let database = databaseEntry, authUser != nil, config.authType != .trust, config.authType != .any {
+            // Not in the auth file: ask the database (auth_query as auth_user), then authenticate.
+            AuthQueryConnection.lookUp(user: user, database: database, runtime: runtime, on: eventLoop) { [weak self] outcome in
+                guard let self, self.state == .authenticating else { return }
+                switch outcome {
+                case .found(let secret):
+                    self.beginAuthentication(secret: secret ?? "", config: config)
+                case .noSuchUser:
+                    self.logger.info("no such user: \(self.user)")
+                    self.fatal("no such user", code: "28000")
+                case .failed(let message):
+                    self.logger.error("\(message)")
+                    self.fatal("bouncer config error")
+                }
+            }
+            return
+        }
+        if config.authType == .trust, config.authFile != nil, secret == nil, authUser == nil {
             return fatal("\"trust\" authentication failed", code: "28000")
         }
-        var machine = ClientAuthMachine(authType: config.authType, user: user, secret: secret,
-                                        verifierCache: { [runtime] in runtime.scramVerifier(forPassword: $0) })
         if secret == nil && config.authType != .trust && config.authType != .any {
             logger.info("no such user: \(user)")
         }
-        state = .authenticating
+        beginAuthentication(secret: secret, config: config)
+    }
+
+    private func beginAuthentication(secret: String?, config: ShoalConfig) {
+        authSecret = secret
+        var machine = ClientAuthMachine(authType: config.authType, user: user, secret: secret,
+                                        verifierCache: { [runtime] in runtime.scramVerifier(forPassword: $0) })
         handle(machine.start())
         auth = machine
         if state == .authenticating { context?.flush() }
@@ -330,6 +355,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             if case .unknown = pool.serverSecret {
                 if let scramKeys { pool.serverSecret = .scramKeys(clientKey: scramKeys.clientKey, serverKey: scramKeys.serverKey) }
                 else if let cleartextPassword { pool.serverSecret = .password(cleartextPassword) }
+                else if let authSecret, MD5Password.isStoredHash(authSecret) { pool.serverSecret = .md5Hash(authSecret) }
             } else if case .scramKeys = pool.serverSecret, let scramKeys {
                 pool.serverSecret = .scramKeys(clientKey: scramKeys.clientKey, serverKey: scramKeys.serverKey)
             }

@@ -1,0 +1,30 @@
+import Foundation
+import Testing
+
+@Suite(.serialized) struct AuthQueryTests {
+    /// A department user that is in no auth file: Shoal reads its SCRAM verifier with auth_query (as auth_user),
+    /// checks the client against it, and logs in to PostgreSQL with the client's keys (pass-through).
+    @Test func usersMissingFromTheAuthFileAreLookedUpWithAuthQuery() async throws {
+        try TestPostgres.shared.psql("drop role if exists physics; create role physics login password 'quarks'")
+        let shoal = try await ShoalInstance { $0.authUser = "postgres" }
+        defer { Task { await shoal.stop() } }
+        let base = "host=127.0.0.1 port=\(shoal.port) dbname=postgres"
+        let physics = try PQConnection("\(base) user=physics password=quarks")
+        #expect(try physics.scalar("select current_user") == "physics")
+        // A second login reuses the pool's server and its pass-through keys.
+        let again = try PQConnection("\(base) user=physics password=quarks")
+        #expect(try again.scalar("select 2") == "2")
+        do {
+            _ = try PQConnection("\(base) user=physics password=wrong")
+            Issue.record("wrong password accepted")
+        } catch let error as PQError {
+            #expect(error.message.contains("SASL authentication failed"))
+        }
+        do {
+            _ = try PQConnection("\(base) user=nosuchrole password=x")
+            Issue.record("unknown role accepted")
+        } catch let error as PQError {
+            #expect(error.message.contains("no such user"))
+        }
+    }
+}
