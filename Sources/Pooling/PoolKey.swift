@@ -26,11 +26,13 @@ public struct PoolSettings: Sendable, Equatable {
     public var serverLoginRetry: Double
     public var serverCheckDelay: Double
     public var serverRoundRobin: Bool
+    /// server_check_query ("" when checks are off; PgBouncer's "<empty>" becomes an empty query string " ").
+    public var serverCheckQuery: String
 
     public init(mode: PoolMode = .transaction, poolSize: Int = 20, minPoolSize: Int = 0, reservePoolSize: Int = 0,
                 reservePoolTimeout: Double = 5, queryWaitTimeout: Double = 120, serverLifetime: Double = 3600,
                 serverIdleTimeout: Double = 600, serverLoginRetry: Double = 15, serverCheckDelay: Double = 30,
-                serverRoundRobin: Bool = false) {
+                serverRoundRobin: Bool = false, serverCheckQuery: String = "") {
         self.mode = mode
         self.poolSize = poolSize
         self.minPoolSize = minPoolSize
@@ -42,6 +44,7 @@ public struct PoolSettings: Sendable, Equatable {
         self.serverLoginRetry = serverLoginRetry
         self.serverCheckDelay = serverCheckDelay
         self.serverRoundRobin = serverRoundRobin
+        self.serverCheckQuery = serverCheckQuery
     }
 
     public init(config: ShoalConfig, database: DatabaseEntry, user: String) {
@@ -57,7 +60,8 @@ public struct PoolSettings: Sendable, Equatable {
             serverIdleTimeout: config.serverIdleTimeout,
             serverLoginRetry: config.serverLoginRetry,
             serverCheckDelay: config.serverCheckDelay,
-            serverRoundRobin: config.serverRoundRobin
+            serverRoundRobin: config.serverRoundRobin,
+            serverCheckQuery: config.serverCheckQuery == "<empty>" ? ";" : config.serverCheckQuery
         )
     }
 }

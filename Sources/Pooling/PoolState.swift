@@ -206,7 +206,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         public var close: [Server] = []
         /// Loops to dial new servers on (min_pool_size, reserve pool).
         public var connect: [Int] = []
-        /// Idle servers unused for server_check_delay (candidates for server_check_query).
+        /// Idle servers unused for server_check_delay: run server_check_query on them, then release them.
         public var check: [Server] = []
     }
 
@@ -227,12 +227,17 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             result.connect.append(first.loop)
         }
         var kept: [IdleServer] = []
+        let checking = !settings.serverCheckQuery.isEmpty
         for entry in idle {
             let tooOld = settings.serverLifetime > 0 && now &- entry.createdAt >= seconds(settings.serverLifetime)
             let idleTooLong = settings.serverIdleTimeout > 0 && now &- entry.idleSince >= seconds(settings.serverIdleTimeout)
                 && idle.count - result.close.count + activeCount > settings.minPoolSize
             if tooOld || idleTooLong {
                 result.close.append(entry.server)
+            } else if checking && now &- entry.idleSince >= seconds(settings.serverCheckDelay) {
+                // Lent to the checker: it comes back through released() (or dies).
+                activeCount += 1
+                result.check.append(entry.server)
             } else {
                 kept.append(entry)
             }

@@ -20,6 +20,10 @@ final class Janitor: @unchecked Sendable {
                 for server in work.close {
                     server.close(reason: "server idle timeout or lifetime")
                 }
+                let checkQuery = pool.settings.serverCheckQuery
+                for server in work.check {
+                    server.resetAndRelease(query: checkQuery)
+                }
                 for loop in work.connect {
                     ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
                 }

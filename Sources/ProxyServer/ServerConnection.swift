@@ -19,6 +19,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     enum State {
         case connecting
         case loggingIn(ServerLoginMachine)
+        /// Running the database's connect_query after login; its errors are only logged, as in PgBouncer.
+        case connectQuery(ServerLoginMachine)
         /// Lent to a client or idle in the pool.
         case ready
         /// Running server_reset_query / server_check_query; released to the pool at its ReadyForQuery.
@@ -102,9 +104,12 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
         // A server that connects but never finishes its login is bounded by server_connect_timeout too.
         eventLoop.scheduleTask(in: .milliseconds(Int64(config.serverConnectTimeout * 1000))) {
-            if case .loggingIn = server.state {
+            switch server.state {
+            case .loggingIn, .connectQuery:
                 server.loginFailed(message: "connect timeout", code: "08006", logLine: "server connect timeout")
                 server.context?.close(promise: nil)
+            case .connecting, .ready, .resetting, .closed:
+                break
             }
         }
     }
@@ -164,17 +169,30 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                     context.close(promise: nil)
                     return
                 case .ready:
-                    loginSucceeded(login)
+                    if let query = pool.database.connectQuery {
+                        state = .connectQuery(login)
+                        var buffer = context.channel.allocator.buffer(capacity: query.utf8.count + 6)
+                        buffer.writeQuery(query)
+                        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+                    } else {
+                        loginSucceeded(login)
+                    }
                     return
                 }
             }
             state = .loggingIn(login)
+        case .connectQuery(let login):
+            var visitor = ResetVisitor()
+            _ = try? scanner.scan(buffer, visitor: &visitor)
+            if visitor.failed { logger.error("error while executing connect_query") }
+            if visitor.ready { loginSucceeded(login) }
         case .resetting:
             var visitor = ResetVisitor()
             _ = try? scanner.scan(buffer, visitor: &visitor)
             if visitor.failed {
-                logger.warning("server reset query failed")
-                close(reason: "reset query failed")
+                logger.warning("server reset or check query failed")
+                close(reason: "reset or check query failed")
+                lentServerGone()
                 return
             }
             if visitor.ready {
@@ -198,9 +216,15 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         state = .closed
         self.context = nil
         switch previous {
-        case .connecting, .loggingIn:
+        case .connecting, .loggingIn, .connectQuery:
             loginFailed(message: "server closed the connection during login", code: "08006", logLine: "server closed during login")
-        case .ready, .resetting:
+        case .resetting:
+            // Lent to the reset/check query: the pool counts it active.
+            lentServerGone()
+            if runtime.config.logDisconnections {
+                logger.info("closing because: server conn crashed? (age=\(ageSeconds)s)")
+            }
+        case .ready:
             if let client {
                 self.client = nil
                 let server = self
@@ -245,6 +269,13 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             waiter.assign(server)
         case .parked:
             break
+        }
+    }
+
+    /// A server the pool counts as lent out is gone: let the pool know, and dial for waiters if it says so.
+    private func lentServerGone() {
+        if let loop = pool.withState({ $0.activeServerClosed() }) {
+            ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
         }
     }
 

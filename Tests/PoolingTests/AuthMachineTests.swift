@@ -1,0 +1,89 @@
+import NIOCore
+import Pooling
+import PostgresWire
+import Testing
+
+@Suite struct AuthMachineTests {
+    func body(_ write: (inout ByteBuffer) -> Void) -> ByteBuffer {
+        var message = ByteBuffer()
+        write(&message)
+        message.moveReaderIndex(forwardBy: 5) // type and length: the machine takes bodies
+        return message
+    }
+
+    @Test func md5ClientLoginAgainstPlainAndHashedSecrets() {
+        for secret in ["secretpw", MD5Password.storedHash(user: "postgres", password: "secretpw")] {
+            var machine = ClientAuthMachine(authType: .md5, user: "postgres", secret: secret)
+            guard case .send(var request) = machine.start() else { Issue.record("want a request"); return }
+            request.moveReaderIndex(forwardBy: 9)
+            let salt = request.readBytes(length: 4)!
+            let answer = MD5Password.response(user: "postgres", password: "secretpw", salt: salt)
+            guard case .authenticated = machine.passwordMessageReceived(body { $0.writePasswordMessage(answer) }) else {
+                Issue.record("right md5 answer refused"); return
+            }
+            var wrong = ClientAuthMachine(authType: .md5, user: "postgres", secret: secret)
+            _ = wrong.start()
+            guard case .fail(let message, let code) = wrong.passwordMessageReceived(body { $0.writePasswordMessage("md5nope") }) else {
+                Issue.record("wrong answer accepted"); return
+            }
+            #expect(message == "password authentication failed" && code == "28P01")
+        }
+    }
+
+    @Test func scramLoginEndToEndBetweenTheTwoMachines() throws {
+        var server = ClientAuthMachine(authType: .scramSHA256, user: "u", secret: "pencil")
+        var client = SCRAMClientExchange(secret: .password("pencil"))
+        _ = server.start()
+        guard case .send(var continueMessage) = server.passwordMessageReceived(body {
+            $0.writeSASLInitialResponse(mechanism: SCRAM.mechanism, data: client.clientFirst())
+        }) else { Issue.record("want SASLContinue"); return }
+        continueMessage.moveReaderIndex(forwardBy: 9)
+        let final = try client.receiveServerFirst(continueMessage.readBytes(length: continueMessage.readableBytes)!)
+        guard case .authenticated(let saslFinal?, let keys?, _) = server.passwordMessageReceived(body { $0.writeSASLResponse(final) }) else {
+            Issue.record("SCRAM login refused"); return
+        }
+        var finalMessage = saslFinal
+        finalMessage.moveReaderIndex(forwardBy: 9)
+        try client.receiveServerFinal(finalMessage.readBytes(length: finalMessage.readableBytes)!)
+        #expect(keys.clientKey.count == 32)
+    }
+
+    @Test func scramRefusesAnMD5SecretAndAnUnknownUser() throws {
+        for secret in [MD5Password.storedHash(user: "u", password: "pencil"), nil] {
+            var server = ClientAuthMachine(authType: .scramSHA256, user: "u", secret: secret)
+            var client = SCRAMClientExchange(secret: .password("pencil"))
+            _ = server.start()
+            guard case .send(var continueMessage) = server.passwordMessageReceived(body {
+                $0.writeSASLInitialResponse(mechanism: SCRAM.mechanism, data: client.clientFirst())
+            }) else { Issue.record("want SASLContinue"); return }
+            continueMessage.moveReaderIndex(forwardBy: 9)
+            let final = try client.receiveServerFirst(continueMessage.readBytes(length: continueMessage.readableBytes)!)
+            guard case .fail(let message, _) = server.passwordMessageReceived(body { $0.writeSASLResponse(final) }) else {
+                Issue.record("SCRAM accepted without a usable secret"); return
+            }
+            #expect(message == "SASL authentication failed")
+        }
+    }
+
+    @Test func serverLoginAnswersMD5AndCollectsParameters() {
+        var login = ServerLoginMachine(user: "postgres", secret: .password("secretpw"))
+        let challenge = body { $0.writePostgresMessage(BackendMessage.authentication) { $0.writeInteger(Int32(5)); $0.writeBytes([1, 2, 3, 4]) } }
+        guard case .send(var answer) = login.messageReceived(type: BackendMessage.authentication, body: challenge) else {
+            Issue.record("want an md5 answer"); return
+        }
+        answer.moveReaderIndex(forwardBy: 5)
+        #expect(answer.readNullTerminatedString() == "md5f7f7d44173da53d13bbaf4fff77edc21")
+        _ = login.messageReceived(type: BackendMessage.parameterStatus, body: body { $0.writeParameterStatus(name: "TimeZone", value: "UTC") })
+        _ = login.messageReceived(type: BackendMessage.backendKeyData, body: body { $0.writeBackendKeyData(processID: 7, secretKey: 9) })
+        guard case .ready = login.messageReceived(type: BackendMessage.readyForQuery, body: body { $0.writeReadyForQuery(.idle) }) else {
+            Issue.record("want ready"); return
+        }
+        #expect(login.parameters.first?.1 == "UTC")
+        #expect(login.backendKey?.processID == 7)
+        var refused = ServerLoginMachine(user: "postgres", secret: .none)
+        guard case .fail(let message, _) = refused.messageReceived(type: BackendMessage.authentication, body: challenge) else {
+            Issue.record("want failure"); return
+        }
+        #expect(message == "server login failed: wrong password type")
+    }
+}
