@@ -7,4 +7,5 @@ bash scripts/install-deps.sh
 export PATH="/usr/lib/postgresql/15/bin:$PATH"
 swift build --build-tests
 # swift test runs XCTest then Swift Testing; its exit status covers both (never grep its output).
-swift test --skip-build
+# Suites one after another: the integration suites share one PostgreSQL and two cores.
+swift test --skip-build --no-parallel

@@ -159,16 +159,26 @@ public struct SCRAMServerExchange: Sendable {
 
     /// Takes client-final-message; returns server-final-message on success.
     public mutating func receiveClientFinal(_ message: [UInt8]) throws(Failure) -> [UInt8] {
-        guard let text = String(bytes: message, encoding: .utf8),
-              let proofRange = text.range(of: ",p=", options: .backwards)
+        // The proof is the last attribute: find ",p=" from the end on the bytes (Foundation's backwards
+        // String search bridges to NSString on Linux and showed up in login profiles).
+        var proofStart: Int? = nil
+        var index = message.count - 3
+        while index >= 0 {
+            if message[index] == UInt8(ascii: ","), message[index + 1] == UInt8(ascii: "p"), message[index + 2] == UInt8(ascii: "=") {
+                proofStart = index
+                break
+            }
+            index -= 1
+        }
+        guard let proofStart, let withoutProof = String(validating: message[..<proofStart], as: UTF8.self),
+              let proofText = String(validating: message[(proofStart + 3)...], as: UTF8.self)
         else { throw .malformedMessage }
-        let withoutProof = String(text[..<proofRange.lowerBound])
         let attributes = SCRAM.attributes(withoutProof)
         guard attributes["r"] == combinedNonce else { throw .nonceMismatch }
         guard let binding = attributes["c"], let bindingBytes = Data(base64Encoded: binding),
               let gs2 = String(data: bindingBytes, encoding: .utf8), gs2.hasPrefix("n,") || gs2.hasPrefix("y,")
         else { throw .malformedMessage }
-        guard let proof = Data(base64Encoded: String(text[proofRange.upperBound...])), proof.count == 32 else {
+        guard let proof = Data(base64Encoded: proofText), proof.count == 32 else {
             throw .malformedMessage
         }
         let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)

@@ -85,7 +85,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         self.eventLoop = eventLoop
         self.loopIndex = runtime.loopIndex(of: eventLoop)
         self.logger = runtime.logger
-        let maxPacket = runtime.config.maxPacketSize
+        let maxPacket = runtime.snapshot.config.maxPacketSize
         self.scanner = FrameScanner(maxMessageLength: maxPacket)
     }
 
@@ -95,13 +95,13 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         self.context = context
         if let remote = context.channel.remoteAddress {
             switch remote {
-            case .unixDomainSocket: peerDescription = "unix:\(runtime.config.listenPort)"
+            case .unixDomainSocket: peerDescription = "unix:\(runtime.snapshot.config.listenPort)"
             case .v6: peerDescription = "[\(remote.ipAddress ?? "?")]:\(remote.port ?? 0)"
             default: peerDescription = "\(remote.ipAddress ?? "?"):\(remote.port ?? 0)"
             }
         }
         updateLogPrefix()
-        let timeout = runtime.config.clientLoginTimeout
+        let timeout = runtime.snapshot.config.clientLoginTimeout
         if timeout > 0 {
             loginTimeout = context.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) { [weak self] in
                 guard let self, self.state == .startup || self.state == .authenticating || self.state == .waitingForWelcome else { return }
@@ -199,11 +199,12 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func startupReceived(minorVersion: UInt16) {
-        let config = runtime.config
+        let config = runtime.snapshot.config
         var unsupportedProtocolOptions: [String] = []
         var clientSettings: [(String, String)] = []
-        let tracked = Set((ParameterSet.alwaysTracked + config.trackExtraParameters).map { $0.lowercased() })
-        let ignored = Set(config.ignoreStartupParameters)
+        let snapshot = runtime.snapshot
+        let tracked = snapshot.trackedNames
+        let ignored = snapshot.ignoredStartupParameters
         for (key, value) in startupParameters {
             switch key {
             case "user": user = value
@@ -337,7 +338,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         let pool = runtime.pool(for: PoolKey(database: databaseName, user: database.user ?? user), database: database)
         self.pool = pool
         mode = pool.settings.mode
-        let config = runtime.config
+        let config = runtime.snapshot.config
         if config.serverResetQueryAlways && !config.serverResetQuery.isEmpty {
             resetQueryOnRelease = config.serverResetQuery
         }
@@ -372,12 +373,12 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    private func sendWelcome(_ welcome: [(String, String)]) {
+    private func sendWelcome(_ welcome: [(String, String)], replayPending: Bool = true) {
         guard let context else { return }
         loginTimeout?.cancel()
         loginTimeout = nil
         // Tracked parameters the client did not choose start at the server defaults.
-        let tracked = Set((ParameterSet.alwaysTracked + runtime.config.trackExtraParameters).map { $0.lowercased() })
+        let tracked = runtime.snapshot.trackedNames
         for (name, value) in welcome where tracked.contains(name.lowercased()) {
             // Unset, or the same value spelled differently ("utf8"): take the server's canonical spelling.
             if parameters[name] == nil || parameters[name]!.lowercased() == value.lowercased() {
@@ -394,8 +395,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         out.writeReadyForQuery(.idle)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         state = .idle
-        if pending != nil {
-            let buffered = pending!
+        if replayPending, let buffered = pending {
             pending = nil
             queryBytesReceived(buffered)
         }
@@ -443,6 +443,21 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         } else {
             pending!.writeBuffer(&buffer)
         }
+        // A client that keeps sending while it waits for a server is not read further until it has one:
+        // what it sends is held here, and holding must stay bounded.
+        if pending!.readableBytes > Self.pendingLimit, !readingPaused, let context {
+            readingPaused = true
+            context.channel.setOption(.autoRead, value: false).whenFailure { _ in }
+        }
+    }
+
+    private static let pendingLimit = 1 << 20
+    private var readingPaused = false
+
+    private func resumeReadingIfPaused() {
+        guard readingPaused, let context else { return }
+        readingPaused = false
+        context.channel.setOption(.autoRead, value: true).whenFailure { _ in }
     }
 
     private func requestServer() {
@@ -473,17 +488,24 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private func link(to server: ServerConnection) {
         switch state {
         case .waitingForWelcome:
-            // Only the welcome was needed: take the parameters and give the server straight back.
-            sendWelcome(pool?.welcome ?? [])
-            if state == .waitingForServer || state == .linked {
-                // sendWelcome replayed buffered bytes and asked for a server again; this one can serve it.
-                _ = pool?.withState { $0.waiterLeft(self) }
-                // Fall through to a normal link below with the server we hold.
-                state = .waitingForServer
-            } else {
+            // The welcome was what this client waited for. If it already sent a request, this server serves
+            // it; otherwise the server goes straight back.
+            sendWelcome(pool?.welcome ?? [], replayPending: false)
+            guard state == .idle else { return server.returnToPool(reusable: true) }
+            guard let buffered = pending else { return server.returnToPool(reusable: true) }
+            pending = nil
+            var visitor = ClientVisitor(tracker: tracker)
+            guard (try? scanner.scan(buffered, visitor: &visitor)) != nil else {
                 server.returnToPool(reusable: true)
-                return
+                return fatal("bad packet header")
             }
+            tracker = visitor.tracker
+            if visitor.terminated {
+                server.returnToPool(reusable: true)
+                return close(reason: "client close request")
+            }
+            pending = buffered
+            state = .waitingForServer
         case .waitingForServer:
             break
         case .startup, .authenticating, .idle, .linked, .closed:
@@ -509,6 +531,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if let bytes = pending {
             pending = nil
             server.send(bytes, flush: true)
+            resumeReadingIfPaused()
         } else {
             server.flush()
         }
@@ -680,7 +703,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Sends a FATAL ErrorResponse with PgBouncer's wording and closes.
     func fatal(_ message: String, code: String = "08P01") {
         guard state != .closed, let context else { return }
-        if runtime.config.logPoolerErrors {
+        if runtime.snapshot.config.logPoolerErrors {
             logger.warning("pooler error: \(message)")
         }
         var out = context.channel.allocator.buffer(capacity: 64 + message.utf8.count)
@@ -704,7 +727,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }
         if let key = cancelKey { runtime.cancelRegistry.unregister(processID: key.processID, secretKey: key.secretKey) }
-        if runtime.config.logDisconnections && previous != .startup {
+        if runtime.snapshot.config.logDisconnections && previous != .startup {
             logger.info("closing because: \(reason) (age=\((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)s)")
         }
         switch previous {
@@ -715,7 +738,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             self.server = nil
             server.detach(self)
             if tracker.isReleasable && scanner.atBoundary {
-                let config = runtime.config
+                let config = runtime.snapshot.config
                 if (mode == .session || config.serverResetQueryAlways) && !config.serverResetQuery.isEmpty {
                     server.resetAndRelease(query: config.serverResetQuery)
                 } else {

@@ -14,7 +14,7 @@ public final class ShoalRuntime: @unchecked Sendable {
     let logger: Logger
     let cancelRegistry = CancelRegistry()
     let budget = ConnectionBudget()
-    private let configBox: NIOLockedValueBox<ShoalConfig>
+    private let configBox: NIOLockedValueBox<ConfigSnapshot>
     private let userListBox: NIOLockedValueBox<UserList>
     private let poolsLock = NIOLock()
     private var pools: [PoolKey: Pool] = [:]
@@ -31,11 +31,14 @@ public final class ShoalRuntime: @unchecked Sendable {
         self.loops = Array(group.makeIterator())
         self.sweepers = loops.map { ClientSweeper(eventLoop: $0) }
         self.logger = logger
-        self.configBox = NIOLockedValueBox(config)
+        self.configBox = NIOLockedValueBox(ConfigSnapshot(config))
         self.userListBox = NIOLockedValueBox(userList)
     }
 
-    public var config: ShoalConfig { configBox.withLockedValue { $0 } }
+    /// The current snapshot: one lock and one retain. Read fields through it (`snapshot.config.x`) rather than
+    /// copying the whole `ShoalConfig` struct, which retains every string and collection in it.
+    var snapshot: ConfigSnapshot { configBox.withLockedValue { $0 } }
+    public var config: ShoalConfig { snapshot.config }
     var userList: UserList { userListBox.withLockedValue { $0 } }
 
     func loopIndex(of eventLoop: EventLoop) -> Int {
@@ -112,12 +115,26 @@ public final class ShoalRuntime: @unchecked Sendable {
 
     /// Swaps in a new config and auth file; pools pick up new limits at once, servers keep running.
     public func apply(config: ShoalConfig, userList: UserList) {
-        configBox.withLockedValue { $0 = config }
+        configBox.withLockedValue { $0 = ConfigSnapshot(config) }
         userListBox.withLockedValue { $0 = userList }
         verifierCache.withLockedValue { $0.removeAll() }
         for pool in allPools {
             guard let database = config.database(named: pool.key.database) else { continue }
             pool.update(database: database, settings: PoolSettings(config: config, database: database, user: pool.key.user))
         }
+    }
+}
+
+/// An immutable config snapshot plus what every login derives from it.
+final class ConfigSnapshot: Sendable {
+    let config: ShoalConfig
+    /// Lower-cased names of the tracked parameters (the varcache), computed once per config.
+    let trackedNames: Set<String>
+    let ignoredStartupParameters: Set<String>
+
+    init(_ config: ShoalConfig) {
+        self.config = config
+        self.trackedNames = Set((ParameterSet.alwaysTracked + config.trackExtraParameters).map { $0.lowercased() })
+        self.ignoredStartupParameters = Set(config.ignoreStartupParameters)
     }
 }

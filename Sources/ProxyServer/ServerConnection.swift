@@ -67,7 +67,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     /// Dials a new server for `pool` on `eventLoop`; the result goes through the pool to its first waiter.
     static func dial(pool: Pool, runtime: ShoalRuntime, on eventLoop: EventLoop) {
-        let config = runtime.config
+        let config = runtime.snapshot.config
         let database = pool.database
         let maxDatabase = database.maxDbConnections ?? config.maxDbConnections
         let maxUser = config.users[pool.key.user]?.maxUserConnections ?? config.maxUserConnections
@@ -119,7 +119,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
         state = .loggingIn(ServerLoginMachine(user: pool.database.user ?? pool.key.user, secret: pool.serverSecret.loginSecret))
-        if runtime.config.logConnections {
+        if runtime.snapshot.config.logConnections {
             logger.info("new connection to server")
         }
         var startup = context.channel.allocator.buffer(capacity: 128)
@@ -221,7 +221,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         case .resetting:
             // Lent to the reset/check query: the pool counts it active.
             lentServerGone()
-            if runtime.config.logDisconnections {
+            if runtime.snapshot.config.logDisconnections {
                 logger.info("closing because: server conn crashed? (age=\(ageSeconds)s)")
             }
         case .ready:
@@ -232,7 +232,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             } else {
                 pool.withState { $0.idleServerClosed(self) }
             }
-            if runtime.config.logDisconnections {
+            if runtime.snapshot.config.logDisconnections {
                 logger.info("closing because: server conn crashed? (age=\(ageSeconds)s)")
             }
         case .closed:
@@ -300,7 +300,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     private func trackedNames() -> Set<String> {
-        Set((ParameterSet.alwaysTracked + runtime.config.trackExtraParameters).map { $0.lowercased() })
+        runtime.snapshot.trackedNames
     }
 
     var ageSeconds: UInt64 { (NIODeadline.now().uptimeNanoseconds &- createdAt) / 1_000_000_000 }
@@ -393,7 +393,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     func close(reason: String) {
         onLoop { server in
             guard let context = server.context else { return }
-            if server.runtime.config.logDisconnections {
+            if server.runtime.snapshot.config.logDisconnections {
                 server.logger.info("closing because: \(reason) (age=\(server.ageSeconds)s)")
             }
             server.client = nil
