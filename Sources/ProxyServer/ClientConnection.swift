@@ -254,7 +254,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if config.logConnections {
             logger.info("login attempt: db=\(databaseName) user=\(user) tls=no replication=no")
         }
-        guard runtime.admitClient() else { return fatal("no more connections allowed (max_client_conn)", code: "53300") }
+        // 08P01, as PgBouncer sends it.
+        guard runtime.admitClient() else { return fatal("no more connections allowed (max_client_conn)") }
         counted = true
 
         databaseEntry = config.database(named: databaseName)

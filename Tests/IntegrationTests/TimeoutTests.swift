@@ -58,4 +58,19 @@ import Testing
         let servers = try TestPostgres.shared.psql("select count(*) from pg_stat_activity where application_name = 'pgbench'")
         #expect(Int(servers)! <= 2)
     }
+
+    @Test func maxClientConnRefusesTheNextClientWithPgBouncersMessage() async throws {
+        let shoal = try await ShoalInstance { $0.maxClientConn = 2 }
+        defer { Task { await shoal.stop() } }
+        let first = try PQConnection(shoal.conninfo)
+        let second = try PQConnection(shoal.conninfo)
+        do {
+            _ = try PQConnection(shoal.conninfo)
+            Issue.record("a third client got in past max_client_conn = 2")
+        } catch let error as PQError {
+            #expect(error.message.contains("no more connections allowed (max_client_conn)"))
+        }
+        #expect(try first.scalar("select 1") == "1")
+        #expect(try second.scalar("select 2") == "2")
+    }
 }

@@ -30,20 +30,28 @@ import Testing
         }
     }
 
-    @Test func scramLoginEndToEndBetweenTheTwoMachines() throws {
-        var server = ClientAuthMachine(authType: .scramSHA256, user: "u", secret: "pencil")
+    /// Runs the first SCRAM round between a client exchange for "pencil" and the machine; returns the client
+    /// exchange and its client-final message.
+    func scramFirstRound(_ server: inout ClientAuthMachine) throws -> (SCRAMClientExchange, [UInt8])? {
         var client = SCRAMClientExchange(secret: .password("pencil"))
         _ = server.start()
         guard case .send(var continueMessage) = server.passwordMessageReceived(body {
             $0.writeSASLInitialResponse(mechanism: SCRAM.mechanism, data: client.clientFirst())
-        }) else { Issue.record("want SASLContinue"); return }
+        }) else { return nil }
         continueMessage.moveReaderIndex(forwardBy: 9)
         let final = try client.receiveServerFirst(continueMessage.readBytes(length: continueMessage.readableBytes)!)
+        return (client, final)
+    }
+
+    @Test func scramLoginEndToEndBetweenTheTwoMachines() throws {
+        var server = ClientAuthMachine(authType: .scramSHA256, user: "u", secret: "pencil")
+        guard let (client, final) = try scramFirstRound(&server) else { Issue.record("want SASLContinue"); return }
         guard case .authenticated(let saslFinal?, let keys?, _) = server.passwordMessageReceived(body { $0.writeSASLResponse(final) }) else {
             Issue.record("SCRAM login refused"); return
         }
         var finalMessage = saslFinal
         finalMessage.moveReaderIndex(forwardBy: 9)
+        // The client checks the server's signature: it proves the machine holds the right ServerKey.
         try client.receiveServerFinal(finalMessage.readBytes(length: finalMessage.readableBytes)!)
         #expect(keys.clientKey.count == 32)
     }
@@ -51,13 +59,7 @@ import Testing
     @Test func scramRefusesAnMD5SecretAndAnUnknownUser() throws {
         for secret in [MD5Password.storedHash(user: "u", password: "pencil"), nil] {
             var server = ClientAuthMachine(authType: .scramSHA256, user: "u", secret: secret)
-            var client = SCRAMClientExchange(secret: .password("pencil"))
-            _ = server.start()
-            guard case .send(var continueMessage) = server.passwordMessageReceived(body {
-                $0.writeSASLInitialResponse(mechanism: SCRAM.mechanism, data: client.clientFirst())
-            }) else { Issue.record("want SASLContinue"); return }
-            continueMessage.moveReaderIndex(forwardBy: 9)
-            let final = try client.receiveServerFirst(continueMessage.readBytes(length: continueMessage.readableBytes)!)
+            guard let (_, final) = try scramFirstRound(&server) else { Issue.record("want SASLContinue"); return }
             guard case .fail(let message, _) = server.passwordMessageReceived(body { $0.writeSASLResponse(final) }) else {
                 Issue.record("SCRAM accepted without a usable secret"); return
             }
