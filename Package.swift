@@ -6,11 +6,13 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "shoal", targets: ["shoal"]),
+        .executable(name: "shoal-load", targets: ["shoal-load"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // Wire codec, SCRAM and MD5 math. No sockets.
@@ -63,6 +65,13 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
+        // The PHP-pattern load generator on libpq's non-blocking API, and its command line.
+        .target(
+            name: "LoadHarness",
+            dependencies: ["CLibPQ", "CEpoll", .product(name: "Histogram", package: "hdrhistogram-swift")]
+        ),
+        .systemLibrary(name: "CEpoll"),
+        .executableTarget(name: "shoal-load", dependencies: ["LoadHarness"]),
         // libpq, for the integration tests (and the load harness).
         .systemLibrary(
             name: "CLibPQ",
@@ -72,9 +81,10 @@ let package = Package(
         .testTarget(name: "PostgresWireTests", dependencies: ["PostgresWire"]),
         .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
         .testTarget(name: "PoolingTests", dependencies: ["Pooling"]),
+        .testTarget(name: "LoadHarnessTests", dependencies: ["LoadHarness"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["CLibPQ", "ProxyServer", "Configuration", "PostgresWire"],
+            dependencies: ["CLibPQ", "ProxyServer", "Configuration", "PostgresWire", "LoadHarness"],
             exclude: ["Fixtures"],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),

@@ -4,7 +4,7 @@
 CPU per transaction is the pooler process's user+system time (from /proc/PID/stat) spent during the run,
 divided by the transactions pgbench completed. Direct PostgreSQL has no pooler process, so no CPU figure.
 """
-import argparse, os, re, statistics, subprocess
+import argparse, json, os, re, statistics, subprocess, tempfile
 
 SCENARIOS = [
     ("pgbench -S, 50 clients", ["-S", "-c", "50", "-j", "2"]),
@@ -45,6 +45,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--password", required=True)
     parser.add_argument("--target", action="append", required=True, help="name=port:pid (pid empty for none)")
+    parser.add_argument("--shoal-load", help="shoal-load binary: adds the php-request scenario for the poolers")
+    parser.add_argument("--load-users", type=int, default=2000)
     options = parser.parse_args()
     targets = []
     for spec in options.target:
@@ -72,6 +74,37 @@ def main():
                     entry["cpu_us"].append((after - before) * 1e6 / done)
                 cpu = f", {entry['cpu_us'][-1]:.1f} µs CPU/xact" if pid and done else ""
                 print(f"round {round_number + 1} {scenario:28} {name:10} {tps:10.0f} tps{cpu}", flush=True)
+
+    if options.shoal_load:
+        scenario = f"shoal-load php-request, {options.load_users} users"
+        SCENARIOS.append((scenario, None))
+        for round_number in range(options.rounds):
+            for name, port, pid in targets:
+                if not pid:
+                    continue  # direct PostgreSQL cannot take thousands of connections
+                conninfo = f"host=127.0.0.1 port={port} dbname=postgres user=postgres password={options.password}"
+                with tempfile.NamedTemporaryFile(suffix=".json") as report:
+                    before = cpu_seconds(pid)
+                    out = subprocess.run([options.shoal_load, "--workload", "php-request", "--users", str(options.load_users),
+                                          "--duration", str(options.seconds), "--rounds", "1", "--init-users", "20000",
+                                          "--target", f"{name}={conninfo}", "--json", report.name],
+                                         capture_output=True, text=True, timeout=options.seconds * 6 + 60)
+                    after = cpu_seconds(pid)
+                    entry = results.setdefault((scenario, name), {"tps": [], "cpu_us": [], "failed": 0, "p99": []})
+                    try:
+                        target = json.load(open(report.name))["targets"][0]
+                    except Exception:
+                        entry["failed"] += 1
+                        print(f"round {round_number + 1} {scenario} {name}: failed: {out.stderr.strip()[-200:]}", flush=True)
+                        continue
+                    entry["tps"].append(target["requests_per_second"])
+                    entry["failed"] += sum(target["errors"].values())
+                    entry.setdefault("p99", []).append(target["request"]["p99_us"] / 1000)
+                    if target["requests"]:
+                        entry["cpu_us"].append((after - before) * 1e6 / target["requests"])
+                    print(f"round {round_number + 1} {scenario:28} {name:10} {target['requests_per_second']:10.0f} req/s, "
+                          f"{entry['cpu_us'][-1]:.1f} µs CPU/request, request p99 {target['request']['p99_us'] / 1000:.1f} ms, "
+                          f"errors {target['errors']}", flush=True)
 
     print()
     print(f"| scenario | target | tps (median of {options.rounds}) | pooler CPU µs/xact (median) | failed xacts |")

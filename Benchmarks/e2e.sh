@@ -12,7 +12,9 @@ rounds=${2:-3}
 pool_size=${POOL_SIZE:-20}
 
 swift build -c release --product shoal --scratch-path .build-release >/dev/null
+swift build -c release --product shoal-load --scratch-path .build-release >/dev/null
 shoal_bin=.build-release/release/shoal
+load_bin=.build-release/release/shoal-load
 
 dir=$(mktemp -d /tmp/shoal-bench.XXXXXX)
 chmod 755 "$dir"
@@ -66,7 +68,10 @@ sleep 0.5
 bouncer_pid=$(pgrep -f "pgbouncer -q $dir/pgbouncer/pgbouncer.ini" | tail -1)
 
 PGPASSWORD=$PG_PASSWORD pgbench -i -s 10 -q -h 127.0.0.1 -p "$pgport" -U postgres postgres >/dev/null 2>&1
+"$load_bin" --init --init-users 20000 --duration 1 --rounds 1 --users 1 \
+    --target "direct=host=127.0.0.1 port=$pgport dbname=postgres user=postgres password=$PG_PASSWORD" >/dev/null 2>&1
 python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password "$PG_PASSWORD" \
+    --shoal-load "$load_bin" --load-users "${LOAD_USERS:-2000}" \
     --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid"
 echo
 echo "machine: $(nproc) cores, $(uname -r); $(pgbouncer --version | head -1); $(psql --version); pool_size $pool_size; commit $(git rev-parse --short HEAD)"

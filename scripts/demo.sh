@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shoal's main job on an embedded default: a throwaway PostgreSQL on loopback, Shoal in front of it with
-# conf/pgbouncer.ini, a short pgbench load through it (and the same load direct, for comparison), then clean up.
+# conf/pgbouncer.ini, a short PHP-pattern load through it with shoal-load (and the same load direct, for
+# comparison), a pgbench -S run, then clean up.
 # SHOAL_BUILD=release for a release build (12-15 minutes the first time on 2 cores; debug takes about 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,9 @@ source scripts/lib/throwaway-postgres.sh
 
 configuration=${SHOAL_BUILD:-debug}
 swift build -c "$configuration" --product shoal
-shoal_bin="$(swift build -c "$configuration" --show-bin-path)/shoal"
+swift build -c "$configuration" --product shoal-load
+bin_path="$(swift build -c "$configuration" --show-bin-path)"
+shoal_bin="$bin_path/shoal"
 
 dir=$(mktemp -d /tmp/shoal-demo.XXXXXX)
 pgport=$((20000 + RANDOM % 10000)); shoalport=$((pgport + 1))
@@ -31,15 +34,24 @@ shoal_pid=$!
 wait_port "$shoalport"
 
 export PGPASSWORD=$PG_PASSWORD
-bench() { pgbench -h 127.0.0.1 -U postgres "$@" postgres 2>&1; }
-bench -p "$shoalport" -i -s 5 -q | tail -1
+shoal_target="shoal=host=127.0.0.1 port=$shoalport dbname=postgres user=postgres password=$PG_PASSWORD"
+direct_target="direct=host=127.0.0.1 port=$pgport dbname=postgres user=postgres password=$PG_PASSWORD"
+
+echo "== shoal-load php-request: 200 PHP workers, each request connects, runs 4 SELECTs and a short"
+echo "   transaction (INSERT + UPDATE), disconnects; Shoal and direct PostgreSQL interleaved, 2 rounds"
+"$bin_path/shoal-load" --init --init-users 20000 --workload php-request --users 200 --duration 20 --rounds 2 \
+    --target "$shoal_target" --target "$direct_target" --baseline direct
+
+echo "== shoal-load php-persistent (pg_pconnect): the same requests over persistent connections"
+"$bin_path/shoal-load" --init-users 20000 --workload php-persistent --users 200 --duration 10 --rounds 1 \
+    --target "$shoal_target" --target "$direct_target" --baseline direct 2>/dev/null
+
 report() { grep -E "^(number of failed|latency average|tps)" | sed 's/^/    /'; }
+pgbench -h 127.0.0.1 -U postgres -p "$shoalport" -i -s 5 -q postgres >/dev/null 2>&1
 for target in "Shoal:$shoalport" "direct PostgreSQL:$pgport"; do
     name=${target%%:*}; port=${target##*:}
     echo "== $name: pgbench -S, 50 clients, 10 s"
-    bench -p "$port" -S -c 50 -j 2 -T 10 | report
-    echo "== $name: pgbench -S -C (connect per transaction, like a PHP request), 20 clients, 10 s"
-    bench -p "$port" -S -C -c 20 -j 2 -T 10 | report
+    pgbench -h 127.0.0.1 -U postgres -p "$port" -S -c 50 -j 2 -T 10 postgres 2>&1 | report
 done
 echo "== server connections Shoal holds to PostgreSQL now:"
 psql -X -At -h 127.0.0.1 -p "$pgport" -U postgres -c "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()" postgres
