@@ -38,6 +38,11 @@ public final class LoadRunner {
     private var restartQueue: [Int] = []
     private var perSecondStart: UInt64 = 0
 
+    /// Closed loop: users start evenly spread over this many seconds instead of all at once.
+    public var rampUp: Double = 0
+    /// Stop once this many requests have completed (nil: run for the whole duration).
+    public var requestLimit: Int?
+
     public init(name: String, conninfo: String, workload: Workload, mode: Mode) {
         self.conninfo = conninfo
         self.workload = workload
@@ -68,14 +73,26 @@ public final class LoadRunner {
         switch mode {
         case .closed(let count):
             users = (0..<count).map { _ in User() }
-            for index in users.indices { startRequest(index, intended: Self.now()) }
+            if rampUp <= 0 {
+                for index in users.indices { startRequest(index, intended: Self.now()) }
+            }
         case .open(_, let maxInFlight):
             users = (0..<maxInFlight).map { _ in User() }
         }
         var events = [epoll_event](repeating: epoll_event(), count: 512)
+        var started = rampUp > 0 ? 0 : users.count
         while true {
             let now = Self.now()
             if now >= end { break }
+            if let requestLimit, stats.requests + stats.errorCount >= requestLimit { break }
+            if case .closed = mode, started < users.count {
+                // Ramp-up: user i starts at i/count of the ramp-up time.
+                let due = min(users.count, Int(Double(now - start) / (rampUp * 1e9) * Double(users.count)) + 1)
+                while started < due {
+                    startRequest(started, intended: now)
+                    started += 1
+                }
+            }
             if !restartQueue.isEmpty {
                 let ready = restartQueue
                 restartQueue.removeAll(keepingCapacity: true)

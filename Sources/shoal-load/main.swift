@@ -11,11 +11,14 @@ let usage = """
       --rate R            open loop: R requests/s, latency measured from each request's intended start
       --max-in-flight N   open loop: at most N requests at once (default 5000)
       --duration S        seconds per target in all (default 10), split over the rounds
+      --requests N        stop each target's run after N requests in all (split over the rounds)
+      --ramp-up S         closed loop: start the users evenly over S seconds of each run
       --rounds K          interleave the targets in K rounds (default 3)
       --baseline NAME     the target the others are compared with (default: the first)
       --init              create the Moodle-like schema on every target first
       --init-users N      users for --init (default 10000); courses are a hundredth of that
       --json FILE         write the results as JSON
+      --html FILE         write an HTML page with latency-percentile and throughput charts (inline SVG)
       --help
 
     Each CONNINFO is a libpq connection string, e.g. "host=127.0.0.1 port=6432 dbname=moodle user=moodle password=…".
@@ -38,6 +41,9 @@ var baseline: String?
 var initialise = false
 var initUsers = 10_000
 var jsonPath: String?
+var htmlPath: String?
+var requestLimit: Int?
+var rampUp = 0.0
 
 var arguments = Array(CommandLine.arguments.dropFirst())
 @MainActor func value(_ option: String) -> String {
@@ -62,6 +68,9 @@ while !arguments.isEmpty {
     case "--init": initialise = true
     case "--init-users": guard let n = Int(value(option)), n >= 100 else { fail("--init-users takes a number of at least 100") }; initUsers = n
     case "--json": jsonPath = value(option)
+    case "--html": htmlPath = value(option)
+    case "--requests": guard let n = Int(value(option)), n > 0 else { fail("--requests takes a positive number") }; requestLimit = n
+    case "--ramp-up": guard let r = Double(value(option)), r >= 0 else { fail("--ramp-up takes seconds") }; rampUp = r
     case "--help", "-h": print(usage); exit(0)
     default: fail("unknown option \(option)\n\(usage)")
     }
@@ -107,6 +116,8 @@ var totals = targets.map { TargetStats(name: $0.0) }
 for round in 1...rounds {
     for (index, (name, conninfo)) in targets.enumerated() {
         let runner = LoadRunner(name: name, conninfo: conninfo, workload: workload, mode: mode)
+        runner.rampUp = rampUp
+        runner.requestLimit = requestLimit.map { max(1, $0 / rounds) }
         var elapsed = 0
         let stats = runner.run(seconds: duration / Double(rounds)) { stats, inFlight in
             elapsed += 1
@@ -121,6 +132,11 @@ print(Report.table(totals, baseline: baseline))
 if let jsonPath {
     do { try Report.json(totals, workload: workload.name, mode: modeText).write(toFile: jsonPath, atomically: true, encoding: .utf8) } catch {
         fail("cannot write \(jsonPath): \(error)")
+    }
+}
+if let htmlPath {
+    do { try Report.html(totals, title: "shoal-load \(workload.name), \(modeText)").write(toFile: htmlPath, atomically: true, encoding: .utf8) } catch {
+        fail("cannot write \(htmlPath): \(error)")
     }
 }
 exit(totals.contains { $0.requests == 0 } ? 1 : 0)
