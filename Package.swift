@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .executable(name: "shoal", targets: ["shoal"]),
         .executable(name: "shoal-load", targets: ["shoal-load"]),
+        // The pure parts, for the package-benchmark suite in Benchmarks/ (its own package, so CI does not build it).
+        .library(name: "ShoalCore", targets: ["PostgresWire", "Pooling", "Configuration"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
