@@ -46,7 +46,7 @@ auth_type = scram-sha-256
 auth_file = $dir/userlist.txt
 pool_mode = transaction
 default_pool_size = $pool_size
-max_client_conn = 3000
+max_client_conn = 12000
 log_connections = 0
 log_disconnections = 0
 logfile = $dir/$who/log
@@ -73,5 +73,21 @@ PGPASSWORD=$PG_PASSWORD pgbench -i -s 10 -q -h 127.0.0.1 -p "$pgport" -U postgre
 python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password "$PG_PASSWORD" \
     --shoal-load "$load_bin" --load-users "${LOAD_USERS:-2000}" \
     --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid"
+# Memory per idle client: RSS before and after 10,000 clients connect and stay idle (shoal-load --workload idle).
+idle_clients=${IDLE_CLIENTS:-10000}
+for who in shoal pgbouncer; do
+    pid=$shoal_pid; port=$shoalport
+    [ "$who" = pgbouncer ] && pid=$bouncer_pid && port=$bouncerport
+    before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    "$load_bin" --workload idle --users "$idle_clients" --ramp-up 20 --duration 40 --rounds 1 \
+        --target "$who=host=127.0.0.1 port=$port dbname=postgres user=postgres password=$PG_PASSWORD" > "$dir/idle-$who.txt" 2>&1 &
+    load_pid=$!
+    sleep 35
+    after=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    connected=$(ss -Htn state established "( sport = :$port )" | wc -l)
+    wait "$load_pid" || true
+    echo "idle clients, $who: RSS ${before} kB -> ${after} kB with $connected connections: $(( (after - before) * 1024 / (connected > 0 ? connected : 1) )) bytes per client"
+done
+
 echo
 echo "machine: $(nproc) cores, $(uname -r); $(pgbouncer --version | head -1); $(psql --version); pool_size $pool_size; commit $(git rev-parse --short HEAD)"

@@ -153,6 +153,13 @@ public final class LoadRunner {
         case PGRES_POLLING_OK:
             PQsetnonblocking(connection, 1)
             stats.connect.record((Self.now() - user.stepStart) / 1000)
+            if workload.statements.isEmpty {
+                // The idle workload: a connection is the whole request, and it is kept open, unwatched.
+                user.phase = .finishing
+                stats.requests += 1
+                inFlight -= 1
+                return
+            }
             sendStatement(index, 0)
         default:
             fail(index, code: sqlState(connection) ?? "08001")

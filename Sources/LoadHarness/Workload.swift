@@ -38,6 +38,9 @@ public struct Workload: Sendable {
         )
     }
 
+    /// Connect and stay connected, saying nothing: what an idle pg_pconnect worker costs a pooler.
+    public static let idle = Workload(name: "idle", statements: [], connectPerRequest: false)
+
     public static func selectOnly(users: Int) -> Workload {
         Workload(
             name: "select-only",

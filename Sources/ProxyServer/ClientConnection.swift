@@ -243,6 +243,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             negotiate.writeNegotiateProtocolVersion(newestMinor: 0, unrecognized: unsupportedProtocolOptions)
             context!.write(wrapOutboundOut(negotiate), promise: nil)
         }
+        startupParameters = [] // read once; an idle client should not keep them
         guard !user.isEmpty else { return fatal("no username supplied") }
         if databaseName.isEmpty { databaseName = user }
         if config.applicationNameAddHost {

@@ -16,6 +16,9 @@ public enum Listener {
             // One read per readiness event, as PgBouncer does: NIO's default of 4 costs an extra read()
             // that returns EAGAIN on every request of a request/response protocol.
             .childChannelOption(.maxMessagesPerRead, value: 1)
+            // Small first reads: most client messages are a few hundred bytes, and a channel keeps its last
+            // receive buffer for reuse, so the initial size is paid by every idle client. It grows on demand.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if case .unixDomainSocket = channel.localAddress {} else {

@@ -5,7 +5,7 @@ import LoadHarness
 let usage = """
     Usage: shoal-load [options] --target NAME=CONNINFO [--target NAME=CONNINFO ...]
 
-      --workload W        php-request (default), php-persistent, select-only, or script
+      --workload W        php-request (default), php-persistent, select-only, idle (connect and hold), or script
       --script FILE       SQL statements for --workload script (one per ';'-terminated line group)
       --users N           closed loop: N virtual users, each starting its next request at once (default 100)
       --rate R            open loop: R requests/s, latency measured from each request's intended start
@@ -84,6 +84,7 @@ switch workloadName {
 case "php-request": workload = .phpRequest(users: initUsers, courses: courses, persistent: false)
 case "php-persistent": workload = .phpRequest(users: initUsers, courses: courses, persistent: true)
 case "select-only": workload = .selectOnly(users: initUsers)
+case "idle": workload = .idle
 case "script":
     guard let scriptPath else { fail("--workload script needs --script FILE") }
     guard let text = try? String(contentsOfFile: scriptPath, encoding: .utf8) else { fail("cannot read script \(scriptPath)") }
