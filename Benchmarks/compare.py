@@ -29,14 +29,26 @@ def peak_rss_kb(pid):
 
 
 def run(port, args, seconds, password):
-    command = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-T", str(seconds)] + args + ["postgres"]
-    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password}, timeout=seconds * 4 + 60)
+    """Returns (tps, transactions, failed, p99 ms). p99 comes from pgbench's per-transaction log, sampled at 10%."""
+    with tempfile.TemporaryDirectory() as logs:
+        command = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-T", str(seconds),
+                   "-l", "--sampling-rate=0.1", f"--log-prefix={logs}/tx"] + args + ["postgres"]
+        out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password}, timeout=seconds * 4 + 60)
+        latencies = []
+        for name in os.listdir(logs):
+            with open(os.path.join(logs, name)) as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) >= 3 and fields[2].isdigit():
+                        latencies.append(int(fields[2]))
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99)] / 1000 if latencies else float("nan")
     tps = re.search(r"tps = ([0-9.]+)", out.stdout)
     done = re.search(r"actually processed: (\d+)", out.stdout)
     failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
     if not tps or not done:
-        return None, 0, out.stderr.strip().splitlines()[-1:] or ["no output"]
-    return float(tps.group(1)), int(done.group(1)), int(failed.group(1)) if failed else 0
+        return None, 0, out.stderr.strip().splitlines()[-1:] or ["no output"], None
+    return float(tps.group(1)), int(done.group(1)), int(failed.group(1)) if failed else 0, p99
 
 
 def main():
@@ -61,19 +73,20 @@ def main():
             ordered = targets[round_number % len(targets):] + targets[:round_number % len(targets)]
             for name, port, pid in ordered:
                 before = cpu_seconds(pid) if pid else None
-                tps, done, failed = run(port, args, options.seconds, options.password)
+                tps, done, failed, p99 = run(port, args, options.seconds, options.password)
                 after = cpu_seconds(pid) if pid else None
-                entry = results.setdefault((scenario, name), {"tps": [], "cpu_us": [], "failed": 0})
+                entry = results.setdefault((scenario, name), {"tps": [], "cpu_us": [], "failed": 0, "p99": []})
                 if tps is None:
                     entry["failed"] += 1
                     print(f"round {round_number + 1} {scenario} {name}: failed: {failed}", flush=True)
                     continue
                 entry["tps"].append(tps)
                 entry["failed"] += failed
+                entry["p99"].append(p99)
                 if pid and done:
                     entry["cpu_us"].append((after - before) * 1e6 / done)
                 cpu = f", {entry['cpu_us'][-1]:.1f} µs CPU/xact" if pid and done else ""
-                print(f"round {round_number + 1} {scenario:28} {name:10} {tps:10.0f} tps{cpu}", flush=True)
+                print(f"round {round_number + 1} {scenario:28} {name:10} {tps:10.0f} tps, p99 {p99:.1f} ms{cpu}", flush=True)
 
     if options.shoal_load:
         scenario = f"shoal-load php-request, {options.load_users} users"
@@ -107,14 +120,15 @@ def main():
                           f"errors {target['errors']}", flush=True)
 
     print()
-    print(f"| scenario | target | tps (median of {options.rounds}) | pooler CPU µs/xact (median) | failed xacts |")
-    print("|---|---|---:|---:|---:|")
+    print(f"| scenario | target | tps (median of {options.rounds}) | p99 ms (median) | pooler CPU µs/xact (median) | failed xacts |")
+    print("|---|---|---:|---:|---:|---:|")
     for scenario, _ in SCENARIOS:
         for name, _, _ in targets:
-            entry = results.get((scenario, name), {"tps": [], "cpu_us": [], "failed": 0})
+            entry = results.get((scenario, name), {"tps": [], "cpu_us": [], "failed": 0, "p99": []})
             tps = f"{statistics.median(entry['tps']):.0f}" if entry["tps"] else "—"
+            p99 = f"{statistics.median(entry['p99']):.1f}" if entry.get("p99") else "—"
             cpu = f"{statistics.median(entry['cpu_us']):.1f}" if entry["cpu_us"] else "—"
-            print(f"| {scenario} | {name} | {tps} | {cpu} | {entry['failed']} |")
+            print(f"| {scenario} | {name} | {tps} | {p99} | {cpu} | {entry['failed']} |")
     print()
     print("| scenario | Shoal/PgBouncer throughput | Shoal/PgBouncer CPU per xact |")
     print("|---|---:|---:|")

@@ -21,7 +21,10 @@ chmod 755 "$dir"
 pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1)); bouncerport=$((pgport + 2))
 cleanup() {
     [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
-    [ -n "${bouncer_pid:-}" ] && kill -QUIT "$bouncer_pid" 2>/dev/null || true
+    # PgBouncer 1.18 ignores SIGQUIT; SIGINT waits for servers to be released, then exits.
+    [ -n "${bouncer_pid:-}" ] && kill -INT "$bouncer_pid" 2>/dev/null || true
+    sleep 1
+    pkill -KILL -f "pgbouncer -q $dir/pgbouncer/pgbouncer.ini" 2>/dev/null || true
     pg_down "$dir"
     rm -rf "$dir"
 }
