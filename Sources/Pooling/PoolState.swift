@@ -65,12 +65,6 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
 
     public var totalServers: Int { idle.count + activeCount + connectingCount }
 
-    /// Nanoseconds the oldest waiter has waited.
-    public func longestWait(now: UInt64) -> UInt64 {
-        guard let oldest = peekWaiter() else { return 0 }
-        return now &- oldest.since
-    }
-
     // MARK: Actions
 
     public enum LeaseAction {
@@ -260,12 +254,6 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     public mutating func takeOneIdle() -> Server? {
         guard !idle.isEmpty else { return nil }
         return idle.removeFirst().server
-    }
-
-    /// Everything idle, for RECONNECT, shutdown and reloads that change the server side.
-    public mutating func takeAllIdle() -> [Server] {
-        defer { idle.removeAll() }
-        return idle.map(\.server)
     }
 
     public mutating func drainWaiters() -> [Waiter] {

@@ -35,6 +35,4 @@ final class CancelRegistry: @unchecked Sendable {
     func client(processID: Int32, secretKey: Int32) -> ClientConnection? {
         lock.withLock { clients[Self.combine(processID, secretKey)]?.client }
     }
-
-    var count: Int { lock.withLock { clients.count } }
 }

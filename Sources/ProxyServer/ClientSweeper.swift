@@ -21,8 +21,6 @@ final class ClientSweeper: @unchecked Sendable {
         clients.removeValue(forKey: ObjectIdentifier(client))
     }
 
-    var count: Int { clients.count }
-
     func start() {
         task = eventLoop.scheduleRepeatedTask(initialDelay: .milliseconds(333), delay: .milliseconds(333)) { [weak self] _ in
             guard let self else { return }

@@ -26,7 +26,4 @@ final class ConnectionBudget: @unchecked Sendable {
             perUser[user, default: 1] -= 1
         }
     }
-
-    func count(database: String) -> Int { lock.withLock { perDatabase[database, default: 0] } }
-    func count(user: String) -> Int { lock.withLock { perUser[user, default: 0] } }
 }
