@@ -160,14 +160,12 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             let packet: StartupPacket?
             do {
                 packet = try StartupPacketDecoder.decode(&buffer)
-            } catch .oldProtocolVersion {
-                return fatal("old V2 protocol not supported")
-            } catch .invalidLayout {
-                return fatal("invalid startup packet layout: expected terminator as last byte")
-            } catch .badHeader(let bytes) {
-                return fatal("bad packet header: '\(MD5Password.hex(bytes))'")
             } catch {
-                return fatal("bad packet header")
+                switch error {
+                case .oldProtocolVersion: return fatal("old V2 protocol not supported")
+                case .invalidLayout: return fatal("invalid startup packet layout: expected terminator as last byte")
+                case .badHeader(let bytes): return fatal("bad packet header: '\(MD5Password.hex(bytes))'")
+                }
             }
             guard let packet else { break }
             switch packet {
@@ -410,10 +408,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         let consumed: Int
         do {
             consumed = try scanner.scan(buffer, visitor: &visitor)
-        } catch .badLength(_, _, let header) {
-            return fatal("bad packet header: '\(MD5Password.hex(header))'")
         } catch {
-            return fatal("bad packet header")
+            guard case .badLength(_, _, let header) = error else { return fatal("bad packet header") }
+            return fatal("bad packet header: '\(MD5Password.hex(header))'")
         }
         tracker = visitor.tracker
         var toForward = buffer

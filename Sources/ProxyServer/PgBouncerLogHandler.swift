@@ -20,15 +20,15 @@ public struct PgBouncerLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
         var all = self.metadata
-        if let explicit { all.merge(explicit) { $1 } }
+        if let explicit = event.metadata { all.merge(explicit) { $1 } }
         let prefix = all.removeValue(forKey: "prefix").map { "\($0) " } ?? ""
-        var text = prefix + message.description
+        var text = prefix + event.message.description
         if !all.isEmpty {
             text += " " + all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         }
-        sink.write(level: level, text: text)
+        sink.write(level: event.level, text: text)
     }
 }
 
