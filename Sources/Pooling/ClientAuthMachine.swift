@@ -30,11 +30,13 @@ public struct ClientAuthMachine {
     private let secret: String?
     private var method: Method
 
-    public init(authType: AuthType, user: String, secret: String?, scramIterations: Int = SCRAM.defaultIterations,
-                verifierCache: ((String) -> SCRAM.Verifier)? = nil) {
+    /// `parsedVerifier`: the secret already parsed as a SCRAM verifier (the caller may cache parses; base64
+    /// decoding showed in login profiles). `verifierCache` derives verifiers for plaintext secrets.
+    public init(authType: AuthType, user: String, secret: String?, parsedVerifier: SCRAM.Verifier? = nil,
+                scramIterations: Int = SCRAM.defaultIterations, verifierCache: ((String) -> SCRAM.Verifier)? = nil) {
         self.user = user
         self.secret = secret
-        let storedVerifier = secret.flatMap(SCRAM.Verifier.init(parsing:))
+        let storedVerifier = parsedVerifier ?? secret.flatMap(SCRAM.Verifier.init(parsing:))
         switch authType {
         case .any, .trust:
             method = .trust

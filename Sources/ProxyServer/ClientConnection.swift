@@ -290,6 +290,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private func beginAuthentication(secret: String?, config: ShoalConfig) {
         authSecret = secret
         var machine = ClientAuthMachine(authType: config.authType, user: user, secret: secret,
+                                        parsedVerifier: secret.flatMap(runtime.parsedVerifier),
                                         verifierCache: { [runtime] in runtime.scramVerifier(forPassword: $0) })
         handle(machine.start())
         auth = machine

@@ -21,6 +21,7 @@ public final class ShoalRuntime: @unchecked Sendable {
     private let clientCountBox = NIOLockedValueBox(0)
     /// SCRAM verifiers derived from plaintext auth_file passwords, so each login does not pay PBKDF2.
     private let verifierCache = NIOLockedValueBox<[String: SCRAM.Verifier]>([:])
+    private let parsedVerifiers = NIOLockedValueBox<[String: SCRAM.Verifier]>([:])
     private let nextConnectionID = NIOLockedValueBox(0)
 
     /// One per EventLoop, same index as `loops`.
@@ -66,6 +67,15 @@ public final class ShoalRuntime: @unchecked Sendable {
     }
 
     public var clientCount: Int { clientCountBox.withLockedValue { $0 } }
+
+    /// A stored `SCRAM-SHA-256$…` secret, parsed once (nil if the secret is not a verifier).
+    func parsedVerifier(_ secret: String) -> SCRAM.Verifier? {
+        guard secret.hasPrefix("SCRAM-SHA-256$") else { return nil }
+        if let cached = parsedVerifiers.withLockedValue({ $0[secret] }) { return cached }
+        let parsed = SCRAM.Verifier(parsing: secret)
+        if let parsed { parsedVerifiers.withLockedValue { $0[secret] = parsed } }
+        return parsed
+    }
 
     func scramVerifier(forPassword password: String) -> SCRAM.Verifier {
         if let cached = verifierCache.withLockedValue({ $0[password] }) { return cached }
@@ -118,6 +128,7 @@ public final class ShoalRuntime: @unchecked Sendable {
         configBox.withLockedValue { $0 = ConfigSnapshot(config) }
         userListBox.withLockedValue { $0 = userList }
         verifierCache.withLockedValue { $0.removeAll() }
+        parsedVerifiers.withLockedValue { $0.removeAll() }
         for pool in allPools {
             guard let database = config.database(named: pool.key.database) else { continue }
             pool.update(database: database, settings: PoolSettings(config: config, database: database, user: pool.key.user))
