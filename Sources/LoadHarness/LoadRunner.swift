@@ -36,6 +36,8 @@ public final class LoadRunner {
     /// Closed-loop users whose next request starts at the top of the loop (never recursively: a request can
     /// fail synchronously, and a retry loop on the stack would never end).
     private var restartQueue: [Int] = []
+    /// Open loop: users with no request in flight, ready for the next intended start.
+    private var freeUsers: [Int] = []
     private var perSecondStart: UInt64 = 0
 
     /// Closed loop: users start evenly spread over this many seconds instead of all at once.
@@ -78,6 +80,7 @@ public final class LoadRunner {
             }
         case .open(_, let maxInFlight):
             users = (0..<maxInFlight).map { _ in User() }
+            freeUsers = Array(users.indices.reversed())
         }
         var events = [epoll_event](repeating: epoll_event(), count: 512)
         var started = rampUp > 0 ? 0 : users.count
@@ -101,7 +104,7 @@ public final class LoadRunner {
             if case .open(let rate, _) = mode {
                 // Start every request whose intended time has come, if a user slot is free.
                 let interval = UInt64(1e9 / rate)
-                while nextIntended <= now, let free = users.firstIndex(where: { if case .idle = $0.phase { return true }; return false }) {
+                while nextIntended <= now, let free = freeUsers.popLast() {
                     startRequest(free, intended: nextIntended)
                     nextIntended += interval
                 }
@@ -250,7 +253,10 @@ public final class LoadRunner {
     private func requestEnded(_ index: Int) {
         inFlight -= 1
         users[index].phase = .idle
-        if case .closed = mode { restartQueue.append(index) }
+        switch mode {
+        case .closed: restartQueue.append(index)
+        case .open: freeUsers.append(index)
+        }
     }
 
     private func countSecond() {

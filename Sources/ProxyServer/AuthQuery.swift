@@ -41,12 +41,8 @@ final class AuthQueryConnection: ChannelInboundHandler, @unchecked Sendable {
                        completion: @escaping (Outcome) -> Void) {
         let config = runtime.config
         guard let authUser = database.authUser ?? config.authUser else { return completion(.noSuchUser) }
-        let secret: ServerLoginMachine.Secret
-        switch runtime.userList.secrets[authUser] {
-        case let value? where MD5Password.isStoredHash(value): secret = .md5Hash(value)
-        case let value? where SCRAM.Verifier(parsing: value) == nil: secret = .password(value)
-        default: secret = database.password.map { .password($0) } ?? .none
-        }
+        var secret = ServerLoginSecret(authFileSecret: runtime.userList.secrets[authUser]).loginSecret
+        if case .none = secret, let password = database.password { secret = .password(password) }
         let handler = AuthQueryConnection(
             query: database.authQuery ?? config.authQuery, user: user, authUser: authUser, secret: secret,
             database: database.authDbname ?? config.authDbname ?? database.dbname ?? database.name, completion: completion)

@@ -61,6 +61,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private var pending: ByteBuffer?
     /// server_reset_query when server_reset_query_always is on; read once at login, off the per-transaction path.
     private var resetQueryOnRelease: String?
+    /// server_reset_query when this client's session ends (session mode, or _always).
+    private var resetQueryOnDisconnect: String?
 
     // Timeouts (seconds; 0 = off), resolved at login: the [users] value if set, else the global one.
     private var queryTimeout = 0.0
@@ -117,10 +119,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             startupBytesReceived(buffer)
         case .authenticating:
             authBytesReceived(buffer)
-        case .waitingForWelcome:
-            // Nothing may come before the welcome; keep it for later.
-            appendPending(buffer)
-        case .idle, .waitingForServer, .linked:
+        case .idle, .waitingForServer, .linked, .waitingForWelcome:
             if tracksActivity { lastActivity = NIODeadline.now() }
             queryBytesReceived(buffer)
         case .closed:
@@ -185,7 +184,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
                     // A client may pipeline its first messages after the startup packet (e.g. a password).
                     startupBuffer = nil
                     startupReceived(minorVersion: minor)
-                    if state == .authenticating { authBytesReceived(buffer) } else if state != .closed { appendPending(buffer) }
+                    if state == .authenticating { authBytesReceived(buffer) } else if state != .closed { queryBytesReceived(buffer) }
                     return
                 }
                 startupBuffer = nil
@@ -197,10 +196,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func startupReceived(minorVersion: UInt16) {
-        let config = runtime.snapshot.config
+        let snapshot = runtime.snapshot
+        let config = snapshot.config
         var unsupportedProtocolOptions: [String] = []
         var clientSettings: [(String, String)] = []
-        let snapshot = runtime.snapshot
         let tracked = snapshot.trackedNames
         let ignored = snapshot.ignoredStartupParameters
         for (key, value) in startupParameters {
@@ -340,8 +339,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         self.pool = pool
         mode = pool.settings.mode
         let config = runtime.snapshot.config
-        if config.serverResetQueryAlways && !config.serverResetQuery.isEmpty {
-            resetQueryOnRelease = config.serverResetQuery
+        if !config.serverResetQuery.isEmpty {
+            if config.serverResetQueryAlways { resetQueryOnRelease = config.serverResetQuery }
+            if config.serverResetQueryAlways || mode == .session { resetQueryOnDisconnect = config.serverResetQuery }
         }
         let userEntry = config.users[user]
         queryTimeout = userEntry?.queryTimeout ?? config.queryTimeout
@@ -367,6 +367,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         context!.write(wrapOutboundOut(ok), promise: nil)
         if let welcome = pool.welcome {
             sendWelcome(welcome)
+            if pending != nil { requestServer() }
         } else {
             state = .waitingForWelcome
             context?.flush()
@@ -374,7 +375,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    private func sendWelcome(_ welcome: [(String, String)], replayPending: Bool = true) {
+    private func sendWelcome(_ welcome: [(String, String)]) {
         guard let context else { return }
         loginTimeout?.cancel()
         loginTimeout = nil
@@ -382,9 +383,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         let tracked = runtime.snapshot.trackedNames
         for (name, value) in welcome where tracked.contains(name.lowercased()) {
             // Unset, or the same value spelled differently ("utf8"): take the server's canonical spelling.
-            if parameters[name] == nil || parameters[name]!.lowercased() == value.lowercased() {
-                parameters.set(name, value)
-            }
+            if let chosen = parameters[name], chosen.lowercased() != value.lowercased() { continue }
+            parameters.set(name, value)
         }
         var out = context.channel.allocator.buffer(capacity: 512)
         for (name, value) in welcome {
@@ -396,10 +396,6 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         out.writeReadyForQuery(.idle)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         state = .idle
-        if replayPending, let buffered = pending {
-            pending = nil
-            queryBytesReceived(buffered)
-        }
     }
 
     // MARK: Queries
@@ -490,21 +486,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         case .waitingForWelcome:
             // The welcome was what this client waited for. If it already sent a request, this server serves
             // it; otherwise the server goes straight back.
-            sendWelcome(pool?.welcome ?? [], replayPending: false)
-            guard state == .idle else { return server.returnToPool(reusable: true) }
-            guard let buffered = pending else { return server.returnToPool(reusable: true) }
-            pending = nil
-            var visitor = ClientVisitor(tracker: tracker)
-            guard (try? scanner.scan(buffered, visitor: &visitor)) != nil else {
-                server.returnToPool(reusable: true)
-                return fatal("bad packet header")
-            }
-            tracker = visitor.tracker
-            if visitor.terminated {
-                server.returnToPool(reusable: true)
-                return close(reason: "client close request")
-            }
-            pending = buffered
+            sendWelcome(pool?.welcome ?? [])
+            guard state == .idle, pending != nil else { return server.returnToPool(reusable: true) }
             state = .waitingForServer
         case .waitingForServer:
             break
@@ -590,9 +573,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         if visitor.statementModeViolation {
             context.flush()
-            origin.close(reason: "transaction blocks not allowed in statement pooling mode")
             server = nil
-            _ = pool?.withState { $0.activeServerClosed() }
+            origin.closeLent(reason: "transaction blocks not allowed in statement pooling mode")
             return fatal("transaction blocks not allowed in statement pooling mode")
         }
         if flush { flushToClient() }
@@ -615,7 +597,12 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         self.server = nil
         state = .idle
         server.detach(self)
-        if let resetQuery = resetQueryOnRelease {
+        giveBack(server, resetQuery: resetQueryOnRelease)
+    }
+
+    /// A clean server goes back to the pool, through the reset query when one applies.
+    private func giveBack(_ server: ServerConnection, resetQuery: String?) {
+        if let resetQuery {
             server.resetAndRelease(query: resetQuery)
         } else {
             server.returnToPool(reusable: true)
@@ -626,9 +613,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     func linkedServerClosed(_ closed: ServerConnection) {
         guard server === closed else { return }
         server = nil
-        if let pool, let loop = pool.withState({ $0.activeServerClosed() }) {
-            ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
-        }
+        closed.lentServerGone()
         fatal("server conn crashed?")
     }
 
@@ -673,10 +658,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if let server {
             self.server = nil
             server.detach(self)
-            server.close(reason: reason)
-            if let pool, let loop = pool.withState({ $0.activeServerClosed() }) {
-                ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
-            }
+            server.closeLent(reason: reason)
         }
         fatal(reason)
     }
@@ -738,19 +720,11 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             self.server = nil
             server.detach(self)
             if tracker.isReleasable && scanner.atBoundary {
-                let config = runtime.snapshot.config
-                if (mode == .session || config.serverResetQueryAlways) && !config.serverResetQuery.isEmpty {
-                    server.resetAndRelease(query: config.serverResetQuery)
-                } else {
-                    server.returnToPool(reusable: true)
-                }
+                giveBack(server, resetQuery: resetQueryOnDisconnect)
             } else {
                 // A transaction or a query in flight: never hand that server to someone else.
                 let why = tracker.awaitingServer ? "client disconnected with query in progress" : "client disconnect while server was not ready"
-                server.close(reason: why)
-                if let pool, let loop = pool.withState({ $0.activeServerClosed() }) {
-                    ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
-                }
+                server.closeLent(reason: why)
             }
         case .startup, .authenticating, .idle, .closed:
             break

@@ -1,6 +1,7 @@
 import Configuration
 import NIOConcurrencyHelpers
 import Pooling
+import PostgresWire
 
 /// One pool per (database, user): the pure `PoolState` under a lock, plus what clients of the pool share —
 /// the welcome parameters of its first server and the credentials for logging in to servers.
@@ -54,6 +55,15 @@ enum ServerLoginSecret {
     case password(String)
     case md5Hash(String)
     case scramKeys(clientKey: [UInt8], serverKey: [UInt8])
+
+    /// What an auth-file secret allows towards a server: a plain password or an md5 hash work as they are;
+    /// a SCRAM verifier works only through a client's SCRAM login (pass-through), so it counts as unknown.
+    init(authFileSecret secret: String?) {
+        guard let secret, !secret.isEmpty else { self = .unknown; return }
+        if MD5Password.isStoredHash(secret) { self = .md5Hash(secret) }
+        else if SCRAM.Verifier(parsing: secret) != nil { self = .unknown }
+        else { self = .password(secret) }
+    }
 
     var loginSecret: ServerLoginMachine.Secret {
         switch self {

@@ -115,10 +115,7 @@ public final class ShoalRuntime: @unchecked Sendable {
         if let password = database.password, database.user == nil || database.user == user {
             return .password(password)
         }
-        guard let secret = userList.secrets[user], !secret.isEmpty else { return .unknown }
-        if MD5Password.isStoredHash(secret) { return .md5Hash(secret) }
-        if SCRAM.Verifier(parsing: secret) != nil { return .unknown } // only a client's SCRAM login can unlock it
-        return .password(secret)
+        return ServerLoginSecret(authFileSecret: userList.secrets[user])
     }
 
     // MARK: Reload

@@ -272,8 +272,14 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
+    /// Closes a server the pool counts as lent out (a client's, mid-transaction or dirty) and tells the pool.
+    func closeLent(reason: String) {
+        close(reason: reason)
+        lentServerGone()
+    }
+
     /// A server the pool counts as lent out is gone: let the pool know, and dial for waiters if it says so.
-    private func lentServerGone() {
+    func lentServerGone() {
         if let loop = pool.withState({ $0.activeServerClosed() }) {
             ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
         }

@@ -72,9 +72,8 @@ import Testing
         let layout = try exchange(port: shoal.port, int32(17) + int32(196608) + Array("user\0abc\0".utf8))
         #expect(errorMessage(layout)?.message == "invalid startup packet layout: expected terminator as last byte")
 
-        // A logged-in client that sends a message with an absurd length.
+        // A client logged in before the last probe must still be served after it.
         let login = try PQConnection(shoal.conninfo)
-        _ = login
         // A 3.2 request is answered with NegotiateProtocolVersion, then authentication goes on.
         let negotiated = try exchange(port: shoal.port, int32(8 + 15) + int32(3 << 16 | 2) + Array("user\0postgres\0\0".utf8))
         #expect(negotiated.first == BackendMessage.negotiateProtocolVersion)

@@ -20,26 +20,12 @@ import Testing
     @Test func wrongPasswordAndUnknownDatabaseAreRefusedWithPgBouncersWords() async throws {
         let shoal = try await ShoalInstance()
         defer { Task { await shoal.stop() } }
-        #expect(throws: PQError.self) { try PQConnection("host=127.0.0.1 port=\(shoal.port) user=postgres dbname=postgres password=wrong") }
-        do {
-            _ = try PQConnection("host=127.0.0.1 port=\(shoal.port) user=postgres dbname=postgres password=wrong")
-        } catch let error as PQError {
-            #expect(error.message.contains("SASL authentication failed"))
-        }
-        do {
-            _ = try PQConnection("host=127.0.0.1 port=\(shoal.port) user=nobody dbname=postgres password=x")
-            Issue.record("unknown user got in")
-        } catch let error as PQError {
-            #expect(error.message.contains("SASL authentication failed"))
-        }
+        #expect(refusal("host=127.0.0.1 port=\(shoal.port) user=postgres dbname=postgres password=wrong").contains("SASL authentication failed"))
+        #expect(refusal("host=127.0.0.1 port=\(shoal.port) user=nobody dbname=postgres password=x").contains("SASL authentication failed"))
         let shoalMD5 = try await ShoalInstance { $0.authType = .md5; $0.databases["*"] = nil }
         defer { Task { await shoalMD5.stop() } }
-        do {
-            _ = try PQConnection("host=127.0.0.1 port=\(shoalMD5.port) user=postgres dbname=nope password=\(TestPostgres.password)")
-            Issue.record("unknown database accepted")
-        } catch let error as PQError {
-            #expect(error.message.contains("no such database: nope"))
-        }
+        #expect(refusal("host=127.0.0.1 port=\(shoalMD5.port) user=postgres dbname=nope password=\(TestPostgres.password)")
+            .contains("no such database: nope"))
         // Plain md5 auth against a plaintext auth_file secret works.
         let ok = try PQConnection(shoalMD5.conninfo)
         #expect(try ok.scalar("select 1") == "1")
@@ -114,12 +100,7 @@ import Testing
         let moodle = try PQConnection(shoal.conninfo + " options='--client_encoding=utf8 --standard_conforming_strings=on'")
         #expect(try moodle.scalar("show client_encoding") == "UTF8")
         #expect(try moodle.scalar("show standard_conforming_strings") == "on")
-        do {
-            _ = try PQConnection(shoal.conninfo + " options='-c work_mem=1MB'")
-            Issue.record("untracked option accepted")
-        } catch let error as PQError {
-            #expect(error.message.contains("unsupported startup parameter in options: work_mem"))
-        }
+        #expect(refusal(shoal.conninfo + " options='-c work_mem=1MB'").contains("unsupported startup parameter in options: work_mem"))
         let lenient = try await ShoalInstance { $0.ignoreStartupParameters = ["work_mem", "extra_float_digits"] }
         defer { Task { await lenient.stop() } }
         let ignored = try PQConnection(lenient.conninfo + " options='-c work_mem=1MB'")

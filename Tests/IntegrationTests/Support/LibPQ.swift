@@ -1,4 +1,5 @@
 import CLibPQ
+import Testing
 import Foundation
 
 /// A thin blocking libpq client for tests — the same library PHP's pgsql driver uses.
@@ -71,4 +72,18 @@ struct PQError: Error, CustomStringConvertible {
     var sqlState: String?
     var message: String
     var description: String { "\(sqlState ?? "-----"): \(message)" }
+}
+
+/// Connects expecting to be refused and returns libpq's message; a login that succeeds is recorded as an issue
+/// (and returns "", so a message check on it fails too).
+func refusal(_ conninfo: String, sourceLocation: SourceLocation = #_sourceLocation) -> String {
+    do {
+        _ = try PQConnection(conninfo)
+        Issue.record("login accepted: \(conninfo)", sourceLocation: sourceLocation)
+        return ""
+    } catch let error as PQError {
+        return error.message
+    } catch {
+        return "\(error)"
+    }
 }
