@@ -39,11 +39,17 @@ let package = Package(
             // lets the proxy use specialised copies instead of runtime generic metadata on every lease (perf).
             swiftSettings: [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
         ),
-        // Thin NIO glue: listeners, handlers, connectors.
+        // The admin console's grammar and result sets (PgBouncer's columns), built from live data handed in.
+        .target(
+            name: "AdminConsole",
+            dependencies: ["PostgresWire", "Configuration", "Pooling", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // Thin NIO glue: listeners, handlers, connectors, the console session, the metrics endpoint.
         .target(
             name: "ProxyServer",
             dependencies: [
-                "PostgresWire", "Configuration", "Pooling",
+                "PostgresWire", "Configuration", "Pooling", "AdminConsole",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -61,7 +67,7 @@ let package = Package(
         .executableTarget(
             name: "shoal",
             dependencies: [
-                "ProxyServer", "Configuration",
+                "ProxyServer", "Configuration", "AdminConsole",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -83,6 +89,7 @@ let package = Package(
         .testTarget(name: "PostgresWireTests", dependencies: ["PostgresWire"]),
         .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
         .testTarget(name: "PoolingTests", dependencies: ["Pooling"]),
+        .testTarget(name: "AdminConsoleTests", dependencies: ["AdminConsole", "Configuration", "Pooling"]),
         .testTarget(name: "LoadHarnessTests", dependencies: ["LoadHarness"]),
         .testTarget(
             name: "IntegrationTests",

@@ -98,6 +98,8 @@ public struct ConfigLoader {
         "log_pooler_errors": .bool(\.logPoolerErrors), "log_stats": .bool(\.logStats), "stats_period": .int(\.statsPeriod),
         "verbose": .int(\.verbose),
         "server_tls_sslmode": .sslmode(\.serverTLSSSLMode), "client_tls_sslmode": .sslmode(\.clientTLSSSLMode),
+        // Shoal's own.
+        "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort),
         // Known to PgBouncer, accepted, not acted on yet.
         "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported, "client_tls_ca_file": .unsupported,
         "client_tls_cert_file": .unsupported, "client_tls_ciphers": .unsupported, "client_tls_dheparams": .unsupported,
@@ -154,7 +156,61 @@ public struct ConfigLoader {
             guard modes.contains(value.lowercased()) else { throw bad(modes.joined(separator: ", ")) }
             config[keyPath: path] = value.lowercased()
         case .unsupported:
+            config.unsupportedSettings[entry.key] = value
             warnings.append(ConfigDiagnostic(.warning, file: entry.file, line: entry.line, key: entry.key, "parameter \(entry.key) is not supported by Shoal yet; ignored"))
+        }
+    }
+
+    // MARK: Live settings (SHOW CONFIG, SET)
+
+    /// Keys that only a restart changes (PgBouncer's `changeable = no`, plus Shoal's listeners for metrics).
+    public static let restartOnlyKeys: Set<String> = [
+        "disable_pqexec", "job_name", "listen_addr", "listen_backlog", "listen_port", "pidfile", "pkt_buf", "resolv_conf",
+        "so_reuseport", "track_extra_parameters", "unix_socket_dir", "unix_socket_group", "unix_socket_mode", "user",
+        "metrics_addr", "metrics_port",
+    ]
+
+    public struct Setting: Sendable, Equatable {
+        public var key: String
+        public var value: String?
+        public var defaultValue: String?
+        public var changeable: Bool
+    }
+
+    /// Every [pgbouncer] key with its current and default value, sorted by key as SHOW CONFIG lists them.
+    public static func settings(of config: ShoalConfig) -> [Setting] {
+        let defaults = ShoalConfig()
+        return keys.keys.sorted().map { key in
+            Setting(key: key, value: render(key, config), defaultValue: render(key, defaults),
+                    changeable: !restartOnlyKeys.contains(key))
+        }
+    }
+
+    /// The console's SET: applies one key to `config` as a config file line would, if it can change live.
+    public static func set(_ key: String, to value: String, in config: inout ShoalConfig) throws(ConfigDiagnostic) {
+        let key = key.lowercased()
+        guard keys[key] != nil, !restartOnlyKeys.contains(key) else {
+            throw ConfigDiagnostic(.error, file: "SET", line: 0, key: key, "parameter \(key) cannot be changed online")
+        }
+        var warnings: [ConfigDiagnostic] = []
+        try apply(IniEntry(section: "pgbouncer", key: key, value: value, file: "SET", line: 0), to: &config, warnings: &warnings)
+    }
+
+    private static func render(_ key: String, _ config: ShoalConfig) -> String? {
+        guard let kind = keys[key] else { return nil }
+        switch kind {
+        case .int(let path): return String(config[keyPath: path])
+        case .bool(let path): return config[keyPath: path] ? "1" : "0"
+        case .seconds(let path):
+            let seconds = config[keyPath: path]
+            return seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+        case .string(let path): return config[keyPath: path]
+        case .optionalString(let path): return config[keyPath: path]
+        case .list(let path): return config[keyPath: path].joined(separator: ",")
+        case .poolMode: return config.poolMode.rawValue
+        case .authType: return config.authType.rawValue
+        case .sslmode(let path): return config[keyPath: path]
+        case .unsupported: return config.unsupportedSettings[key]
         }
     }
 

@@ -64,6 +64,15 @@ public struct ShoalConfig: Sendable {
     public var serverTLSSSLMode = "prefer"
     public var clientTLSSSLMode = "disable"
 
+    // MARK: Shoal extensions (keys PgBouncer does not have)
+    /// Where /metrics, /healthz and /readyz are served; `*` is every address.
+    public var metricsAddr = "*"
+    /// 0 turns the HTTP endpoint off.
+    public var metricsPort = 0
+
+    /// Values of PgBouncer keys Shoal accepts without acting on them, as written, for SHOW CONFIG.
+    public var unsupportedSettings: [String: String] = [:]
+
     // MARK: Sections
     public var databases: [String: DatabaseEntry] = [:]
     public var users: [String: UserEntry] = [:]

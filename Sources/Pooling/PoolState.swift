@@ -58,6 +58,12 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     }
 
     public private(set) var loginFailure: (at: UInt64, message: String, code: String)? = nil
+    /// PAUSE: clients queue, nothing is dialed, released servers close.
+    public private(set) var paused = false
+    /// Set while shutting down paused: a client that would queue is answered with this instead.
+    public private(set) var refusal: String?
+    /// RECONNECT: servers created before this instant close when released instead of being reused.
+    public private(set) var closeBefore: UInt64 = 0
 
     public init(settings: PoolSettings) {
         self.settings = settings
@@ -90,11 +96,18 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     public enum ConnectedAction {
         case handOver(Server, to: Waiter)
         case parked
+        /// The server was dialed before a RECONNECT: close it; if `connectFor` is set, dial again on that loop.
+        case discard(Server, connectFor: Int?)
     }
 
     // MARK: Events
 
     public mutating func leaseRequested(by waiter: Waiter, loop: Int, now: UInt64) -> LeaseAction {
+        if paused {
+            if let refusal { return .fail(message: refusal, code: "08P01") }
+            enqueue(waiter, loop: loop, now: now)
+            return .wait
+        }
         if waitingCount == 0 {
             // Nobody queued ahead: an idle server, preferably on this loop.
             if let index = idle.lastIndex(where: { $0.loop == loop }) {
@@ -125,9 +138,9 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     public mutating func released(_ server: Server, loop: Int, createdAt: UInt64, reusable: Bool, now: UInt64) -> ReleaseAction {
         activeCount -= 1
         let expired = settings.serverLifetime > 0 && now &- createdAt >= seconds(settings.serverLifetime)
-        if !reusable || expired || totalServers >= settings.poolSize + settings.reservePoolSize + 1 {
+        if !reusable || expired || paused || createdAt < closeBefore || totalServers >= settings.poolSize + settings.reservePoolSize + 1 {
             var connectFor: Int? = nil
-            if let next = peekWaiter(), totalServers < settings.poolSize {
+            if !paused, let next = peekWaiter(), totalServers < settings.poolSize {
                 connectingCount += 1
                 connectFor = next.loop
             }
@@ -141,10 +154,18 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         return .parked
     }
 
-    public mutating func connected(_ server: Server, loop: Int, now: UInt64) -> ConnectedAction {
+    public mutating func connected(_ server: Server, loop: Int, createdAt: UInt64, now: UInt64) -> ConnectedAction {
         connectingCount -= 1
         loginFailure = nil
-        if let next = dequeueWaiter(preferringLoop: loop) {
+        if createdAt < closeBefore {
+            var connectFor: Int? = nil
+            if !paused, let next = peekWaiter(), totalServers < settings.poolSize, connectingCount < waitingCount {
+                connectingCount += 1
+                connectFor = next.loop
+            }
+            return .discard(server, connectFor: connectFor)
+        }
+        if !paused, let next = dequeueWaiter(preferringLoop: loop) {
             activeCount += 1
             return .handOver(server, to: next.waiter)
         }
@@ -176,7 +197,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     /// clients are waiting.
     public mutating func activeServerClosed() -> Int? {
         activeCount -= 1
-        if let next = peekWaiter(), totalServers < settings.poolSize, connectingCount < waitingCount {
+        if !paused, let next = peekWaiter(), totalServers < settings.poolSize, connectingCount < waitingCount {
             connectingCount += 1
             return next.loop
         }
@@ -213,6 +234,12 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
                 result.timedOut.append(dequeueWaiter(preferringLoop: first.loop)!.waiter)
             }
         }
+        if paused {
+            // Nothing new is dialed or reused while paused; idle servers that appeared meanwhile are closed.
+            result.close = idle.map(\.server)
+            idle = []
+            return result
+        }
         // Reserve pool: the oldest waiter has waited past reserve_pool_timeout.
         if let first = peekWaiter(), settings.reservePoolSize > 0,
            now &- first.since >= seconds(settings.reservePoolTimeout),
@@ -248,6 +275,48 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             result.connect.append(first.loop)
         }
         return result
+    }
+
+    // MARK: Console commands
+
+    /// PAUSE: from now on clients queue and released servers close. Returns the idle servers to close now.
+    public mutating func pause() -> [Server] {
+        paused = true
+        defer { idle = [] }
+        return idle.map(\.server)
+    }
+
+    /// SHUTDOWN WAIT_FOR_SERVERS: pause for good; queued clients and any that would queue are refused.
+    /// Returns the idle servers to close and the waiters to answer with `message`.
+    public mutating func shutDown(message: String) -> (close: [Server], refused: [Waiter]) {
+        refusal = message
+        return (pause(), drainWaiters())
+    }
+
+    /// Whether a PAUSE has taken effect: no server is lent out or logging in.
+    public var pauseComplete: Bool { paused && activeCount == 0 && connectingCount == 0 }
+
+    /// RESUME: queued clients get servers again. Returns the loops to dial on.
+    public mutating func resume() -> [Int] {
+        paused = false
+        var loops: [Int] = []
+        while let first = peekWaiter(), totalServers < settings.poolSize, connectingCount < waitingCount {
+            connectingCount += 1
+            loops.append(first.loop)
+        }
+        return loops
+    }
+
+    /// RECONNECT: every server older than `now` closes at its next release. Returns the idle ones to close now.
+    public mutating func reconnect(now: UInt64) -> [Server] {
+        closeBefore = now
+        defer { idle = [] }
+        return idle.map(\.server)
+    }
+
+    /// How long the longest-waiting client has waited, in nanoseconds (0 when nobody waits).
+    public func longestWait(now: UInt64) -> UInt64 {
+        peekWaiter().map { now &- $0.since } ?? 0
     }
 
     /// The idle server unused longest, to close for another pool's sake.

@@ -75,13 +75,14 @@ extension ByteBuffer {
         writePostgresMessage(BackendMessage.readyForQuery) { $0.writeInteger(status.rawValue) }
     }
 
-    /// ErrorResponse or NoticeResponse with the fields PgBouncer sends: S (and V), C, M.
-    public mutating func writeErrorResponse(severity: String, code: String, message: String, notice: Bool = false) {
+    /// ErrorResponse or NoticeResponse with the fields PgBouncer sends: S (and V), C, M, and D when given.
+    public mutating func writeErrorResponse(severity: String, code: String, message: String, detail: String? = nil, notice: Bool = false) {
         writePostgresMessage(notice ? BackendMessage.noticeResponse : BackendMessage.errorResponse) {
             $0.writeInteger(UInt8(ascii: "S")); $0.writeCString(severity)
             $0.writeInteger(UInt8(ascii: "V")); $0.writeCString(severity)
             $0.writeInteger(UInt8(ascii: "C")); $0.writeCString(code)
             $0.writeInteger(UInt8(ascii: "M")); $0.writeCString(message)
+            if let detail { $0.writeInteger(UInt8(ascii: "D")); $0.writeCString(detail) }
             $0.writeInteger(UInt8(0))
         }
     }

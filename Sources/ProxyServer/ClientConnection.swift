@@ -1,4 +1,6 @@
+import AdminConsole
 import Configuration
+import Foundation
 import Logging
 import NIOCore
 import Pooling
@@ -23,6 +25,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         /// Has a request buffered and is queued in the pool.
         case waitingForServer
         case linked
+        /// An admin console session (database `pgbouncer` or `shoal`).
+        case console
         case closed
     }
 
@@ -34,7 +38,16 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private(set) var state: State = .startup
     private var logger: Logger
     private let connectedAt = NIODeadline.now()
+    /// Wall-clock time of connect and of the last request, for SHOW CLIENTS.
+    private let connectedAtWall = Date()
+    private var requestAtWall: Date?
     private var peerDescription = "unknown"
+    private var remoteHost = "unix"
+    private var remotePort = 0
+    private var localHost = "unix"
+    private var localPort = 0
+    /// The peer's uid on a Unix socket (SO_PEERCRED), for PgBouncer's passwordless console rule.
+    private var peerUID: UInt32?
 
     // Login
     private var startupBuffer: ByteBuffer?
@@ -63,6 +76,16 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private var resetQueryOnRelease: String?
     /// server_reset_query when this client's session ends (session mode, or _always).
     private var resetQueryOnDisconnect: String?
+
+    // Statistics: this loop's shard of the pool's counters, and the start of what is being timed (0 = none).
+    private var statsShard: PoolStatsShard?
+    private var queryStartedAt: UInt64 = 0
+    private var transactionStartedAt: UInt64 = 0
+    private var waitStartedAt: UInt64 = 0
+
+    /// The console session, when this client logged in to the admin database.
+    private var console: AdminSession?
+    var isConsole: Bool { console != nil }
 
     // Timeouts (seconds; 0 = off), resolved at login: the [users] value if set, else the global one.
     private var queryTimeout = 0.0
@@ -95,11 +118,27 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
+        runtime.registries[loopIndex].add(self)
         if let remote = context.channel.remoteAddress {
             switch remote {
-            case .unixDomainSocket: peerDescription = "unix:\(runtime.snapshot.config.listenPort)"
-            case .v6: peerDescription = "[\(remote.ipAddress ?? "?")]:\(remote.port ?? 0)"
-            default: peerDescription = "\(remote.ipAddress ?? "?"):\(remote.port ?? 0)"
+            case .unixDomainSocket:
+                peerDescription = "unix:\(runtime.snapshot.config.listenPort)"
+                remotePort = runtime.snapshot.config.listenPort
+                localPort = remotePort
+                // SO_PEERCRED (17 on Linux; Glibc's module hides it and struct ucred behind _GNU_SOURCE).
+                (context.channel as? SocketOptionProvider)?
+                    .unsafeGetSocketOption(level: .init(SOL_SOCKET), name: .init(17))
+                    .whenSuccess { [weak self] (credentials: PeerCredentials) in self?.peerUID = credentials.uid }
+            case .v6:
+                peerDescription = "[\(remote.ipAddress ?? "?")]:\(remote.port ?? 0)"
+            default:
+                peerDescription = "\(remote.ipAddress ?? "?"):\(remote.port ?? 0)"
+            }
+            if remote.protocol != .unix {
+                remoteHost = remote.ipAddress ?? "?"
+                remotePort = remote.port ?? 0
+                localHost = context.channel.localAddress?.ipAddress ?? "?"
+                localPort = context.channel.localAddress?.port ?? 0
             }
         }
         updateLogPrefix()
@@ -122,6 +161,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         case .idle, .waitingForServer, .linked, .waitingForWelcome:
             if tracksActivity { lastActivity = NIODeadline.now() }
             queryBytesReceived(buffer)
+        case .console:
+            console?.bytesReceived(buffer)
         case .closed:
             break
         }
@@ -252,12 +293,20 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if config.logConnections {
             logger.info("login attempt: db=\(databaseName) user=\(user) tls=no replication=no")
         }
-        // 08P01, as PgBouncer sends it.
-        guard runtime.admitClient() else { return fatal("no more connections allowed (max_client_conn)") }
-        counted = true
+        let isConsoleLogin = databaseName == "pgbouncer" || (databaseName == "shoal" && config.databases["shoal"] == nil)
+        if !isConsoleLogin {
+            // 08P01, as PgBouncer sends it. The console is exempt, so an operator can always get in.
+            guard runtime.admitClient() else { return fatal("no more connections allowed (max_client_conn)") }
+            counted = true
+        }
 
-        databaseEntry = config.database(named: databaseName)
+        databaseEntry = isConsoleLogin ? nil : config.database(named: databaseName)
         state = .authenticating
+        if isConsoleLogin, user == "pgbouncer", let peerUID, peerUID == geteuid() {
+            // PgBouncer's rule: the same OS user on the Unix socket is admin without a password.
+            logger.info("pgbouncer access from unix socket")
+            return startConsole(access: .admin)
+        }
         let secret = runtime.userList.secrets[user]
         let authUser = databaseEntry?.authUser ?? config.authUser
         if secret == nil, let database = databaseEntry, authUser != nil, config.authType != .trust, config.authType != .any {
@@ -323,6 +372,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             context?.write(wrapOutboundOut(bytes), promise: nil)
         case .fail(let message, let code):
             logger.info("login failed: db=\(databaseName) user=\(user)")
+            runtime.registries[loopIndex].authFailures &+= 1
             fatal(message, code: code)
         case .authenticated(let saslFinal, let scramKeys, let cleartext):
             auth = nil
@@ -332,13 +382,24 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func authenticated(scramKeys: (clientKey: [UInt8], serverKey: [UInt8])?, cleartextPassword: String?) {
+        let config = runtime.snapshot.config
+        if databaseName == "pgbouncer" || (databaseName == "shoal" && config.databases["shoal"] == nil) {
+            if config.adminUsers.contains(user) { return startConsole(access: .admin) }
+            if config.statsUsers.contains(user) || config.authType == .any { return startConsole(access: .readOnly) }
+            runtime.registries[loopIndex].authFailures &+= 1
+            return fatal("not allowed")
+        }
         guard let database = databaseEntry else {
             return fatal("no such database: \(databaseName)", code: "3D000")
         }
+        if let refusal = runtime.lifecycle.withLockedValue({ $0.loginRefusal(database: databaseName) }) {
+            return fatal(refusal)
+        }
         let pool = runtime.pool(for: PoolKey(database: databaseName, user: database.user ?? user), database: database)
         self.pool = pool
+        statsShard = pool.shards[loopIndex]
+        statsShard!.counters.clientLogins &+= 1
         mode = pool.settings.mode
-        let config = runtime.snapshot.config
         if !config.serverResetQuery.isEmpty {
             if config.serverResetQueryAlways { resetQueryOnRelease = config.serverResetQuery }
             if config.serverResetQueryAlways || mode == .session { resetQueryOnDisconnect = config.serverResetQuery }
@@ -410,6 +471,19 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             return fatal("bad packet header: '\(MD5Password.hex(header))'")
         }
         tracker = visitor.tracker
+        if let statsShard {
+            statsShard.counters.bytesReceived &+= UInt64(buffer.readableBytes)
+            if visitor.parses > 0 || visitor.binds > 0 {
+                // Without prepared-statement rewriting every client Parse reaches the server as it is.
+                statsShard.counters.clientParses &+= UInt64(visitor.parses)
+                statsShard.counters.serverParses &+= UInt64(visitor.parses)
+                statsShard.counters.binds &+= UInt64(visitor.binds)
+            }
+            if queryStartedAt == 0 && tracker.awaitingServer {
+                queryStartedAt = NIODeadline.now().uptimeNanoseconds
+                if transactionStartedAt == 0 { transactionStartedAt = queryStartedAt }
+            }
+        }
         var toForward = buffer
         if visitor.terminated {
             toForward = buffer.getSlice(at: buffer.readerIndex, length: consumed)!
@@ -423,7 +497,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
                 requestServer()
             case .waitingForServer, .waitingForWelcome:
                 appendPending(toForward)
-            case .startup, .authenticating, .closed:
+            case .startup, .authenticating, .console, .closed:
                 break
             }
         }
@@ -459,14 +533,16 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private func requestServer() {
         guard let pool else { return }
         if state == .idle { state = .waitingForServer }
-        let action = pool.withState { $0.leaseRequested(by: self, loop: loopIndex, now: NIODeadline.now().uptimeNanoseconds) }
+        let now = NIODeadline.now().uptimeNanoseconds
+        let action = pool.withState { $0.leaseRequested(by: self, loop: loopIndex, now: now) }
         switch action {
         case .use(let server):
             link(to: server)
         case .connectAndWait(let loop):
+            waitStartedAt = now
             ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
         case .wait:
-            break
+            waitStartedAt = now
         case .fail(let message, let code):
             fatal(message, code: code)
         }
@@ -491,7 +567,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             state = .waitingForServer
         case .waitingForServer:
             break
-        case .startup, .authenticating, .idle, .linked, .closed:
+        case .startup, .authenticating, .idle, .linked, .console, .closed:
             // Not wanted any more (the client left or was served meanwhile).
             server.returnToPool(reusable: true)
             return
@@ -499,6 +575,11 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         state = .linked
         self.server = server
         server.attach(self)
+        if let statsShard {
+            let waited = waitStartedAt == 0 ? 0 : (NIODeadline.now().uptimeNanoseconds &- waitStartedAt) / 1000
+            waitStartedAt = 0
+            statsShard.counters.recordAssignment(waitMicros: waited)
+        }
         serverScanner = FrameScanner()
         serverStreamPosition = 0
         swallowEnd = 0
@@ -534,6 +615,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             return fatal("server conn crashed?")
         }
         tracker = visitor.tracker
+        if let statsShard {
+            statsShard.counters.bytesSent &+= UInt64(buffer.readableBytes)
+            if visitor.readyCount > 0 { countCompleted(queries: visitor.readyCount, transactions: visitor.transactionsEnded, in: statsShard) }
+        }
         swallowReadyForQuery = visitor.swallow
         currentSwallowed = visitor.currentSwallowed
         if let end = visitor.swallowEnd { swallowEnd = end }
@@ -581,6 +666,19 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if visitor.releasable && mode != .session && tracker.isReleasable && scanner.atBoundary {
             releaseServer()
         }
+    }
+
+    /// ReadyForQuery messages arrived: `queries` requests and `transactions` transactions are complete.
+    /// A pipelined batch is timed as a whole: its first answer carries the elapsed time, the rest count zero.
+    private func countCompleted(queries: Int, transactions: Int, in shard: PoolStatsShard) {
+        let now = NIODeadline.now().uptimeNanoseconds
+        shard.counters.recordQuery(micros: queryStartedAt == 0 ? 0 : (now &- queryStartedAt) / 1000)
+        for _ in 1..<max(1, queries) { shard.counters.recordQuery(micros: 0) }
+        queryStartedAt = tracker.awaitingServer ? now : 0
+        guard transactions > 0 else { return }
+        shard.counters.recordTransaction(micros: transactionStartedAt == 0 ? 0 : (now &- transactionStartedAt) / 1000)
+        for _ in 1..<transactions { shard.counters.recordTransaction(micros: 0) }
+        transactionStartedAt = tracker.awaitingServer ? now : 0
     }
 
     func flushToClient() {
@@ -648,7 +746,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             if clientIdleTimeout > 0 && quiet >= clientIdleTimeout { fatal("client_idle_timeout") }
         case .waitingForServer:
             if queryTimeout > 0 && quiet >= queryTimeout { fatal("query_timeout") }
-        case .startup, .authenticating, .waitingForWelcome, .closed:
+        case .startup, .authenticating, .waitingForWelcome, .console, .closed:
             break
         }
     }
@@ -663,6 +761,60 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         fatal(reason)
     }
 
+    // MARK: Console
+
+    private func startConsole(access: AdminSession.Access) {
+        guard let context else { return }
+        loginTimeout?.cancel()
+        loginTimeout = nil
+        let key = runtime.cancelRegistry.register(self)
+        cancelKey = key
+        state = .console
+        let session = AdminSession(access: access, runtime: runtime, client: self, allocator: context.channel.allocator)
+        console = session
+        var out = context.channel.allocator.buffer(capacity: 256)
+        out.writeAuthenticationOk()
+        session.writeWelcome(into: &out, key: key)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    /// Console output for this client (called on its loop by the session).
+    func consoleWrite(_ buffer: ByteBuffer) {
+        guard state == .console, let context else { return }
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    /// Ends a console session after a protocol error that PgBouncer answers by disconnecting.
+    func consoleClose(reason: String) {
+        close(reason: reason)
+    }
+
+    /// This client as a SHOW CLIENTS row. Runs on the client's loop.
+    func consoleRow(nowWall: Date, nowMono: UInt64) -> ConnectionInfo? {
+        let status: String
+        switch state {
+        case .linked: status = "active"
+        case .idle: status = "idle"
+        case .waitingForServer, .waitingForWelcome: status = "waiting"
+        case .console: status = "active"
+        case .startup, .authenticating, .closed: return nil
+        }
+        let requestAt = queryStartedAt != 0 ? queryStartedAt : nil
+        return ConnectionInfo(
+            type: "C", user: user, database: databaseName, state: status,
+            addr: remoteHost, port: remotePort, localAddr: localHost, localPort: localPort,
+            connectTime: connectedAtWall,
+            requestTime: requestAt.map { nowWall.addingTimeInterval(-Double(nowMono &- $0) / 1e9) } ?? connectedAtWall,
+            waitMicros: waitStartedAt != 0 && status == "waiting" ? (nowMono &- waitStartedAt) / 1000 : 0,
+            closeNeeded: false, ptr: Self.pointerString(self), link: server.map(Self.pointerString) ?? "",
+            remotePid: Int(cancelKey?.processID ?? 0), tls: "", applicationName: parameters["application_name"] ?? "",
+            id: id, poolKey: pool?.key)
+    }
+
+    static func pointerString(_ object: AnyObject) -> String {
+        "0x" + String(UInt(bitPattern: ObjectIdentifier(object).hashValue), radix: 16)
+    }
+
     // MARK: Cancel
 
     private func cancelRequested(processID: Int32, secretKey: Int32) {
@@ -675,7 +827,12 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// Sends a CancelRequest with the server's own key to the server serving this client right now.
+    /// Aimed at a console session, it resumes a global PAUSE or SUSPEND, as in PgBouncer.
     private func forwardCancel() {
+        if state == .console {
+            runtime.controller?.resumeAll()
+            return
+        }
         guard state == .linked, let server, let key = server.backendKey, let pool else { return }
         CancelForwarder.send(processID: key.processID, secretKey: key.secretKey, database: pool.database, runtime: runtime, on: eventLoop)
     }
@@ -705,6 +862,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         let previous = state
         guard previous != .closed else { return }
         state = .closed
+        runtime.registries[loopIndex].remove(self)
+        console = nil
         loginTimeout?.cancel()
         if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }
@@ -726,7 +885,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
                 let why = tracker.awaitingServer ? "client disconnected with query in progress" : "client disconnect while server was not ready"
                 server.closeLent(reason: why)
             }
-        case .startup, .authenticating, .idle, .closed:
+        case .startup, .authenticating, .idle, .console, .closed:
             break
         }
     }
@@ -744,6 +903,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 struct ClientVisitor: FrameVisitor {
     var tracker: TransactionTracker
     var terminated = false
+    var parses = 0
+    var binds = 0
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool { false }
 
@@ -753,6 +914,7 @@ struct ClientVisitor: FrameVisitor {
             return false
         }
         tracker.clientSent(type: type)
+        if type == FrontendMessage.parse { parses &+= 1 } else if type == FrontendMessage.bind { binds &+= 1 }
         return true
     }
 
@@ -772,6 +934,9 @@ struct ServerVisitor: FrameVisitor {
     let mode: PoolMode
     var swallowEnd: Int?
     var releasable = false
+    /// ReadyForQuery messages that answered the client (not Shoal's own SET), and how many of them said idle.
+    var readyCount = 0
+    var transactionsEnded = 0
     var setFailed = false
     var statementModeViolation = false
     var parameterUpdates: [ParameterUpdate]?
@@ -808,6 +973,8 @@ struct ServerVisitor: FrameVisitor {
             guard !currentSwallowed else { return }
             guard let raw = body.readInteger(as: UInt8.self), let status = TransactionStatus(rawValue: raw) else { return }
             if tracker.readyForQueryReceived(status) { releasable = true }
+            readyCount &+= 1
+            if status == .idle { transactionsEnded &+= 1 }
             if mode == .statement && status != .idle { statementModeViolation = true }
         } else if type == BackendMessage.parameterStatus {
             guard let name = body.readNullTerminatedString(), let value = body.readNullTerminatedString() else { return }
@@ -815,4 +982,11 @@ struct ServerVisitor: FrameVisitor {
             parameterUpdates!.append(ParameterUpdate(name: name, value: value, fromShoal: currentSwallowed))
         }
     }
+}
+
+/// Linux's `struct ucred`, as SO_PEERCRED fills it.
+struct PeerCredentials {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
 }

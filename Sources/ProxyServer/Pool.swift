@@ -15,11 +15,14 @@ final class Pool: @unchecked Sendable {
     private var _welcome: [(String, String)]? = nil
     private var _database: DatabaseEntry
     private var _serverSecret: ServerLoginSecret = .unknown
+    /// Traffic counters, one per EventLoop (same index as the runtime's loops), each written on its loop only.
+    let shards: [PoolStatsShard]
 
-    init(key: PoolKey, database: DatabaseEntry, settings: PoolSettings) {
+    init(key: PoolKey, database: DatabaseEntry, settings: PoolSettings, loopCount: Int) {
         self.key = key
         self._database = database
         self.state = PoolState(settings: settings)
+        self.shards = (0..<max(1, loopCount)).map { _ in PoolStatsShard() }
     }
 
     func withState<T>(_ body: (inout PoolState<ServerConnection, ClientConnection>) -> T) -> T {

@@ -26,11 +26,30 @@ public final class ShoalRuntime: @unchecked Sendable {
 
     /// One per EventLoop, same index as `loops`.
     let sweepers: [ClientSweeper]
+    /// One per EventLoop, same index as `loops`; each is touched on its own loop only.
+    let registries: [LoopRegistry]
+    /// PAUSE / SUSPEND / DISABLE / SHUTDOWN state, read at login and by the console.
+    let lifecycle = NIOLockedValueBox(LifecycleState())
+    /// Per-database SHOW STATS_AVERAGES figures of the last stats_period.
+    let statsAverages = NIOLockedValueBox<[String: [UInt64]]>([:])
+    /// When the process started, for SHOW STATS averages and uptime.
+    let startedAt = NIODeadline.now()
+    /// The object that owns the listeners, for the console's RELOAD, SHUTDOWN, SUSPEND.
+    weak var controller: (any ServerController)?
+    private let readyBox = NIOLockedValueBox(false)
+    /// Listening with a loaded config and not shutting down: what /readyz reports.
+    var ready: Bool {
+        get { readyBox.withLockedValue { $0 } && lifecycle.withLockedValue { $0.shutdown == nil } }
+        set { readyBox.withLockedValue { $0 = newValue } }
+    }
+    /// Called when the process should end (SHUTDOWN, or a WAIT_FOR_* shutdown that has finished).
+    public var onExit: @Sendable (String) -> Void = { _ in }
 
     public init(config: ShoalConfig, userList: UserList, group: MultiThreadedEventLoopGroup, logger: Logger) {
         self.group = group
         self.loops = Array(group.makeIterator())
         self.sweepers = loops.map { ClientSweeper(eventLoop: $0) }
+        self.registries = loops.map { _ in LoopRegistry() }
         self.logger = logger
         self.configBox = NIOLockedValueBox(ConfigSnapshot(config))
         self.userListBox = NIOLockedValueBox(userList)
@@ -91,8 +110,12 @@ public final class ShoalRuntime: @unchecked Sendable {
         poolsLock.withLock {
             if let pool = pools[key] { return pool }
             let config = self.config
-            let pool = Pool(key: key, database: database, settings: PoolSettings(config: config, database: database, user: key.user))
+            let pool = Pool(key: key, database: database, settings: PoolSettings(config: config, database: database, user: key.user),
+                            loopCount: loops.count)
             pool.serverSecret = initialServerSecret(database: database, user: key.user)
+            if lifecycle.withLockedValue({ $0.isPaused(database: key.database) }) {
+                _ = pool.withState { $0.pause() }
+            }
             pools[key] = pool
             return pool
         }
@@ -127,9 +150,25 @@ public final class ShoalRuntime: @unchecked Sendable {
         verifierCache.withLockedValue { $0.removeAll() }
         parsedVerifiers.withLockedValue { $0.removeAll() }
         for pool in allPools {
-            guard let database = config.database(named: pool.key.database) else { continue }
+            guard let database = config.database(named: pool.key.database) else {
+                // Dropped from the config: its clients go, as PgBouncer's do, and so does the pool.
+                logger.warning("dropping database '\(pool.key.database)' as it does not exist anymore or inactive auto-database")
+                kill(pool: pool, reason: "database removed")
+                removePool(pool)
+                continue
+            }
+            let old = pool.database
             pool.update(database: database, settings: PoolSettings(config: config, database: database, user: pool.key.user))
+            if old.hosts != database.hosts || old.ports != database.ports || old.dbname != database.dbname
+                || old.user != database.user || old.password != database.password {
+                // Where or as whom to connect changed: servers of the old entry close as they come back.
+                reconnect(pool: pool)
+            }
         }
+    }
+
+    func removePool(_ pool: Pool) {
+        poolsLock.withLock { if pools[pool.key] === pool { pools[pool.key] = nil } }
     }
 }
 

@@ -1,3 +1,5 @@
+import AdminConsole
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -49,8 +51,14 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     var parameters = ParameterSet()
     private(set) var backendKey: (processID: Int32, secretKey: Int32)?
     let address: String
+    private let remoteHost: String
+    private let remotePort: Int
+    private var localHost = "unix"
+    private var localPort = 0
 
-    init(pool: Pool, runtime: ShoalRuntime, eventLoop: EventLoop, address: String) {
+    init(pool: Pool, runtime: ShoalRuntime, eventLoop: EventLoop, host: String, port: Int, address: String) {
+        self.remoteHost = host
+        self.remotePort = port
         self.id = runtime.makeConnectionID()
         self.pool = pool
         self.runtime = runtime
@@ -82,7 +90,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         let port = database.ports.first ?? 5432
         let isUnix = host.hasPrefix("/")
         let address = isUnix ? "unix:\(host)/.s.PGSQL.\(port)" : "\(host):\(port)"
-        let server = ServerConnection(pool: pool, runtime: runtime, eventLoop: eventLoop, address: address)
+        let server = ServerConnection(pool: pool, runtime: runtime, eventLoop: eventLoop, host: host, port: port, address: address)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(Int64(config.serverConnectTimeout * 1000)))
             .channelOption(.autoRead, value: true)
@@ -118,6 +126,11 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
+        runtime.registries[loopIndex].add(self)
+        if let local = context.channel.localAddress, local.protocol != .unix {
+            localHost = local.ipAddress ?? "?"
+            localPort = local.port ?? 0
+        }
         state = .loggingIn(ServerLoginMachine(user: pool.database.user ?? pool.key.user, secret: pool.serverSecret.loginSecret))
         if runtime.snapshot.config.logConnections {
             logger.info("new connection to server")
@@ -211,6 +224,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        runtime.registries[loopIndex].remove(self)
         releaseBudget()
         let previous = state
         state = .closed
@@ -257,18 +271,22 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     private func loginSucceeded(_ login: ServerLoginMachine) {
         state = .ready
+        pool.shards[loopIndex].counters.serverConnects &+= 1
         backendKey = login.backendKey
         let tracked = trackedNames()
         for (name, value) in login.parameters where tracked.contains(name.lowercased()) {
             parameters.set(name, value)
         }
         pool.welcome = login.parameters
-        let action = pool.withState { $0.connected(self, loop: loopIndex, now: NIODeadline.now().uptimeNanoseconds) }
+        let action = pool.withState { $0.connected(self, loop: loopIndex, createdAt: createdAt, now: NIODeadline.now().uptimeNanoseconds) }
         switch action {
         case .handOver(let server, let waiter):
             waiter.assign(server)
         case .parked:
             break
+        case .discard(let server, let connectFor):
+            server.close(reason: "reconnect")
+            if let connectFor { ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[connectFor]) }
         }
     }
 
@@ -298,6 +316,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         guard !loginFailureReported else { return }
         loginFailureReported = true
         state = .closed
+        onLoop { server in server.pool.shards[server.loopIndex].counters.serverConnectFailures &+= 1 }
         logger.warning("\(logLine)")
         let waiters = pool.withState { $0.connectFailed(message: message, code: code, now: NIODeadline.now().uptimeNanoseconds) }
         for waiter in waiters {
@@ -307,6 +326,33 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     private func trackedNames() -> Set<String> {
         runtime.snapshot.trackedNames
+    }
+
+    // MARK: Console
+
+    /// Set once RECONNECT (or a changed database entry) wants this server gone at its next release.
+    var closeNeeded: Bool {
+        if case .closed = state { return false }
+        return createdAt < pool.withState { $0.closeBefore }
+    }
+
+    /// This server as a SHOW SERVERS row. Runs on the server's loop.
+    func consoleRow(nowWall: Date, nowMono: UInt64) -> ConnectionInfo? {
+        let status: String
+        switch state {
+        case .connecting, .loggingIn, .connectQuery: status = "new"
+        case .ready: status = client == nil ? "idle" : "active"
+        case .resetting: status = "tested"
+        case .closed: return nil
+        }
+        return ConnectionInfo(
+            type: "S", user: pool.database.user ?? pool.key.user, database: pool.key.database, state: status,
+            addr: remoteHost.hasPrefix("/") ? "unix" : remoteHost, port: remotePort, localAddr: localHost, localPort: localPort,
+            connectTime: nowWall.addingTimeInterval(-Double(nowMono &- createdAt) / 1e9),
+            requestTime: nowWall.addingTimeInterval(-Double(nowMono &- createdAt) / 1e9),
+            waitMicros: 0, closeNeeded: closeNeeded, ptr: ClientConnection.pointerString(self),
+            link: client.map(ClientConnection.pointerString) ?? "", remotePid: Int(backendKey?.processID ?? 0), tls: "",
+            applicationName: "", id: id, poolKey: pool.key)
     }
 
     var ageSeconds: UInt64 { (NIODeadline.now().uptimeNanoseconds &- createdAt) / 1_000_000_000 }

@@ -1,32 +1,56 @@
+import AdminConsole
 import Configuration
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// The running pooler: loads the config, binds the listeners, starts the janitor, and handles
-/// reload and shutdown. Signals are turned into calls on this object by the executable.
+/// The running pooler: loads the config, binds the listeners, starts the janitor, and carries out reload,
+/// pause, suspend and the shutdown modes, whether a signal or the admin console asked for them.
 public final class ShoalServer: @unchecked Sendable {
     public let runtime: ShoalRuntime
-    private var channels: [Channel] = []
+    private let channels = NIOLockedValueBox<[Channel]>([])
     private let janitor: Janitor
+    private let statsReporter: StatsReporter
+    private var metricsServer: MetricsServer?
     private let logSink: LogSink?
 
     public init(config: ShoalConfig, userList: UserList, threads: Int = System.coreCount, logger: Logger, logSink: LogSink? = nil) {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         self.runtime = ShoalRuntime(config: config, userList: userList, group: group, logger: logger)
         self.janitor = Janitor(runtime: runtime)
+        self.statsReporter = StatsReporter(runtime: runtime)
         self.logSink = logSink
+        runtime.controller = self
     }
 
     public func start() async throws {
-        channels = try await Listener.bind(runtime: runtime)
+        channels.withLockedValue { $0 = [] }
+        let bound = try await Listener.bind(runtime: runtime)
+        channels.withLockedValue { $0 = bound }
         janitor.start()
+        statsReporter.start()
         for sweeper in runtime.sweepers { sweeper.start() }
+        let config = runtime.config
+        if config.metricsPort > 0 {
+            let metrics = MetricsServer(runtime: runtime)
+            try await metrics.start(host: config.metricsAddr, port: config.metricsPort)
+            metricsServer = metrics
+        }
+        runtime.ready = true
     }
 
-    /// The TCP port actually bound (useful when the config asked for port 0 in tests).
-    public var boundPorts: [Int] { channels.compactMap { $0.localAddress?.port } }
+    /// The TCP ports actually bound (useful when the config asked for port 0 in tests).
+    public var boundPorts: [Int] {
+        channels.withLockedValue { $0 }.compactMap { channel in
+            if case .unixDomainSocket = channel.localAddress { return nil }
+            return channel.localAddress?.port
+        }
+    }
+
+    /// The port /metrics is served on, if the endpoint is on.
+    public var metricsPort: Int? { metricsServer?.port }
 
     /// Loads the auth file named by the config, logging a broken line with its place.
     public static func loadUserList(config: ShoalConfig, logger: Logger) -> UserList {
@@ -41,7 +65,8 @@ public final class ShoalServer: @unchecked Sendable {
     }
 
     /// SIGHUP / RELOAD: read the config again; on failure keep the running one and say why.
-    public func reload() {
+    @discardableResult
+    public func reload() -> Bool {
         let path = runtime.config.configFile
         do {
             let result = try ConfigLoader().load(path: path)
@@ -50,28 +75,125 @@ public final class ShoalServer: @unchecked Sendable {
             if old.listenAddr != result.config.listenAddr || old.listenPort != result.config.listenPort || old.unixSocketDir != result.config.unixSocketDir {
                 runtime.logger.warning("listen_addr, listen_port and unix_socket_dir need a restart to change; keeping the current listeners")
             }
+            if old.metricsAddr != result.config.metricsAddr || old.metricsPort != result.config.metricsPort {
+                runtime.logger.warning("metrics_addr and metrics_port need a restart to change; keeping the current endpoint")
+            }
             runtime.apply(config: result.config, userList: Self.loadUserList(config: result.config, logger: runtime.logger))
             logSink?.reopen(logfile: result.config.logfile)
+            return true
         } catch {
-            runtime.logger.warning("config file loading failed: \(error)")
+            runtime.logger.warning("config file loading failed")
+            runtime.logger.error("\(error)")
+            return false
         }
     }
 
-    /// Stops accepting and waits until every client has gone, or until `timeout` passes.
-    public func drain(timeout: TimeAmount) async {
-        for channel in channels { try? await channel.close() }
-        channels = []
-        let deadline = NIODeadline.now() + timeout
-        while runtime.clientCount > 0 && NIODeadline.now() < deadline {
-            try? await Task.sleep(nanoseconds: 100_000_000)
+    // MARK: Pause, suspend
+
+    /// SIGUSR1: global PAUSE (ignored when already paused or suspended).
+    public func pauseAll() {
+        let already = runtime.lifecycle.withLockedValue { state -> Bool in
+            if state.pausedAll || state.suspended { return true }
+            state.pausedAll = true
+            return false
+        }
+        if !already { _ = runtime.pause(database: nil) }
+    }
+
+    /// SIGUSR2: RESUME after PAUSE or SUSPEND; ignored while shutting down or when not paused.
+    public func resumeAll() {
+        let resumed = runtime.lifecycle.withLockedValue { state -> Bool in
+            guard state.shutdown == nil, state.pausedAll || state.suspended else { return false }
+            state.pausedAll = false
+            state.suspended = false
+            return true
+        }
+        if resumed {
+            setAccepting(true)
+            runtime.resume(database: nil)
         }
     }
 
+    /// SUSPEND and its RESUME: stop or restart taking new connections on every listener.
+    func setAccepting(_ accepting: Bool) {
+        for channel in channels.withLockedValue({ $0 }) {
+            channel.setOption(.autoRead, value: accepting).whenFailure { _ in }
+        }
+    }
+
+    // MARK: Shutdown
+
+    /// SHUTDOWN, SHUTDOWN WAIT_FOR_SERVERS / WAIT_FOR_CLIENTS, and SIGTERM / SIGINT. A second request while one
+    /// is under way exits at once, as PgBouncer does.
+    public func requestShutdown(_ mode: AdminCommand.ShutdownMode) {
+        let alreadyShuttingDown = runtime.lifecycle.withLockedValue { state -> Bool in
+            defer { if state.shutdown == nil { state.shutdown = mode } }
+            return state.shutdown != nil
+        }
+        if mode == .immediate || alreadyShuttingDown {
+            runtime.onExit("")
+            return
+        }
+        // Stop taking new TCP clients; the Unix socket stays open for the console (and for PgBouncer parity).
+        closeListeners(tcpOnly: true)
+        switch mode {
+        case .waitForServers:
+            // Clients that would queue, and those already queued, would wait for ever: tell them now.
+            for pool in runtime.allPools {
+                let (idle, refused) = pool.withState { $0.shutDown(message: "server shutting down") }
+                for server in idle { server.close(reason: "shutting down") }
+                for waiter in refused { waiter.eventLoop.execute { waiter.fatal("server shutting down") } }
+            }
+            _ = runtime.pause(database: nil)
+            exitWhen("server connections dropped, exiting") { $0.servers == 0 }
+        case .waitForClients:
+            exitWhen("client connections dropped, exiting") { $0.clients == 0 }
+        case .immediate:
+            break
+        }
+    }
+
+    private func exitWhen(_ line: String, _ done: @escaping ((clients: Int, servers: Int)) -> Bool) {
+        runtime.connectionCounts().whenSuccess { [self] counts in
+            if done(counts) {
+                runtime.logger.info("\(line)")
+                runtime.onExit(line)
+            } else {
+                runtime.loops[0].scheduleTask(in: .milliseconds(200)) { self.exitWhen(line, done) }
+            }
+        }
+    }
+
+    private func closeListeners(tcpOnly: Bool) {
+        let closing = channels.withLockedValue { channels -> [Channel] in
+            let (unix, tcp) = channels.reduce(into: ([Channel](), [Channel]())) { split, channel in
+                if case .unixDomainSocket = channel.localAddress { split.0.append(channel) } else { split.1.append(channel) }
+            }
+            channels = tcpOnly ? unix : []
+            return tcpOnly ? tcp : unix + tcp
+        }
+        for channel in closing { channel.close(promise: nil) }
+    }
+
+    /// Stops everything (tests, and the process's last step).
     public func shutdown() async {
+        runtime.ready = false
         janitor.stop()
+        statsReporter.stop()
         for sweeper in runtime.sweepers { sweeper.stop() }
-        for channel in channels { try? await channel.close() }
-        channels = []
+        closeListeners(tcpOnly: false)
+        if let metricsServer { await metricsServer.stop() }
         try? await runtime.group.shutdownGracefully()
     }
 }
+
+/// What the console asks of the server object that owns the listeners.
+protocol ServerController: AnyObject, Sendable {
+    func reload() -> Bool
+    func requestShutdown(_ mode: AdminCommand.ShutdownMode)
+    func pauseAll()
+    func resumeAll()
+    func setAccepting(_ accepting: Bool)
+}
+
+extension ShoalServer: ServerController {}

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import AdminConsole
 import ProxyServer
 
 let version = "0.1.0"
@@ -111,26 +112,35 @@ onSignal(SIGQUIT) {
     removePidfile()
     exit(0)
 }
-func gracefulShutdown(_ line: String, _ again: String) {
+// SIGTERM = SHUTDOWN WAIT_FOR_CLIENTS, SIGINT = SHUTDOWN WAIT_FOR_SERVERS; a second one while shutting down exits now.
+func shutdownSignal(_ name: String, _ mode: AdminCommand.ShutdownMode, _ line: String) {
     if shuttingDown {
-        logger.info("\(again)")
+        logger.info("got \(name) while shutting down, fast exit")
         removePidfile()
         exit(0)
     }
     shuttingDown = true
     logger.info("\(line)")
-    Task {
-        await server.drain(timeout: .hours(24))
-        logger.info("client connections dropped, exiting")
-        removePidfile()
-        exit(0)
-    }
+    server.requestShutdown(mode)
 }
 onSignal(SIGTERM) {
-    gracefulShutdown("got SIGTERM, shutting down, waiting for all clients disconnect", "got SIGTERM while shutting down, fast exit")
+    shutdownSignal("SIGTERM", .waitForClients, "got SIGTERM, shutting down, waiting for all clients disconnect")
 }
 onSignal(SIGINT) {
-    gracefulShutdown("got SIGINT, shutting down, waiting for all servers connections to be released", "got SIGINT while shutting down, fast exit")
+    shutdownSignal("SIGINT", .waitForServers, "got SIGINT, shutting down, waiting for all servers connections to be released")
+}
+onSignal(SIGUSR1) {
+    logger.info("got SIGUSR1, pausing all activity")
+    server.pauseAll()
+}
+onSignal(SIGUSR2) {
+    logger.info("got SIGUSR2, continuing from PAUSE")
+    server.resumeAll()
+}
+// The console's SHUTDOWN, and the end of a WAIT_FOR_* shutdown.
+server.runtime.onExit = { _ in
+    removePidfile()
+    exit(0)
 }
 
 do {

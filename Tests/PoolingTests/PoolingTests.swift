@@ -81,9 +81,9 @@ final class FakeClient {}
         guard case .wait = pool.leaseRequested(by: clients[2], loop: 0, now: 0) else { Issue.record("want wait"); return }
         guard case .wait = pool.leaseRequested(by: clients[3], loop: 0, now: 0) else { Issue.record("want wait"); return }
         let servers = [FakeServer(), FakeServer()]
-        guard case .handOver(_, let first) = pool.connected(servers[0], loop: 0, now: 1) else { Issue.record("want hand-over"); return }
+        guard case .handOver(_, let first) = pool.connected(servers[0], loop: 0, createdAt: 0, now: 1) else { Issue.record("want hand-over"); return }
         #expect(first === clients[0])
-        guard case .handOver(_, let secondClient) = pool.connected(servers[1], loop: 1, now: 1) else { Issue.record("want hand-over"); return }
+        guard case .handOver(_, let secondClient) = pool.connected(servers[1], loop: 1, createdAt: 0, now: 1) else { Issue.record("want hand-over"); return }
         #expect(secondClient === clients[1])
         guard case .handOver(_, let third) = pool.released(servers[0], loop: 0, createdAt: 1, reusable: true, now: 2) else { Issue.record("want hand-over"); return }
         #expect(third === clients[2])
@@ -95,8 +95,8 @@ final class FakeClient {}
         let a = FakeServer(), b = FakeServer()
         _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
         _ = pool.leaseRequested(by: FakeClient(), loop: 1, now: 0)
-        _ = pool.connected(a, loop: 0, now: 0)
-        _ = pool.connected(b, loop: 1, now: 0)
+        _ = pool.connected(a, loop: 0, createdAt: 0, now: 0)
+        _ = pool.connected(b, loop: 1, createdAt: 0, now: 0)
         _ = pool.released(a, loop: 0, createdAt: 0, reusable: true, now: 1)
         _ = pool.released(b, loop: 1, createdAt: 0, reusable: true, now: 1)
         guard case .use(let chosen) = pool.leaseRequested(by: FakeClient(), loop: 0, now: 2) else { Issue.record("want use"); return }
@@ -125,7 +125,7 @@ final class FakeClient {}
         var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1, serverLifetime: 10))
         let server = FakeServer()
         _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
-        _ = pool.connected(server, loop: 0, now: 0)
+        _ = pool.connected(server, loop: 0, createdAt: 0, now: 0)
         _ = pool.leaseRequested(by: FakeClient(), loop: 1, now: 0)
         guard case .close(let closed, let connectFor) = pool.released(server, loop: 0, createdAt: 0, reusable: false, now: second) else {
             Issue.record("want close"); return
@@ -138,7 +138,7 @@ final class FakeClient {}
         let servers = (0..<3).map { _ in FakeServer() }
         for server in servers {
             _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
-            _ = pool.connected(server, loop: 0, now: 0)
+            _ = pool.connected(server, loop: 0, createdAt: 0, now: 0)
         }
         for server in servers { _ = pool.released(server, loop: 0, createdAt: 0, reusable: true, now: 0) }
         let work = pool.maintain(now: 11 * second)
@@ -182,7 +182,7 @@ func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bo
         var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1))
         let server = FakeServer()
         _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
-        _ = pool.connected(server, loop: 0, now: 0)
+        _ = pool.connected(server, loop: 0, createdAt: 0, now: 0)
         let remote = FakeClient(), local = FakeClient(), remoteLater = FakeClient()
         _ = pool.leaseRequested(by: remote, loop: 1, now: 1 * millisecond)
         _ = pool.leaseRequested(by: local, loop: 0, now: 3 * millisecond)
@@ -205,7 +205,7 @@ func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bo
         var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1))
         let server = FakeServer()
         _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
-        _ = pool.connected(server, loop: 0, now: 0)
+        _ = pool.connected(server, loop: 0, createdAt: 0, now: 0)
         let remote = FakeClient(), local = FakeClient()
         _ = pool.leaseRequested(by: remote, loop: 1, now: 1 * millisecond)
         _ = pool.leaseRequested(by: local, loop: 0, now: 10 * millisecond)
@@ -213,5 +213,50 @@ func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bo
             Issue.record("want hand-over"); return
         }
         #expect(first === remote)
+    }
+}
+
+@Suite struct PoolConsoleStateTests {
+    @Test func pauseQueuesClientsClosesReleasedServersAndResumeDials() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 2))
+        let lent = FakeServer(), idle = FakeServer()
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.connected(lent, loop: 0, createdAt: 0, now: 0)
+        _ = pool.connected(idle, loop: 0, createdAt: 0, now: 0)
+        _ = pool.released(idle, loop: 0, createdAt: 0, reusable: true, now: 1)
+        let closed = pool.pause()
+        #expect(closed.count == 1 && closed[0] === idle)
+        #expect(!pool.pauseComplete) // `lent` is still in a transaction
+        guard case .wait = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want wait"); return }
+        guard case .close(let server, nil) = pool.released(lent, loop: 0, createdAt: 0, reusable: true, now: 3) else {
+            Issue.record("want close without a dial"); return
+        }
+        #expect(server === lent && pool.pauseComplete)
+        #expect(pool.maintain(now: 4).connect.isEmpty) // nothing is dialed while paused
+        #expect(pool.resume() == [1]) // one dial for the one queued client, on its loop
+    }
+
+    @Test func reconnectRetiresOlderServersAtRelease() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1))
+        let old = FakeServer()
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.connected(old, loop: 0, createdAt: 5, now: 5)
+        #expect(pool.reconnect(now: 10).isEmpty)
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 11)
+        guard case .close(_, let connectFor) = pool.released(old, loop: 0, createdAt: 5, reusable: true, now: 12) else {
+            Issue.record("want close"); return
+        }
+        #expect(connectFor == 0) // the waiter gets a fresh server
+        guard case .handOver = pool.connected(FakeServer(), loop: 0, createdAt: 12, now: 13) else { Issue.record("want hand-over"); return }
+    }
+
+    @Test func shutdownRefusesWhoWouldQueue() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1))
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        let (_, refused) = pool.shutDown(message: "server shutting down")
+        #expect(refused.count == 1)
+        guard case .fail(let message, _) = pool.leaseRequested(by: FakeClient(), loop: 0, now: 1) else { Issue.record("want fail"); return }
+        #expect(message == "server shutting down")
     }
 }

@@ -45,7 +45,7 @@ let benchmarks: @Sendable () -> Void = {
         let client = Client()
         let server = Server()
         _ = pool.leaseRequested(by: client, loop: 0, now: 0)
-        _ = pool.connected(server, loop: 0, now: 0)
+        _ = pool.connected(server, loop: 0, createdAt: 0, now: 0)
         _ = pool.released(server, loop: 0, createdAt: 0, reusable: true, now: 0)
         for iteration in benchmark.scaledIterations {
             let now = UInt64(iteration)

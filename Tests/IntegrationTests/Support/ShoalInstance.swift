@@ -45,6 +45,16 @@ final class ShoalInstance {
         "host=127.0.0.1 port=\(port) user=postgres dbname=postgres password=\(TestPostgres.password) connect_timeout=10"
     }
 
+    /// The admin console over TCP, as `user` (SCRAM with the test password).
+    func consoleConninfo(user: String = "postgres", database: String = "pgbouncer") -> String {
+        "host=127.0.0.1 port=\(port) user=\(user) dbname=\(database) password=\(TestPostgres.password) connect_timeout=10"
+    }
+
+    /// psql against the console; `-A` output with a header line, fields split by `|`.
+    func console(_ sql: String, conninfo: String? = nil) throws -> ProcessResult {
+        try ProcessRunner.run("psql", ["-X", "-A", "-F", "|", "-v", "ON_ERROR_STOP=1", conninfo ?? consoleConninfo(), "-c", sql])
+    }
+
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     func stop() async {
