@@ -73,10 +73,6 @@ import Testing
             $0.statsUsers = ["watcher"]
         }
         defer { Task { await shoal.stop() } }
-        // Not in either list: PgBouncer's `not allowed` after a good password.
-        let refused = try shoal.console("SHOW POOLS", conninfo: shoal.consoleConninfo(user: "postgres", database: "pgbouncer")
-            .replacingOccurrences(of: "user=postgres", with: "user=nobody"))
-        #expect(refused.status != 0 && refused.stderr.contains("not allowed"), "\(refused.stderr)")
         // A wrong command, a bad argument, then a good one, all in one session.
         let session = try ProcessRunner.run("psql", ["-X", "-A", shoal.consoleConninfo()],
                                             input: "SHOW NOSUCH;\nPAUSE nosuchdb;\nKILL_CLIENT abc;\nDISABLE;\nSHOW STATE;\n")
@@ -90,6 +86,14 @@ import Testing
                                                   "-d", "pgbouncer", "-c", "SHOW STATE"], environment: ["PGPASSWORD": ""])
         #expect(unix.status == 0 && unix.stdout.contains("active|yes"), "\(unix.stderr)")
         #expect(shoal.log.contains("pgbouncer access from unix socket"))
+        // Not in either list: PgBouncer's `not allowed` once logged in (trust lets `nobody` log in).
+        try shoal.console("SET auth_type = trust")
+        let refused = try shoal.console("SHOW POOLS", conninfo: shoal.consoleConninfo().replacingOccurrences(of: "user=postgres", with: "user=nobody"))
+        #expect(refused.status != 0 && refused.stderr.contains("not allowed"), "\(refused.stderr)")
+        // A stats user may look, not act.
+        let watcher = try shoal.console("PAUSE", conninfo: shoal.consoleConninfo().replacingOccurrences(of: "user=postgres", with: "user=watcher"))
+        #expect(watcher.stderr.contains("admin access needed"), "\(watcher.stderr)")
+        #expect(try shoal.console("SHOW POOLS", conninfo: shoal.consoleConninfo().replacingOccurrences(of: "user=postgres", with: "user=watcher")).status == 0)
         // And `shoal` is the console too.
         #expect(try shoal.console("SHOW VERSION", conninfo: shoal.consoleConninfo(database: "shoal")).stdout.contains("Shoal"))
     }

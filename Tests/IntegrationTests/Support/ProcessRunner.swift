@@ -18,12 +18,36 @@ enum ProcessRunner {
         let outPath = scratch + ".out", errPath = scratch + ".err", inPath = scratch + ".in"
         try (input ?? "").write(toFile: inPath, atomically: false, encoding: .utf8)
         defer { for file in [outPath, errPath, inPath] { unlink(file) } }
+        let pid = try spawn(path, arguments, environment: environment, stdin: inPath, stdout: outPath, stderr: errPath)
+        let deadline = Date().addingTimeInterval(timeout)
+        var status: Int32 = 0
+        while true {
+            let done = waitpid(pid, &status, WNOHANG)
+            if done == pid { break }
+            if Date() > deadline {
+                kill(pid, SIGKILL)
+                waitpid(pid, &status, 0)
+                throw TestFailure("\(executable) \(arguments.joined(separator: " ")) timed out after \(timeout)s")
+            }
+            usleep(10_000)
+        }
+        let exitCode: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return ProcessResult(
+            status: exitCode,
+            stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+            stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        )
+    }
+
+    /// Starts a program in the background with default signal handling; its output goes to the files given.
+    static func spawn(_ path: String, _ arguments: [String], environment: [String: String] = [:], stdin: String = "/dev/null",
+                      stdout: String, stderr: String) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, inPath, O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 0, stdin, O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         var env = ProcessInfo.processInfo.environment
         for (key, value) in environment { env[key] = value }
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
@@ -43,24 +67,20 @@ enum ProcessRunner {
         var pid: pid_t = 0
         let spawned = posix_spawn(&pid, path, &actions, &attributes, argv, envp)
         guard spawned == 0 else { throw TestFailure("could not start \(path): errno \(spawned)") }
+        return pid
+    }
+
+    /// The exit code of `pid` once it ends within `timeout`, or nil if it is still running.
+    static func exitCode(of pid: pid_t, within timeout: TimeInterval) -> Int32? {
         let deadline = Date().addingTimeInterval(timeout)
         var status: Int32 = 0
-        while true {
-            let done = waitpid(pid, &status, WNOHANG)
-            if done == pid { break }
-            if Date() > deadline {
-                kill(pid, SIGKILL)
-                waitpid(pid, &status, 0)
-                throw TestFailure("\(executable) \(arguments.joined(separator: " ")) timed out after \(timeout)s")
+        while Date() < deadline {
+            if waitpid(pid, &status, WNOHANG) == pid {
+                return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
             }
-            usleep(10_000)
+            usleep(20_000)
         }
-        let exitCode: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return ProcessResult(
-            status: exitCode,
-            stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-            stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-        )
+        return nil
     }
 
     static func which(_ name: String) throws -> String {

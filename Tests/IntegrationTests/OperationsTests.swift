@@ -1,0 +1,200 @@
+import Foundation
+import Testing
+
+/// /metrics and the probes, the stats line, and the signals of the real `shoal` binary.
+@Suite(.serialized) struct OperationsTests {
+    struct Scrape {
+        var samples: [String: Double]
+        var types: [String: String]
+        var healthz: Int
+        var readyz: Int
+        var contentType: String
+
+        func value(_ name: String, database: String = "postgres", user: String = "postgres", extra: String = "") -> Double? {
+            samples["\(name){\(["database=\(database)", extra, "user=\(user)"].filter { !$0.isEmpty }.joined(separator: ","))}"]
+        }
+    }
+
+    /// Scrapes with prometheus_client's parser (Python), so the text format is checked by a real consumer.
+    static func scrape(port: Int) throws -> Scrape {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/parse_metrics.py").path
+        let run = try ProcessRunner.run("python3", [script, "http://127.0.0.1:\(port)"])
+        guard run.status == 0 else { throw TestFailure("scrape failed: \(run.stderr)") }
+        let json = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any] ?? [:]
+        return Scrape(samples: json["samples"] as? [String: Double] ?? [:], types: json["types"] as? [String: String] ?? [:],
+                      healthz: json["healthz"] as? Int ?? 0, readyz: json["readyz"] as? Int ?? 0,
+                      contentType: json["content_type"] as? String ?? "")
+    }
+
+    @Test func metricsParseWithPrometheusClientAndMoveWithLoad() async throws {
+        let metricsPort = freePort()
+        let shoal = try await ShoalInstance {
+            $0.metricsPort = metricsPort
+            $0.metricsAddr = "127.0.0.1"
+            $0.statsPeriod = 1
+        }
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        #expect(try client.scalar("select 1") == "1")
+        let before = try Self.scrape(port: metricsPort)
+        #expect(before.healthz == 200 && before.readyz == 200)
+        #expect(before.contentType.hasPrefix("text/plain; version=0.0.4"))
+        #expect(before.types["shoal_query_duration_seconds"] == "histogram")
+        #expect(before.types["shoal_stats_queries_pooled"] == "counter") // the parser drops `_total` from family names
+        #expect(before.value("shoal_pools_client_active_connections") == 1)
+        let queriesBefore = try #require(before.value("shoal_stats_queries_pooled_total"))
+
+        for index in 0..<25 { #expect(try client.scalar("select \(index)") == "\(index)") }
+        try client.query("begin")
+        try client.query("select pg_sleep(0.02)")
+        try client.query("commit")
+        let after = try Self.scrape(port: metricsPort)
+        #expect(after.value("shoal_stats_queries_pooled_total") == queriesBefore + 28)
+        #expect(after.value("shoal_stats_sql_transactions_pooled_total").map { $0 >= 27 } == true)
+        let slowTransactions = after.value("shoal_transaction_duration_seconds_bucket", extra: "le=+Inf")
+            .flatMap { all in after.value("shoal_transaction_duration_seconds_bucket", extra: "le=0.01").map { all - $0 } }
+        #expect(slowTransactions == 1, "the pg_sleep transaction lands above 10 ms")
+        #expect(after.value("shoal_query_duration_seconds_count") == after.value("shoal_stats_queries_pooled_total"))
+        #expect(after.value("shoal_stats_received_bytes_total")! > before.value("shoal_stats_received_bytes_total")!)
+        #expect(after.value("shoal_server_connects_total") == 1)
+
+        // Failed logins are counted; the stats line appears every stats_period.
+        _ = refusal(shoal.conninfo.replacingOccurrences(of: "password=\(TestPostgres.password)", with: "password=wrong"))
+        #expect(try Self.scrape(port: metricsPort).samples["shoal_client_auth_failures_total{}"] == 1)
+        try await Task.sleep(nanoseconds: 1_300_000_000)
+        #expect(shoal.log.contains(" xacts/s, "), "stats line: \(shoal.log.suffix(500))")
+
+        // Shutting down: /readyz says so, /healthz still answers.
+        shoal.server.requestShutdown(.waitForClients)
+        let draining = try Self.scrape(port: metricsPort)
+        #expect(draining.readyz == 503 && draining.healthz == 200)
+        #expect(try client.scalar("select 'still served while draining'") == "still served while draining")
+    }
+
+    // MARK: The binary and its signals
+
+    /// Starts `.build/debug/shoal` (built with the tests) on its own config file.
+    final class ShoalProcess {
+        let pid: pid_t
+        let port = freePort()
+        let directory: String
+        var logPath: String { "\(directory)/shoal.log" }
+        var configPath: String { "\(directory)/shoal.ini" }
+
+        init(poolSize: Int = 2) throws {
+            directory = "/tmp/shoal-proc-test-\(getpid())-\(port)"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try "\"postgres\" \"\(TestPostgres.password)\"\n".write(toFile: "\(directory)/userlist.txt", atomically: true, encoding: .utf8)
+            try Self.config(directory: directory, port: port, poolSize: poolSize).write(toFile: "\(directory)/shoal.ini", atomically: true, encoding: .utf8)
+            let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                .deletingLastPathComponent().appendingPathComponent(".build/debug/shoal").path
+            pid = try ProcessRunner.spawn(binary, ["-q", "\(directory)/shoal.ini"], stdout: "\(directory)/stdout", stderr: "\(directory)/stderr")
+            let deadline = Date().addingTimeInterval(20)
+            while !log.contains("listening on 127.0.0.1") {
+                guard Date() < deadline else { throw TestFailure("shoal did not start: \(log) \(stderr)") }
+                usleep(50_000)
+            }
+        }
+
+        static func config(directory: String, port: Int, poolSize: Int) -> String {
+            """
+            [databases]
+            postgres = host=127.0.0.1 port=\(TestPostgres.shared.port) dbname=postgres
+            [pgbouncer]
+            listen_addr = 127.0.0.1
+            listen_port = \(port)
+            unix_socket_dir = \(directory)
+            auth_type = scram-sha-256
+            auth_file = \(directory)/userlist.txt
+            admin_users = postgres
+            pool_mode = transaction
+            default_pool_size = \(poolSize)
+            logfile = \(directory)/shoal.log
+            pidfile = \(directory)/shoal.pid
+            """
+        }
+
+        var conninfo: String { "host=127.0.0.1 port=\(port) user=postgres dbname=postgres password=\(TestPostgres.password) connect_timeout=5" }
+        var consoleConninfo: String { conninfo.replacingOccurrences(of: "dbname=postgres", with: "dbname=pgbouncer") }
+        var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        var stderr: String { (try? String(contentsOfFile: "\(directory)/stderr", encoding: .utf8)) ?? "" }
+
+        func signal(_ number: Int32) { kill(pid, number) }
+
+        func waitForLog(_ text: String, timeout: TimeInterval = 5) -> Bool {
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                if log.contains(text) { return true }
+                usleep(50_000)
+            }
+            return false
+        }
+
+        deinit {
+            kill(pid, SIGKILL)
+            _ = ProcessRunner.exitCode(of: pid, within: 5)
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+
+    @Test func sighupReloadsAndUsr1Usr2PauseAndResume() async throws {
+        let shoal = try ShoalProcess(poolSize: 2)
+        let console = try PQConnection(shoal.consoleConninfo)
+        #expect(try console.query("SHOW DATABASES").first { $0[0] == "postgres" }?[5] == "2")
+        try ShoalProcess.config(directory: shoal.directory, port: shoal.port, poolSize: 7)
+            .write(toFile: shoal.configPath, atomically: true, encoding: .utf8)
+        shoal.signal(SIGHUP)
+        #expect(shoal.waitForLog("got SIGHUP, re-reading config"))
+        try await Task.sleep(nanoseconds: 200_000_000)
+        #expect(try console.query("SHOW DATABASES").first { $0[0] == "postgres" }?[5] == "7")
+
+        // Logged in before the pause (a login needs the pool's welcome, learned from a first server login).
+        let client = try PQConnection(shoal.conninfo)
+        #expect(try client.scalar("select 1") == "1")
+        shoal.signal(SIGUSR1)
+        #expect(shoal.waitForLog("got SIGUSR1, pausing all activity"))
+        #expect(try console.query("SHOW STATE").first { $0[0] == "paused" }?[1] == "yes")
+        let held = background { try client.scalar("select 'after SIGUSR2'") }
+        try await Task.sleep(nanoseconds: 500_000_000)
+        #expect(!held.isDone)
+        shoal.signal(SIGUSR2)
+        #expect(try await held.value() == "after SIGUSR2")
+    }
+
+    @Test func sigtermLetsOpenTransactionsCommitThenExits() async throws {
+        let shoal = try ShoalProcess()
+        var connection: PQConnection? = try PQConnection(shoal.conninfo)
+        let client = connection!
+        try client.query("begin")
+        try client.query("create temporary table rolling_update (v int)")
+        try client.query("insert into rolling_update values (1)")
+        shoal.signal(SIGTERM)
+        #expect(shoal.waitForLog("got SIGTERM, shutting down, waiting for all clients disconnect"))
+        try await Task.sleep(nanoseconds: 300_000_000)
+        // New TCP clients are turned away; the open transaction finishes and commits.
+        #expect(!refusal(shoal.conninfo).isEmpty)
+        #expect(try client.scalar("select count(*) from rolling_update") == "1")
+        try client.query("commit")
+        #expect(try client.scalar("select 'after commit'") == "after commit")
+        #expect(ProcessRunner.exitCode(of: shoal.pid, within: 1) == nil, "exited while a client was connected")
+        connection = nil // PQfinish
+        _ = consume client
+        #expect(ProcessRunner.exitCode(of: shoal.pid, within: 10) == 0)
+        #expect(shoal.log.contains("client connections dropped, exiting"))
+        #expect(!FileManager.default.fileExists(atPath: "\(shoal.directory)/shoal.pid"))
+    }
+
+    @Test func sigintWaitsForServersToBeReleased() async throws {
+        let shoal = try ShoalProcess()
+        let client = try PQConnection(shoal.conninfo)
+        try client.query("begin")
+        try client.query("select 1")
+        shoal.signal(SIGINT)
+        #expect(shoal.waitForLog("got SIGINT, shutting down, waiting for all servers connections to be released"))
+        try await Task.sleep(nanoseconds: 300_000_000)
+        #expect(ProcessRunner.exitCode(of: shoal.pid, within: 0.5) == nil, "exited with a transaction open")
+        try client.query("commit")
+        #expect(ProcessRunner.exitCode(of: shoal.pid, within: 10) == 0)
+        #expect(shoal.log.contains("server connections dropped, exiting"))
+    }
+}
