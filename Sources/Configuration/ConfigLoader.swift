@@ -63,6 +63,7 @@ public struct ConfigLoader {
         case poolMode
         case authType
         case sslmode(WritableKeyPath<ShoalConfig, String>)
+        case logFormat
         /// A PgBouncer key that Shoal accepts but does not act on yet.
         case unsupported
     }
@@ -99,7 +100,7 @@ public struct ConfigLoader {
         "verbose": .int(\.verbose),
         "server_tls_sslmode": .sslmode(\.serverTLSSSLMode), "client_tls_sslmode": .sslmode(\.clientTLSSSLMode),
         // Shoal's own.
-        "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort),
+        "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort), "log_format": .logFormat,
         // Known to PgBouncer, accepted, not acted on yet.
         "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported, "client_tls_ca_file": .unsupported,
         "client_tls_cert_file": .unsupported, "client_tls_ciphers": .unsupported, "client_tls_dheparams": .unsupported,
@@ -155,6 +156,9 @@ public struct ConfigLoader {
             let modes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
             guard modes.contains(value.lowercased()) else { throw bad(modes.joined(separator: ", ")) }
             config[keyPath: path] = value.lowercased()
+        case .logFormat:
+            guard ["text", "json"].contains(value.lowercased()) else { throw bad("text or json") }
+            config.logFormat = value.lowercased()
         case .unsupported:
             config.unsupportedSettings[entry.key] = value
             warnings.append(ConfigDiagnostic(.warning, file: entry.file, line: entry.line, key: entry.key, "parameter \(entry.key) is not supported by Shoal yet; ignored"))
@@ -210,6 +214,7 @@ public struct ConfigLoader {
         case .poolMode: return config.poolMode.rawValue
         case .authType: return config.authType.rawValue
         case .sslmode(let path): return config[keyPath: path]
+        case .logFormat: return config.logFormat
         case .unsupported: return config.unsupportedSettings[key]
         }
     }

@@ -69,6 +69,8 @@ public struct ShoalConfig: Sendable {
     public var metricsAddr = "*"
     /// 0 turns the HTTP endpoint off.
     public var metricsPort = 0
+    /// `text` (PgBouncer's line format) or `json` (one object per line with the structured metadata).
+    public var logFormat = "text"
 
     /// Values of PgBouncer keys Shoal accepts without acting on them, as written, for SHOW CONFIG.
     public var unsupportedSettings: [String: String] = [:]

@@ -894,6 +894,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         let db = databaseName.isEmpty ? "(nodb)" : databaseName
         let name = user.isEmpty ? "(nouser)" : user
         logger[metadataKey: "prefix"] = "C-\(id): \(db)/\(name)@\(peerDescription)"
+        logger[metadataKey: "client"] = "\(id)"
+        logger[metadataKey: "addr"] = "\(peerDescription)"
+        logger[metadataKey: "pool"] = "\(db)/\(name)"
     }
 }
 

@@ -9,35 +9,41 @@ import NIOPosix
 public enum Listener {
     public static func bind(runtime: ShoalRuntime) async throws -> [Channel] {
         let config = runtime.config
-        let bootstrap = ServerBootstrap(group: runtime.group)
-            .serverChannelOption(.backlog, value: Int32(config.listenBacklog))
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.autoRead, value: true)
-            // One read per readiness event, as PgBouncer does: NIO's default of 4 costs an extra read()
-            // that returns EAGAIN on every request of a request/response protocol.
-            .childChannelOption(.maxMessagesPerRead, value: 1)
-            // Small first reads: most client messages are a few hundred bytes, and a channel keeps its last
-            // receive buffer for reuse, so the initial size is paid by every idle client. It grows on demand.
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if case .unixDomainSocket = channel.localAddress {} else {
-                        try? channel.syncOptions?.setOption(.tcpOption(.tcp_nodelay), value: 1)
-                        if config.tcpKeepalive { try? channel.syncOptions?.setOption(.socketOption(.so_keepalive), value: 1) }
+        // A function, not one value: ServerBootstrap is a class and its options accumulate.
+        @Sendable func makeBootstrap(ipv6: Bool = false) -> ServerBootstrap {
+            let bootstrap = ServerBootstrap(group: runtime.group)
+                .serverChannelOption(.backlog, value: Int32(config.listenBacklog))
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.autoRead, value: true)
+                // One read per readiness event, as PgBouncer does: NIO's default of 4 costs an extra read()
+                // that returns EAGAIN on every request of a request/response protocol.
+                .childChannelOption(.maxMessagesPerRead, value: 1)
+                // Small first reads: most client messages are a few hundred bytes, and a channel keeps its last
+                // receive buffer for reuse, so the initial size is paid by every idle client. It grows on demand.
+                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if case .unixDomainSocket = channel.localAddress {} else {
+                            try? channel.syncOptions?.setOption(.tcpOption(.tcp_nodelay), value: 1)
+                            if config.tcpKeepalive { try? channel.syncOptions?.setOption(.socketOption(.so_keepalive), value: 1) }
+                        }
+                        try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop))
                     }
-                    try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop))
                 }
-            }
+            // An IPv6 wildcard would otherwise take the IPv4 port too, and `*` could not bind both.
+            return ipv6 ? bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1) : bootstrap
+        }
         var channels: [Channel] = []
         for address in config.listenAddr {
             let hosts = address == "*" ? ["0.0.0.0", "::"] : [address]
             for host in hosts {
+                let shown = host.contains(":") ? "[\(host)]" : host
                 do {
-                    let channel = try await bootstrap.bind(host: host, port: config.listenPort).get()
-                    runtime.logger.info("listening on \(host.contains(":") ? "[\(host)]" : host):\(config.listenPort)")
+                    let channel = try await makeBootstrap(ipv6: host.contains(":")).bind(host: host, port: config.listenPort).get()
+                    runtime.logger.info("listening on \(shown):\(config.listenPort)")
                     channels.append(channel)
                 } catch {
-                    runtime.logger.warning("cannot listen on \(host):\(config.listenPort): \(error)")
+                    runtime.logger.warning("cannot listen on \(shown):\(config.listenPort): \(error)")
                 }
             }
         }
@@ -45,7 +51,7 @@ public enum Listener {
             let path = "\(config.unixSocketDir)/.s.PGSQL.\(config.listenPort)"
             try? FileManager.default.removeItem(atPath: path)
             do {
-                let channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+                let channel = try await makeBootstrap().bind(unixDomainSocketPath: path).get()
                 chmod(path, 0o777)
                 runtime.logger.info("listening on unix:\(path)")
                 channels.append(channel)

@@ -68,6 +68,9 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         self.address = address
         var logger = runtime.logger
         logger[metadataKey: "prefix"] = "S-\(id): \(pool.key.database)/\(pool.key.user)@\(address)"
+        logger[metadataKey: "server"] = "\(id)"
+        logger[metadataKey: "addr"] = "\(address)"
+        logger[metadataKey: "pool"] = "\(pool.key)"
         self.logger = logger
     }
 

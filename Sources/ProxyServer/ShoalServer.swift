@@ -79,7 +79,7 @@ public final class ShoalServer: @unchecked Sendable {
                 runtime.logger.warning("metrics_addr and metrics_port need a restart to change; keeping the current endpoint")
             }
             runtime.apply(config: result.config, userList: Self.loadUserList(config: result.config, logger: runtime.logger))
-            logSink?.reopen(logfile: result.config.logfile)
+            logSink?.reopen(logfile: result.config.logfile, json: result.config.logFormat == "json")
             return true
         } catch {
             runtime.logger.warning("config file loading failed")

@@ -40,7 +40,7 @@ do {
     exit(1)
 }
 let config = loaded.config
-let sink = LogSink(quiet: options.quiet || options.daemon, logfile: config.logfile)
+let sink = LogSink(quiet: options.quiet || options.daemon, logfile: config.logfile, json: config.logFormat == "json")
 let level: Logger.Level = max(options.verbose, config.verbose) >= 2 ? .trace : max(options.verbose, config.verbose) == 1 ? .debug : .info
 LoggingSystem.bootstrap { PgBouncerLogHandler(label: $0, sink: sink, level: level) }
 let logger = Logger(label: "shoal")

@@ -81,16 +81,16 @@ import Testing
         var logPath: String { "\(directory)/shoal.log" }
         var configPath: String { "\(directory)/shoal.ini" }
 
-        init(poolSize: Int = 2) throws {
+        init(poolSize: Int = 2, extra: String = "") throws {
             directory = "/tmp/shoal-proc-test-\(getpid())-\(port)"
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             try "\"postgres\" \"\(TestPostgres.password)\"\n".write(toFile: "\(directory)/userlist.txt", atomically: true, encoding: .utf8)
-            try Self.config(directory: directory, port: port, poolSize: poolSize).write(toFile: "\(directory)/shoal.ini", atomically: true, encoding: .utf8)
+            try (Self.config(directory: directory, port: port, poolSize: poolSize) + "\n" + extra).write(toFile: "\(directory)/shoal.ini", atomically: true, encoding: .utf8)
             let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
                 .deletingLastPathComponent().appendingPathComponent(".build/debug/shoal").path
             pid = try ProcessRunner.spawn(binary, ["-q", "\(directory)/shoal.ini"], stdout: "\(directory)/stdout", stderr: "\(directory)/stderr")
             let deadline = Date().addingTimeInterval(20)
-            while !log.contains("listening on 127.0.0.1") {
+            while !log.contains("listening on") {
                 guard Date() < deadline else { throw TestFailure("shoal did not start: \(log) \(stderr)") }
                 usleep(50_000)
             }
@@ -159,6 +159,23 @@ import Testing
         #expect(!held.isDone)
         shoal.signal(SIGUSR2)
         #expect(try await held.value() == "after SIGUSR2")
+    }
+
+    @Test func listensOnSeveralAddressesAndTheUnixSocketWithJSONLogs() async throws {
+        let shoal = try ShoalProcess(extra: "listen_addr = 127.0.0.1, ::1\nlog_format = json\n")
+        let v6 = try PQConnection(shoal.conninfo.replacingOccurrences(of: "host=127.0.0.1", with: "host=::1"))
+        #expect(try v6.scalar("select inet_client_addr() is not null") == "t")
+        // PHP's dbsocket: the Unix socket in unix_socket_dir.
+        let unix = try PQConnection(shoal.conninfo.replacingOccurrences(of: "host=127.0.0.1", with: "host=\(shoal.directory)"))
+        #expect(try unix.scalar("select 'over the socket'") == "over the socket")
+        let lines = shoal.log.split(separator: "\n")
+        #expect(lines.contains { $0.contains("\"msg\":\"listening on [::1]:\(shoal.port)\"") }, "\(shoal.log)")
+        // Every line is a JSON object; connection lines carry the structured keys.
+        for line in lines {
+            #expect((try? JSONSerialization.jsonObject(with: Data(line.utf8))) is [String: Any], "not JSON: \(line)")
+        }
+        let login = lines.first { $0.contains("login attempt") }.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(login?["pool"] as? String == "postgres/postgres" && login?["client"] != nil && login?["level"] as? String == "LOG", "\(String(describing: login))")
     }
 
     @Test func sigtermLetsOpenTransactionsCommitThenExits() async throws {

@@ -70,14 +70,16 @@ enum ProcessRunner {
         return pid
     }
 
-    /// The exit code of `pid` once it ends within `timeout`, or nil if it is still running.
+    /// The exit code of `pid` once it ends within `timeout` (-1 if it was reaped before), or nil if it is still running.
     static func exitCode(of pid: pid_t, within timeout: TimeInterval) -> Int32? {
         let deadline = Date().addingTimeInterval(timeout)
         var status: Int32 = 0
         while Date() < deadline {
-            if waitpid(pid, &status, WNOHANG) == pid {
+            let waited = waitpid(pid, &status, WNOHANG)
+            if waited == pid {
                 return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
             }
+            if waited == -1 { return -1 } // not our child, or already reaped
             usleep(20_000)
         }
         return nil
