@@ -40,14 +40,14 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private let connectedAt = NIODeadline.now()
     /// Wall-clock time of connect and of the last request, for SHOW CLIENTS.
     private let connectedAtWall = Date()
-    private var requestAtWall: Date?
     private var peerDescription = "unknown"
     private var remoteHost = "unix"
     private var remotePort = 0
     private var localHost = "unix"
     private var localPort = 0
-    /// The peer's uid on a Unix socket (SO_PEERCRED), for PgBouncer's passwordless console rule.
+    /// The peer's uid and pid on a Unix socket (SO_PEERCRED): PgBouncer's passwordless console rule, remote_pid.
     private var peerUID: UInt32?
+    private var peerPID: Int32 = 0
 
     // Login
     private var startupBuffer: ByteBuffer?
@@ -128,7 +128,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
                 // SO_PEERCRED (17 on Linux; Glibc's module hides it and struct ucred behind _GNU_SOURCE).
                 (context.channel as? SocketOptionProvider)?
                     .unsafeGetSocketOption(level: .init(SOL_SOCKET), name: .init(17))
-                    .whenSuccess { [weak self] (credentials: PeerCredentials) in self?.peerUID = credentials.uid }
+                    .whenSuccess { [weak self] (credentials: PeerCredentials) in
+                        self?.peerUID = credentials.uid
+                        self?.peerPID = credentials.pid
+                    }
             case .v6:
                 peerDescription = "[\(remote.ipAddress ?? "?")]:\(remote.port ?? 0)"
             default:
@@ -772,6 +775,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         state = .console
         let session = AdminSession(access: access, runtime: runtime, client: self, allocator: context.channel.allocator)
         console = session
+        runtime.consoleSessions.withLockedValue { $0 += 1 }
         var out = context.channel.allocator.buffer(capacity: 256)
         out.writeAuthenticationOk()
         session.writeWelcome(into: &out, key: key)
@@ -807,7 +811,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             requestTime: requestAt.map { nowWall.addingTimeInterval(-Double(nowMono &- $0) / 1e9) } ?? connectedAtWall,
             waitMicros: waitStartedAt != 0 && status == "waiting" ? (nowMono &- waitStartedAt) / 1000 : 0,
             closeNeeded: false, ptr: Self.pointerString(self), link: server.map(Self.pointerString) ?? "",
-            remotePid: Int(cancelKey?.processID ?? 0), tls: "", applicationName: parameters["application_name"] ?? "",
+            remotePid: Int(peerPID), tls: "", applicationName: parameters["application_name"] ?? "",
             id: id, poolKey: pool?.key)
     }
 
@@ -863,7 +867,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         guard previous != .closed else { return }
         state = .closed
         runtime.registries[loopIndex].remove(self)
-        console = nil
+        if console != nil {
+            console = nil
+            runtime.consoleSessionEnded()
+        }
         loginTimeout?.cancel()
         if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }

@@ -121,6 +121,14 @@ extension ShoalRuntime {
         }.map { $0.contains(true) }
     }
 
+    /// A console session closed. SUSPEND with no console left to RESUME it would never end: resume, as PgBouncer does.
+    func consoleSessionEnded() {
+        let remaining = consoleSessions.withLockedValue { $0 -= 1; return $0 }
+        guard remaining == 0, lifecycle.withLockedValue({ $0.suspended }) else { return }
+        logger.warning("admin disconnected during SUSPEND, resuming")
+        controller?.resumeAll()
+    }
+
     /// Counts logged-in clients (not the console sessions) and server connections, for WAIT_FOR_* shutdowns.
     func connectionCounts() -> EventLoopFuture<(clients: Int, servers: Int)> {
         visitLoops { registry, _ in

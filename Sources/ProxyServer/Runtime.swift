@@ -30,6 +30,8 @@ public final class ShoalRuntime: @unchecked Sendable {
     let registries: [LoopRegistry]
     /// PAUSE / SUSPEND / DISABLE / SHUTDOWN state, read at login and by the console.
     let lifecycle = NIOLockedValueBox(LifecycleState())
+    /// Open admin console sessions (SUSPEND resumes when the last one goes).
+    let consoleSessions = NIOLockedValueBox(0)
     /// Per-database SHOW STATS_AVERAGES figures of the last stats_period.
     let statsAverages = NIOLockedValueBox<[String: [UInt64]]>([:])
     /// When the process started, for SHOW STATS averages and uptime.

@@ -179,9 +179,12 @@ import Testing
         func concurrentSleepers() async throws -> Int {
             // Three clients sleep at once; count the server connections Shoal opened for them.
             let clients = try (0..<3).map { _ in try PQConnection(shoal.conninfo) }
-            let tasks = clients.map { client in background { try client.query("select pg_sleep(0.6)") } }
-            try await Task.sleep(nanoseconds: 300_000_000)
-            let servers = try PQConnection(shoal.consoleConninfo()).query("SHOW SERVERS").count
+            let tasks = clients.map { client in background { try client.query("select pg_sleep(1.2)") } }
+            try await Task.sleep(nanoseconds: 700_000_000)
+            let console = try PQConnection(shoal.consoleConninfo())
+            let servers = try console.query("SHOW SERVERS").filter { $0[4] == "active" }.count
+            let active = try console.query("SHOW POOLS").first { $0[0] == "postgres" }?[6]
+            #expect(active == String(servers), "SHOW POOLS sv_active agrees with SHOW SERVERS")
             for task in tasks { _ = try await task.value() }
             return servers
         }
