@@ -64,6 +64,7 @@ public struct ConfigLoader {
         case authType
         case sslmode(WritableKeyPath<ShoalConfig, String>)
         case logFormat
+        case tlsProtocols(WritableKeyPath<ShoalConfig, [String]>)
         /// A PgBouncer key that Shoal accepts but does not act on yet.
         case unsupported
     }
@@ -99,19 +100,23 @@ public struct ConfigLoader {
         "log_pooler_errors": .bool(\.logPoolerErrors), "log_stats": .bool(\.logStats), "stats_period": .int(\.statsPeriod),
         "verbose": .int(\.verbose),
         "server_tls_sslmode": .sslmode(\.serverTLSSSLMode), "client_tls_sslmode": .sslmode(\.clientTLSSSLMode),
+        "server_tls_ca_file": .optionalString(\.serverTLSCAFile), "server_tls_cert_file": .optionalString(\.serverTLSCertFile),
+        "server_tls_key_file": .optionalString(\.serverTLSKeyFile), "server_tls_protocols": .tlsProtocols(\.serverTLSProtocols),
+        "server_tls_ciphers": .string(\.serverTLSCiphers),
+        "client_tls_ca_file": .optionalString(\.clientTLSCAFile), "client_tls_cert_file": .optionalString(\.clientTLSCertFile),
+        "client_tls_key_file": .optionalString(\.clientTLSKeyFile), "client_tls_protocols": .tlsProtocols(\.clientTLSProtocols),
+        "client_tls_ciphers": .string(\.clientTLSCiphers),
         // Shoal's own.
         "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort), "log_format": .logFormat,
         // Known to PgBouncer, accepted, not acted on yet.
-        "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported, "client_tls_ca_file": .unsupported,
-        "client_tls_cert_file": .unsupported, "client_tls_ciphers": .unsupported, "client_tls_dheparams": .unsupported,
-        "client_tls_ecdhcurve": .unsupported, "client_tls_key_file": .unsupported, "client_tls_protocols": .unsupported,
+        "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported,
+        "client_tls_dheparams": .unsupported, "client_tls_ecdhcurve": .unsupported,
         "conffile": .unsupported, "disable_pqexec": .unsupported, "dns_max_ttl": .unsupported, "dns_nxdomain_ttl": .unsupported,
         "dns_zone_check_period": .unsupported, "job_name": .unsupported, "login_notify_message": .unsupported,
         "max_prepared_statements": .unsupported, "peer_id": .unsupported, "pkt_buf": .unsupported,
         "pool_idle_timeout": .unsupported, "query_wait_notify": .unsupported, "resolv_conf": .unsupported,
         "sbuf_loopcnt": .unsupported, "scram_iterations": .unsupported, "server_fast_close": .unsupported,
-        "server_tls13_ciphers": .unsupported, "server_tls_ca_file": .unsupported, "server_tls_cert_file": .unsupported,
-        "server_tls_ciphers": .unsupported, "server_tls_key_file": .unsupported, "server_tls_protocols": .unsupported,
+        "server_tls13_ciphers": .unsupported,
         "so_reuseport": .unsupported, "stats_users_prefix": .unsupported, "suspend_timeout": .unsupported,
         "syslog": .unsupported, "syslog_facility": .unsupported, "syslog_ident": .unsupported,
         "tcp_defer_accept": .unsupported, "tcp_socket_buffer": .unsupported, "tcp_user_timeout": .unsupported,
@@ -156,6 +161,11 @@ public struct ConfigLoader {
             let modes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
             guard modes.contains(value.lowercased()) else { throw bad(modes.joined(separator: ", ")) }
             config[keyPath: path] = value.lowercased()
+        case .tlsProtocols(let path):
+            let names = value.lowercased().split(whereSeparator: { $0 == "," || $0 == " " || $0 == ":" }).map(String.init)
+            let known: Set<String> = ["tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3", "all", "secure", "legacy"]
+            guard !names.isEmpty, names.allSatisfy(known.contains) else { throw bad("tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3, all, secure or legacy") }
+            config[keyPath: path] = names
         case .logFormat:
             guard ["text", "json"].contains(value.lowercased()) else { throw bad("text or json") }
             config.logFormat = value.lowercased()
@@ -215,6 +225,7 @@ public struct ConfigLoader {
         case .authType: return config.authType.rawValue
         case .sslmode(let path): return config[keyPath: path]
         case .logFormat: return config.logFormat
+        case .tlsProtocols(let path): return config[keyPath: path].joined(separator: ",")
         case .unsupported: return config.unsupportedSettings[key]
         }
     }

@@ -61,8 +61,20 @@ public struct ShoalConfig: Sendable {
     public var logStats = true
     public var statsPeriod = 60
     public var verbose = 0
+
+    // MARK: TLS
     public var serverTLSSSLMode = "prefer"
+    public var serverTLSCAFile: String?
+    public var serverTLSCertFile: String?
+    public var serverTLSKeyFile: String?
+    public var serverTLSProtocols: [String] = ["secure"]
+    public var serverTLSCiphers = "default"
     public var clientTLSSSLMode = "disable"
+    public var clientTLSCAFile: String?
+    public var clientTLSCertFile: String?
+    public var clientTLSKeyFile: String?
+    public var clientTLSProtocols: [String] = ["secure"]
+    public var clientTLSCiphers = "default"
 
     // MARK: Shoal extensions (keys PgBouncer does not have)
     /// Where /metrics, /healthz and /readyz are served; `*` is every address.

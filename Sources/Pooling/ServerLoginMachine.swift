@@ -25,13 +25,18 @@ public struct ServerLoginMachine {
 
     private let user: String
     private let secret: Secret
+    /// The server certificate's tls-server-end-point hash when the connection is TLS (nil on plaintext).
+    private let tlsServerEndPoint: [UInt8]?
     private var scram: SCRAMClientExchange?
+    /// The SASL mechanism chosen, for the log (`SCRAM-SHA-256-PLUS` when channel binding is in use).
+    public private(set) var saslMechanism: String?
     public private(set) var parameters: [(String, String)] = []
     public private(set) var backendKey: (processID: Int32, secretKey: Int32)? = nil
 
-    public init(user: String, secret: Secret) {
+    public init(user: String, secret: Secret, tlsServerEndPoint: [UInt8]? = nil) {
         self.user = user
         self.secret = secret
+        self.tlsServerEndPoint = tlsServerEndPoint
     }
 
     public mutating func messageReceived(type: UInt8, body: ByteBuffer) -> Action {
@@ -88,13 +93,22 @@ public struct ServerLoginMachine {
             guard mechanisms.contains(SCRAM.mechanism) else {
                 return .fail(message: "server login failed: none of the server's SASL authentication mechanisms are supported", code: "08P01")
             }
+            // Channel binding whenever the server offers it over TLS, as libpq's channel_binding=prefer does.
+            let binding: SCRAMClientExchange.ChannelBinding
+            if let endPoint = tlsServerEndPoint {
+                binding = mechanisms.contains(SCRAM.mechanism + "-PLUS") ? .tlsServerEndPoint(endPoint) : .notOffered
+            } else {
+                binding = .unsupported
+            }
             var exchange: SCRAMClientExchange
             switch secret {
-            case .password(let password): exchange = SCRAMClientExchange(secret: .password(password))
-            case .scramKeys(let clientKey, let serverKey): exchange = SCRAMClientExchange(secret: .keys(clientKey: clientKey, serverKey: serverKey))
+            case .password(let password): exchange = SCRAMClientExchange(secret: .password(password), channelBinding: binding)
+            case .scramKeys(let clientKey, let serverKey):
+                exchange = SCRAMClientExchange(secret: .keys(clientKey: clientKey, serverKey: serverKey), channelBinding: binding)
             default: return wrongPasswordType()
             }
-            out.writeSASLInitialResponse(mechanism: SCRAM.mechanism, data: exchange.clientFirst())
+            out.writeSASLInitialResponse(mechanism: exchange.mechanism, data: exchange.clientFirst())
+            saslMechanism = exchange.mechanism
             scram = exchange
         case 11: // SASL continue
             guard var exchange = scram else { return .fail(message: "server login failed: bad packet", code: "08P01") }

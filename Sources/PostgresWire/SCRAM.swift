@@ -208,22 +208,55 @@ public struct SCRAMClientExchange: Sendable {
         case keys(clientKey: [UInt8], serverKey: [UInt8])
     }
 
+    /// RFC 5802's gs2 channel-binding flag, as the client sends it.
+    public enum ChannelBinding: Sendable, Equatable {
+        /// `n`: not on TLS, no binding possible.
+        case unsupported
+        /// `y`: on TLS, but the server did not offer SCRAM-SHA-256-PLUS.
+        case notOffered
+        /// `p=tls-server-end-point`: SCRAM-SHA-256-PLUS bound to the server certificate's hash (RFC 5929).
+        case tlsServerEndPoint([UInt8])
+
+        var header: String {
+            switch self {
+            case .unsupported: return "n,,"
+            case .notOffered: return "y,,"
+            case .tlsServerEndPoint: return "p=tls-server-end-point,,"
+            }
+        }
+
+        /// The `c=` attribute: base64 of the gs2 header followed by the binding data.
+        var attribute: String {
+            var bytes = Array(header.utf8)
+            if case .tlsServerEndPoint(let data) = self { bytes += data }
+            return Data(bytes).base64EncodedString()
+        }
+    }
+
     private let secret: Secret
     private let clientNonce: String
     /// PostgreSQL ignores the SCRAM user name (it uses the startup packet's); RFC test vectors set one.
     private let username: String
+    private let channelBinding: ChannelBinding
     private var clientFirstBare = ""
     private var expectedServerSignature: [UInt8] = []
 
-    public init(secret: Secret, clientNonce: String = SCRAM.randomNonce(), username: String = "") {
+    public init(secret: Secret, clientNonce: String = SCRAM.randomNonce(), username: String = "", channelBinding: ChannelBinding = .unsupported) {
         self.secret = secret
         self.clientNonce = clientNonce
         self.username = username
+        self.channelBinding = channelBinding
+    }
+
+    /// The mechanism name to announce in SASLInitialResponse.
+    public var mechanism: String {
+        if case .tlsServerEndPoint = channelBinding { return SCRAM.mechanism + "-PLUS" }
+        return SCRAM.mechanism
     }
 
     public mutating func clientFirst() -> [UInt8] {
         clientFirstBare = "n=\(username),r=\(clientNonce)"
-        return Array("n,,\(clientFirstBare)".utf8)
+        return Array("\(channelBinding.header)\(clientFirstBare)".utf8)
     }
 
     public mutating func receiveServerFirst(_ message: [UInt8]) throws(Failure) -> [UInt8] {
@@ -244,7 +277,7 @@ public struct SCRAMClientExchange: Sendable {
             clientKey = client
             serverKey = server
         }
-        let withoutProof = "c=biws,r=\(nonce)"
+        let withoutProof = "c=\(channelBinding.attribute),r=\(nonce)"
         let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
         let storedKey = SCRAM.sha256(clientKey)
         let proof = SCRAM.xor(clientKey, SCRAM.hmac(key: storedKey, authMessage))

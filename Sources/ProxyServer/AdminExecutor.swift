@@ -264,9 +264,14 @@ struct AdminExecutor {
             runtime.logger.warning("\(error)")
             return .error(AdminError("SET failed"))
         }
+        var notices: [String] = []
+        if key.lowercased().hasPrefix("client_tls") || key.lowercased().hasPrefix("server_tls"),
+           let problem = runtime.reloadTLS(config) {
+            notices.append(problem)
+        }
         runtime.apply(config: config, userList: runtime.userList)
         runtime.logger.info("SET \(key) = \(value)")
-        return .done(tag: "SET")
+        return .done(tag: "SET", notices: notices)
     }
 }
 

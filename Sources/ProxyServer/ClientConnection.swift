@@ -3,6 +3,7 @@ import Configuration
 import Foundation
 import Logging
 import NIOCore
+import NIOSSL
 import Pooling
 import PostgresWire
 
@@ -45,6 +46,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private var remotePort = 0
     private var localHost = "unix"
     private var localPort = 0
+    /// TLS terminated here (the client sent SSLRequest and got 'S'), and its protocol for logs and SHOW CLIENTS.
+    private var tlsActive = false
+    private var tlsDescription: String?
+    private var isUnixSocket = false
     /// The peer's uid and pid on a Unix socket (SO_PEERCRED): PgBouncer's passwordless console rule, remote_pid.
     private var peerUID: UInt32?
     private var peerPID: Int32 = 0
@@ -122,6 +127,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if let remote = context.channel.remoteAddress {
             switch remote {
             case .unixDomainSocket:
+                isUnixSocket = true
                 peerDescription = "unix:\(runtime.snapshot.config.listenPort)"
                 remotePort = runtime.snapshot.config.listenPort
                 localPort = remotePort
@@ -216,9 +222,22 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
                 if buffer.readableBytes > 0 {
                     return fatal(packet == .sslRequest ? "received unencrypted data after SSL request" : "received unencrypted data after GSSAPI encryption request")
                 }
+                if packet == .sslRequest && tlsActive {
+                    return close(reason: "SSL req inside SSL")
+                }
+                let tlsContext = packet == .sslRequest && !isUnixSocket ? runtime.tls.withLockedValue({ $0.forClients }) : nil
                 var answer = context!.channel.allocator.buffer(capacity: 1)
-                answer.writeInteger(UInt8(ascii: "N"))
+                answer.writeInteger(UInt8(ascii: tlsContext == nil ? "N" : "S"))
                 context!.writeAndFlush(wrapOutboundOut(answer), promise: nil)
+                if let tlsContext {
+                    // From here on the client's bytes arrive decrypted, on this same EventLoop.
+                    do {
+                        try context!.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
+                        tlsActive = true
+                    } catch {
+                        return close(reason: "failed to accept SSL")
+                    }
+                }
             case .cancel(let processID, let secretKey):
                 cancelRequested(processID: processID, secretKey: secretKey)
                 return
@@ -242,6 +261,11 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private func startupReceived(minorVersion: UInt16) {
         let snapshot = runtime.snapshot
         let config = snapshot.config
+        if tlsActive {
+            tlsDescription = (try? context?.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion.map(Self.describe) ?? "TLS"
+        } else if !isUnixSocket, ["require", "verify-ca", "verify-full"].contains(config.clientTLSSSLMode) {
+            return fatal("SSL required")
+        }
         var unsupportedProtocolOptions: [String] = []
         var clientSettings: [(String, String)] = []
         let tracked = snapshot.trackedNames
@@ -294,7 +318,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         for (name, value) in clientSettings { parameters.set(name, value) }
         updateLogPrefix()
         if config.logConnections {
-            logger.info("login attempt: db=\(databaseName) user=\(user) tls=no replication=no")
+            logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=no")
         }
         let isConsoleLogin = databaseName == "pgbouncer" || (databaseName == "shoal" && config.databases["shoal"] == nil)
         if !isConsoleLogin {
@@ -811,8 +835,18 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             requestTime: requestAt.map { nowWall.addingTimeInterval(-Double(nowMono &- $0) / 1e9) } ?? connectedAtWall,
             waitMicros: waitStartedAt != 0 && status == "waiting" ? (nowMono &- waitStartedAt) / 1000 : 0,
             closeNeeded: false, ptr: Self.pointerString(self), link: server.map(Self.pointerString) ?? "",
-            remotePid: Int(peerPID), tls: "", applicationName: parameters["application_name"] ?? "",
+            remotePid: Int(peerPID), tls: tlsDescription ?? "", applicationName: parameters["application_name"] ?? "",
             id: id, poolKey: pool?.key)
+    }
+
+    /// PgBouncer prints the protocol as OpenSSL names it.
+    static func describe(_ version: TLSVersion) -> String {
+        switch version {
+        case .tlsv1: return "TLSv1"
+        case .tlsv11: return "TLSv1.1"
+        case .tlsv12: return "TLSv1.2"
+        case .tlsv13: return "TLSv1.3"
+        }
     }
 
     static func pointerString(_ object: AnyObject) -> String {

@@ -30,6 +30,8 @@ public final class ShoalRuntime: @unchecked Sendable {
     let registries: [LoopRegistry]
     /// PAUSE / SUSPEND / DISABLE / SHUTDOWN state, read at login and by the console.
     let lifecycle = NIOLockedValueBox(LifecycleState())
+    /// TLS contexts of the current config (rebuilt on reload; a failed rebuild keeps the old ones).
+    let tls = NIOLockedValueBox(TLSContexts.none)
     /// Open admin console sessions (SUSPEND resumes when the last one goes).
     let consoleSessions = NIOLockedValueBox(0)
     /// Per-database SHOW STATS_AVERAGES figures of the last stats_period.
@@ -144,6 +146,20 @@ public final class ShoalRuntime: @unchecked Sendable {
     }
 
     // MARK: Reload
+
+    /// Rebuilds the TLS contexts for `config`. On failure the running ones stay and the reason is returned.
+    @discardableResult
+    func reloadTLS(_ config: ShoalConfig) -> String? {
+        do {
+            let contexts = try TLSContexts.build(config)
+            tls.withLockedValue { $0 = contexts }
+            return nil
+        } catch {
+            logger.error("\(error)")
+            logger.warning("TLS settings could not be applied, still using old configuration")
+            return "TLS settings could not be applied, still using old configuration"
+        }
+    }
 
     /// Swaps in a new config and auth file; pools pick up new limits at once, servers keep running.
     public func apply(config: ShoalConfig, userList: UserList) {

@@ -3,6 +3,8 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import NIOTLS
+import NIOSSL
 import Pooling
 import PostgresWire
 
@@ -20,6 +22,10 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     enum State {
         case connecting
+        /// SSLRequest sent; waiting for the server's one-byte answer.
+        case requestingTLS
+        /// 'S' received; the TLS handshake is under way.
+        case handshakingTLS
         case loggingIn(ServerLoginMachine)
         /// Running the database's connect_query after login; its errors are only logged, as in PgBouncer.
         case connectQuery(ServerLoginMachine)
@@ -55,6 +61,11 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     private let remotePort: Int
     private var localHost = "unix"
     private var localPort = 0
+    // TLS towards the server: the context and mode chosen at connect, what was negotiated.
+    private var tlsContext: NIOSSLContext?
+    private var tlsMode = "disable"
+    private var tlsDescription: String?
+    private var tlsServerEndPoint: [UInt8]?
 
     init(pool: Pool, runtime: ShoalRuntime, eventLoop: EventLoop, host: String, port: Int, address: String) {
         self.remoteHost = host
@@ -116,7 +127,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         // A server that connects but never finishes its login is bounded by server_connect_timeout too.
         eventLoop.scheduleTask(in: .milliseconds(Int64(config.serverConnectTimeout * 1000))) {
             switch server.state {
-            case .loggingIn, .connectQuery:
+            case .requestingTLS, .handshakingTLS, .loggingIn, .connectQuery:
                 server.loginFailed(message: "connect timeout", code: "08006", logLine: "server connect timeout")
                 server.context?.close(promise: nil)
             case .connecting, .ready, .resetting, .closed:
@@ -134,10 +145,28 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             localHost = local.ipAddress ?? "?"
             localPort = local.port ?? 0
         }
-        state = .loggingIn(ServerLoginMachine(user: pool.database.user ?? pool.key.user, secret: pool.serverSecret.loginSecret))
         if runtime.snapshot.config.logConnections {
             logger.info("new connection to server")
         }
+        let tls = runtime.tls.withLockedValue { $0 }
+        // As libpq and PgBouncer: TLS over TCP only, never on a Unix socket.
+        if !remoteHost.hasPrefix("/"), let tlsContext = tls.forServers {
+            self.tlsContext = tlsContext
+            tlsMode = tls.serverMode
+            state = .requestingTLS
+            var request = context.channel.allocator.buffer(capacity: 8)
+            request.writeInteger(Int32(8))
+            request.writeInteger(Int32(80877103))
+            context.writeAndFlush(wrapOutboundOut(request), promise: nil)
+            return
+        }
+        startLogin(context: context)
+    }
+
+    /// Sends the startup packet (through TLS when it was negotiated) and starts answering authentication.
+    private func startLogin(context: ChannelHandlerContext) {
+        state = .loggingIn(ServerLoginMachine(user: pool.database.user ?? pool.key.user, secret: pool.serverSecret.loginSecret,
+                                              tlsServerEndPoint: tlsServerEndPoint))
         var startup = context.channel.allocator.buffer(capacity: 128)
         let database = pool.database
         var parameters: [(String, String)] = [("user", database.user ?? pool.key.user), ("database", database.dbname ?? pool.key.database)]
@@ -197,6 +226,10 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                 }
             }
             state = .loggingIn(login)
+        case .requestingTLS:
+            tlsAnswerReceived(buffer, context: context)
+        case .handshakingTLS:
+            break // NIOSSL consumes the handshake; nothing reaches here before it completes
         case .connectQuery(let login):
             var visitor = ResetVisitor()
             _ = try? scanner.scan(buffer, visitor: &visitor)
@@ -220,6 +253,51 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
+    // MARK: TLS towards the server
+
+    private func tlsAnswerReceived(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+        switch buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) {
+        case UInt8(ascii: "S"):
+            guard buffer.readableBytes == 1, let tlsContext else {
+                return loginFailedAndClose("server login failed: server sent unencrypted data after SSL response")
+            }
+            // SNI and the name check take a host name; for an IP literal NIOSSL checks the certificate's IP
+            // addresses against the peer address instead.
+            let isIP = remoteHost.contains(":") || remoteHost.allSatisfy { $0.isNumber || $0 == "." }
+            do {
+                let handler = try NIOSSLClientHandler(context: tlsContext, serverHostname: isIP ? nil : remoteHost)
+                try context.pipeline.syncOperations.addHandler(handler, position: .first)
+                state = .handshakingTLS
+            } catch {
+                loginFailedAndClose("server login failed: TLS setup failed: \(error)")
+            }
+        case UInt8(ascii: "N") where tlsMode == "prefer":
+            startLogin(context: context)
+        case UInt8(ascii: "N"):
+            loginFailedAndClose("server login failed: server does not support SSL, but SSL was required")
+        default:
+            loginFailedAndClose("server login failed: bad SSL response")
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakingTLS = state, let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
+            let handler = try? context.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self)
+            tlsDescription = handler?.tlsVersion.map(ClientConnection.describe) ?? "TLS"
+            if let der = try? handler?.peerCertificate?.toDERBytes() {
+                tlsServerEndPoint = TLSServerEndPoint.bindingData(certificateDER: der)
+            }
+            if runtime.snapshot.config.logConnections { logger.info("SSL established: \(tlsDescription ?? "TLS")") }
+            startLogin(context: context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func loginFailedAndClose(_ message: String) {
+        loginFailed(message: message, code: "08P01", logLine: message)
+        context?.close(promise: nil)
+    }
+
     func channelReadComplete(context: ChannelHandlerContext) {
         if let client, client.eventLoop === eventLoop {
             client.flushToClient()
@@ -233,7 +311,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         state = .closed
         self.context = nil
         switch previous {
-        case .connecting, .loggingIn, .connectQuery:
+        case .connecting, .requestingTLS, .handshakingTLS, .loggingIn, .connectQuery:
             loginFailed(message: "server closed the connection during login", code: "08006", logLine: "server closed during login")
         case .resetting:
             // Lent to the reset/check query: the pool counts it active.
@@ -258,7 +336,14 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        logger.debug("server connection error: \(error)")
+        switch state {
+        case .requestingTLS, .handshakingTLS:
+            // A certificate that fails verification, a protocol mismatch: say so to the queued clients.
+            loginFailed(message: "server login failed: TLS handshake failed: \(error)", code: "08006",
+                        logLine: "server login failed: TLS handshake failed: \(error)")
+        case .connecting, .loggingIn, .connectQuery, .ready, .resetting, .closed:
+            logger.debug("server connection error: \(error)")
+        }
         context.close(promise: nil)
     }
 
@@ -274,6 +359,9 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     private func loginSucceeded(_ login: ServerLoginMachine) {
         state = .ready
+        if let mechanism = login.saslMechanism, mechanism.hasSuffix("-PLUS"), runtime.snapshot.config.logConnections {
+            logger.info("server login with \(mechanism) (channel binding tls-server-end-point)")
+        }
         pool.shards[loopIndex].counters.serverConnects &+= 1
         backendKey = login.backendKey
         let tracked = trackedNames()
@@ -343,7 +431,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     func consoleRow(nowWall: Date, nowMono: UInt64) -> ConnectionInfo? {
         let status: String
         switch state {
-        case .connecting, .loggingIn, .connectQuery: status = "new"
+        case .connecting, .requestingTLS, .handshakingTLS, .loggingIn, .connectQuery: status = "new"
         case .ready: status = client == nil ? "idle" : "active"
         case .resetting: status = "tested"
         case .closed: return nil
@@ -354,7 +442,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             connectTime: nowWall.addingTimeInterval(-Double(nowMono &- createdAt) / 1e9),
             requestTime: nowWall.addingTimeInterval(-Double(nowMono &- createdAt) / 1e9),
             waitMicros: 0, closeNeeded: closeNeeded, ptr: ClientConnection.pointerString(self),
-            link: client.map(ClientConnection.pointerString) ?? "", remotePid: Int(backendKey?.processID ?? 0), tls: "",
+            link: client.map(ClientConnection.pointerString) ?? "", remotePid: Int(backendKey?.processID ?? 0), tls: tlsDescription ?? "",
             applicationName: "", id: id, poolKey: pool.key)
     }
 

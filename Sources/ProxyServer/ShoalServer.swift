@@ -26,6 +26,8 @@ public final class ShoalServer: @unchecked Sendable {
     }
 
     public func start() async throws {
+        let contexts = try TLSContexts.build(runtime.config)
+        runtime.tls.withLockedValue { $0 = contexts }
         channels.withLockedValue { $0 = [] }
         let bound = try await Listener.bind(runtime: runtime)
         channels.withLockedValue { $0 = bound }
@@ -78,6 +80,8 @@ public final class ShoalServer: @unchecked Sendable {
             if old.metricsAddr != result.config.metricsAddr || old.metricsPort != result.config.metricsPort {
                 runtime.logger.warning("metrics_addr and metrics_port need a restart to change; keeping the current endpoint")
             }
+            // Certificates are re-read on every reload; connected clients keep the session they negotiated.
+            runtime.reloadTLS(result.config)
             runtime.apply(config: result.config, userList: Self.loadUserList(config: result.config, logger: runtime.logger))
             logSink?.reopen(logfile: result.config.logfile, json: result.config.logFormat == "json")
             return true

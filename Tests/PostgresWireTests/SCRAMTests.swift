@@ -72,3 +72,34 @@ import Testing
         #expect(!MD5Password.isStoredHash("md5XYZ"))
     }
 }
+
+@Suite struct ChannelBindingTests {
+    /// A certificate skeleton: SEQUENCE { tbsCertificate SEQUENCE {}, AlgorithmIdentifier SEQUENCE { OID }, … }.
+    func certificate(signatureOID: [UInt8]) -> [UInt8] {
+        let algorithm: [UInt8] = [0x30, UInt8(signatureOID.count + 2), 0x06, UInt8(signatureOID.count)] + signatureOID
+        let body: [UInt8] = [0x30, 0x00] + algorithm + [0x03, 0x01, 0x00]
+        return [0x30, UInt8(body.count)] + body
+    }
+
+    @Test func endPointHashFollowsTheSignatureAlgorithm() {
+        let sha256RSA: [UInt8] = [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0B]
+        let sha384RSA: [UInt8] = [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0C]
+        let sha512ECDSA: [UInt8] = [0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x04]
+        #expect(TLSServerEndPoint.bindingData(certificateDER: certificate(signatureOID: sha256RSA)).count == 32)
+        #expect(TLSServerEndPoint.bindingData(certificateDER: certificate(signatureOID: sha384RSA)).count == 48)
+        #expect(TLSServerEndPoint.bindingData(certificateDER: certificate(signatureOID: sha512ECDSA)).count == 64)
+        #expect(TLSServerEndPoint.bindingData(certificateDER: [0x01, 0x02]).count == 32) // garbage: SHA-256 of it
+    }
+
+    @Test func gs2HeaderAndBindingAttribute() throws {
+        var plus = SCRAMClientExchange(secret: .password("pencil"), clientNonce: "abc", channelBinding: .tlsServerEndPoint([1, 2, 3]))
+        #expect(plus.mechanism == "SCRAM-SHA-256-PLUS")
+        #expect(String(decoding: plus.clientFirst(), as: UTF8.self) == "p=tls-server-end-point,,n=,r=abc")
+        let salt = Data("salt".utf8).base64EncodedString()
+        let final = try plus.receiveServerFirst(Array("r=abcdef,s=\(salt),i=4096".utf8))
+        let expected = Data(Array("p=tls-server-end-point,,".utf8) + [1, 2, 3]).base64EncodedString()
+        #expect(String(decoding: final, as: UTF8.self).hasPrefix("c=\(expected),r=abcdef,p="))
+        var unbound = SCRAMClientExchange(secret: .password("pencil"), clientNonce: "abc", channelBinding: .notOffered)
+        #expect(String(decoding: unbound.clientFirst(), as: UTF8.self).hasPrefix("y,,"))
+    }
+}

@@ -6,7 +6,7 @@ final class TestPostgres: @unchecked Sendable {
     static let password = "secretpw"
     static let shared: TestPostgres = {
         do {
-            return try TestPostgres()
+            return try TestPostgres(name: "main")
         } catch {
             fatalError("could not start the test PostgreSQL: \(error)")
         }
@@ -16,26 +16,51 @@ final class TestPostgres: @unchecked Sendable {
     let port: Int
     private let runAsOther: Bool
 
-    private init() throws {
-        directory = "/tmp/shoal-test-pg-\(getpid())"
+    /// Every cluster started by this process, stopped at exit whatever happened.
+    private static let started = NSLock()
+    nonisolated(unsafe) private static var directories: [String] = []
+
+    /// `settings` are extra `-c` options; `hba`, when given, replaces pg_hba.conf (for a TLS-only server).
+    init(name: String = "main", settings: [String] = [], hba: String? = nil, prepare: (String) throws -> Void = { _ in }) throws {
+        directory = "/tmp/shoal-test-pg-\(getpid())-\(name)"
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         port = freePort()
         runAsOther = getuid() == 0
+        try "\(Self.password)\n".write(toFile: "\(directory)/pwfile", atomically: true, encoding: .utf8)
+        try prepare(directory)
         if runAsOther {
             try ProcessRunner.run("chown", ["-R", "postgres", directory])
         }
-        try "\(Self.password)\n".write(toFile: "\(directory)/pwfile", atomically: true, encoding: .utf8)
         try asPostgres(["initdb", "-D", "\(directory)/data", "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
                         "--pwfile=\(directory)/pwfile", "-E", "UTF8", "--locale=C"])
-        try asPostgres(["pg_ctl", "-D", "\(directory)/data", "-l", "\(directory)/log", "-w", "-o",
-                        "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off", "start"])
-        atexit {
-            // Stop the server when the test process ends, whatever happened.
-            let shared = TestPostgres.shared
-            _ = try? shared.asPostgres(["pg_ctl", "-D", "\(shared.directory)/data", "-m", "immediate", "stop"])
-            try? FileManager.default.removeItem(atPath: shared.directory)
+        if let hba {
+            try hba.write(toFile: "\(directory)/data/pg_hba.conf", atomically: true, encoding: .utf8)
+            if runAsOther { try ProcessRunner.run("chown", ["postgres", "\(directory)/data/pg_hba.conf"]) }
         }
+        let options = (["-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"]
+            + settings.map { "-c \($0)" }).joined(separator: " ")
+        Self.started.lock()
+        let first = Self.directories.isEmpty
+        Self.directories.append(directory)
+        Self.started.unlock()
+        if first {
+            atexit {
+                TestPostgres.started.lock()
+                let all = TestPostgres.directories
+                TestPostgres.started.unlock()
+                for directory in all {
+                    let command = ["pg_ctl", "-D", "\(directory)/data", "-m", "immediate", "stop"]
+                    if getuid() == 0, let pgctl = try? ProcessRunner.which("pg_ctl") {
+                        _ = try? ProcessRunner.run("runuser", ["-u", "postgres", "--", pgctl] + command.dropFirst())
+                    } else {
+                        _ = try? ProcessRunner.run(command[0], Array(command.dropFirst()))
+                    }
+                    try? FileManager.default.removeItem(atPath: directory)
+                }
+            }
+        }
+        try asPostgres(["pg_ctl", "-D", "\(directory)/data", "-l", "\(directory)/log", "-w", "-o", options, "start"])
     }
 
     @discardableResult

@@ -1,0 +1,109 @@
+import Configuration
+import Foundation
+import Testing
+
+/// TLS on both sides against a real TLS-only PostgreSQL (hostssl) and a test CA made with openssl.
+@Suite(.serialized) struct TLSTests {
+    let certificates = TestCertificates.shared
+
+    /// Shoal in front of the TLS-only server, reaching it as `host`.
+    func tlsDatabase(host: String) -> DatabaseEntry {
+        var database = DatabaseEntry(name: "postgres")
+        database.hosts = [host]
+        database.ports = [TLSPostgres.shared.port]
+        database.dbname = "postgres"
+        return database
+    }
+
+    func configureTLS(_ config: inout ShoalConfig, serverMode: String, host: String = "localhost", clientMode: String = "disable") {
+        config.databases = ["postgres": tlsDatabase(host: host)]
+        config.serverTLSSSLMode = serverMode
+        config.serverTLSCAFile = certificates.caFile
+        config.clientTLSSSLMode = clientMode
+        config.clientTLSCertFile = certificates.certFile("server")
+        config.clientTLSKeyFile = certificates.keyFile("server")
+        config.clientTLSCAFile = certificates.caFile
+        config.adminUsers = ["postgres"]
+    }
+
+    func clientConninfo(_ shoal: ShoalInstance, sslmode: String, host: String = "localhost", extra: String = "") -> String {
+        "host=\(host) port=\(shoal.port) user=postgres dbname=postgres password=\(TestPostgres.password) connect_timeout=10 "
+            + "sslmode=\(sslmode) sslrootcert=\(certificates.caFile) \(extra)"
+    }
+
+    @Test func verifyFullOnBothSidesToATLSOnlyServerWithChannelBinding() async throws {
+        let shoal = try await ShoalInstance { self.configureTLS(&$0, serverMode: "verify-full", clientMode: "require") }
+        defer { Task { await shoal.stop() } }
+        // libpq verifies Shoal's certificate for `localhost`; Shoal verifies PostgreSQL's the same way.
+        let client = try PQConnection(clientConninfo(shoal, sslmode: "verify-full"))
+        #expect(try client.scalar("select ssl from pg_stat_ssl where pid = pg_backend_pid()") == "t",
+                "the server side of the link is TLS")
+        #expect(try client.scalar("select version from pg_stat_ssl where pid = pg_backend_pid()") == "TLSv1.3")
+        // psql too, by name and by IP (the certificate names both).
+        let psql = try ProcessRunner.run("psql", ["-X", "-At", clientConninfo(shoal, sslmode: "verify-full", host: "127.0.0.1"), "-c", "select 'psql ok'"])
+        #expect(psql.stdout.contains("psql ok"), "\(psql.stderr)")
+        // SCRAM-SHA-256-PLUS towards the server, since PostgreSQL offers it over TLS.
+        #expect(shoal.log.contains("SCRAM-SHA-256-PLUS"), "\(shoal.log.suffix(600))")
+        // Both sides show TLS in the console.
+        let console = try PQConnection(clientConninfo(shoal, sslmode: "verify-full").replacingOccurrences(of: "dbname=postgres", with: "dbname=pgbouncer"))
+        let clients = try console.query("SHOW CLIENTS")
+        #expect(clients.contains { $0[2] == "postgres" && $0[17] == "TLSv1.3" }, "\(clients)")
+        #expect(try console.query("SHOW SERVERS").allSatisfy { $0[17] == "TLSv1.3" })
+        #expect(shoal.log.contains("tls=TLSv1.3"))
+    }
+
+    @Test func aCertificateForAnotherHostFailsVerifyFullButPassesRequire() async throws {
+        // 127.0.0.2 is the same server, but its certificate names localhost and 127.0.0.1 only.
+        let strict = try await ShoalInstance { self.configureTLS(&$0, serverMode: "verify-full", host: "127.0.0.2") }
+        let refused = refusal(strict.conninfo)
+        #expect(refused.contains("TLS handshake failed") || refused.contains("server login"), "\(refused)")
+        #expect(strict.log.contains("TLS handshake failed"))
+        await strict.stop()
+
+        let lenient = try await ShoalInstance { self.configureTLS(&$0, serverMode: "require", host: "127.0.0.2") }
+        defer { Task { await lenient.stop() } }
+        let client = try PQConnection(lenient.conninfo)
+        #expect(try client.scalar("select ssl from pg_stat_ssl where pid = pg_backend_pid()") == "t")
+
+        // A TLS-only server and sslmode disable: PostgreSQL's own refusal reaches the client.
+        let plain = try await ShoalInstance { self.configureTLS(&$0, serverMode: "disable") }
+        defer { Task { await plain.stop() } }
+        #expect(refusal(plain.conninfo).contains("no encryption"))
+    }
+
+    @Test func clientRequireRefusesPlaintextAndVerifyCANeedsAClientCertificate() async throws {
+        let shoal = try await ShoalInstance { self.configureTLS(&$0, serverMode: "require", clientMode: "require") }
+        let plaintext = refusal(clientConninfo(shoal, sslmode: "disable"))
+        #expect(plaintext.contains("SSL required"), "\(plaintext)")
+        // The Unix socket is exempt, as in PgBouncer.
+        let unix = try PQConnection("host=\(shoal.directory) port=\(shoal.port) user=postgres dbname=postgres password=\(TestPostgres.password)")
+        #expect(try unix.scalar("select 1") == "1")
+        await shoal.stop()
+
+        let mutual = try await ShoalInstance { self.configureTLS(&$0, serverMode: "require", clientMode: "verify-ca") }
+        defer { Task { await mutual.stop() } }
+        let withCertificate = try PQConnection(clientConninfo(mutual, sslmode: "verify-full",
+                                                              extra: "sslcert=\(certificates.certFile("client")) sslkey=\(certificates.keyFile("client"))"))
+        #expect(try withCertificate.scalar("select 'mutual'") == "mutual")
+        #expect(!refusal(clientConninfo(mutual, sslmode: "verify-full")).isEmpty, "no client certificate, no login")
+    }
+
+    @Test func reloadSwapsCertificatesWithoutDroppingClients() async throws {
+        let shoal = try await ShoalInstance { self.configureTLS(&$0, serverMode: "require", clientMode: "require") }
+        defer { Task { await shoal.stop() } }
+        let connected = try PQConnection(clientConninfo(shoal, sslmode: "verify-full"))
+        #expect(try connected.scalar("select 1") == "1")
+        let console = try PQConnection(clientConninfo(shoal, sslmode: "require").replacingOccurrences(of: "dbname=postgres", with: "dbname=pgbouncer"))
+        // A certificate for another name: new verify-full clients now refuse Shoal; the connected one carries on.
+        try console.query("SET client_tls_cert_file = '\(certificates.certFile("wrong"))'")
+        try console.query("SET client_tls_key_file = '\(certificates.keyFile("wrong"))'")
+        #expect(!refusal(clientConninfo(shoal, sslmode: "verify-full")).isEmpty)
+        #expect(try PQConnection(clientConninfo(shoal, sslmode: "require")).scalar("select 'new cert'") == "new cert")
+        #expect(try connected.scalar("select 'still here'") == "still here")
+        // A certificate file that does not exist: the running one stays, and the console says so.
+        let result = try ProcessRunner.run("psql", ["-X", "-At", clientConninfo(shoal, sslmode: "require").replacingOccurrences(of: "dbname=postgres", with: "dbname=pgbouncer"),
+                                                    "-c", "SET client_tls_cert_file = '/nonexistent.crt'"])
+        #expect(result.stderr.contains("TLS settings could not be applied, still using old configuration"), "\(result.stderr)")
+        #expect(try PQConnection(clientConninfo(shoal, sslmode: "require")).scalar("select 'old cert kept'") == "old cert kept")
+    }
+}
