@@ -3,6 +3,9 @@
 # (Debian's package) with equivalent settings — transaction pooling, the same pool size, scram-sha-256 —
 # driven by pgbench in interleaved rounds so a noisy machine affects all alike.
 # Usage: Benchmarks/e2e.sh [seconds per run, default 10] [rounds, default 3]
+# TLS=1: TLS on every hop (PostgreSQL ssl=on, both poolers with client_tls_sslmode and server_tls_sslmode
+# require, every client with sslmode=require), with a self-signed certificate made here.
+# IDLE_CLIENTS=0 skips the idle-memory measurement; LOAD_USERS=0 skips the shoal-load scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -30,7 +33,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-pg_up "$dir" "$pgport" "max_connections=300"
+tls_settings=()
+pooler_tls=""
+if [ "${TLS:-0}" = 1 ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$dir/server.key" -out "$dir/server.crt" >/dev/null 2>&1
+    chmod 600 "$dir/server.key"; chown postgres "$dir/server.key" "$dir/server.crt" 2>/dev/null || true
+    tls_settings=("ssl=on" "ssl_cert_file=$dir/server.crt" "ssl_key_file=$dir/server.key")
+    pooler_tls="client_tls_sslmode = require
+client_tls_cert_file = $dir/server.crt
+client_tls_key_file = $dir/server.key
+server_tls_sslmode = require"
+    export PGSSLMODE=require
+fi
+pg_up "$dir" "$pgport" "max_connections=300" "${tls_settings[@]}"
 ulimit -n "$(ulimit -Hn)"
 verifier=$(PGPASSWORD=$PG_PASSWORD psql -X -At -h 127.0.0.1 -p "$pgport" -U postgres -c "select rolpassword from pg_authid where rolname='postgres'" postgres)
 # Both poolers get the same userlist: the SCRAM verifier PostgreSQL stores, as a real deployment would.
@@ -53,6 +69,7 @@ max_client_conn = 12000
 log_connections = 0
 log_disconnections = 0
 logfile = $dir/$who/log
+$pooler_tls
 INI
 done
 chown -R postgres "$dir" 2>/dev/null || true
@@ -73,12 +90,14 @@ bouncer_pid=$(pgrep -f "pgbouncer -q $dir/pgbouncer/pgbouncer.ini" | tail -1)
 PGPASSWORD=$PG_PASSWORD pgbench -i -s 10 -q -h 127.0.0.1 -p "$pgport" -U postgres postgres >/dev/null 2>&1
 "$load_bin" --init --init-users 20000 --duration 1 --rounds 1 --users 1 \
     --target "direct=host=127.0.0.1 port=$pgport dbname=postgres user=postgres password=$PG_PASSWORD" >/dev/null 2>&1
+load_option=(--shoal-load "$load_bin" --load-users "${LOAD_USERS:-2000}")
+[ "${LOAD_USERS:-2000}" = 0 ] && load_option=()
 python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password "$PG_PASSWORD" \
-    --shoal-load "$load_bin" --load-users "${LOAD_USERS:-2000}" \
+    "${load_option[@]}" \
     --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid"
 # Memory per idle client: RSS before and after 10,000 clients connect and stay idle (shoal-load --workload idle).
 idle_clients=${IDLE_CLIENTS:-10000}
-for who in shoal pgbouncer; do
+[ "$idle_clients" = 0 ] || for who in shoal pgbouncer; do
     pid=$shoal_pid; port=$shoalport
     [ "$who" = pgbouncer ] && pid=$bouncer_pid && port=$bouncerport
     before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
@@ -93,4 +112,4 @@ for who in shoal pgbouncer; do
 done
 
 echo
-echo "machine: $(nproc) cores, $(uname -r); $(pgbouncer --version | head -1); $(psql --version); pool_size $pool_size; commit $(git rev-parse --short HEAD)"
+echo "TLS: ${TLS:-0}; machine: $(nproc) cores, $(uname -r); $(pgbouncer --version | head -1); $(psql --version); pool_size $pool_size; commit $(git rev-parse --short HEAD)"
