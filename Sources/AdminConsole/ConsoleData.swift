@@ -23,10 +23,13 @@ public struct ConnectionInfo: Sendable, Equatable {
     public var id: Int
     /// The pool the connection belongs to (its database and pool user).
     public var poolKey: PoolKey?
+    /// Shoal's extension: the session state pinning a client to its server (`held_cursor,advisory_lock`…).
+    public var pinned: String = ""
 
     public init(type: String, user: String, database: String, state: String, addr: String, port: Int, localAddr: String,
                 localPort: Int, connectTime: Date, requestTime: Date, waitMicros: UInt64, closeNeeded: Bool, ptr: String,
-                link: String, remotePid: Int, tls: String, applicationName: String, id: Int, poolKey: PoolKey? = nil) {
+                link: String, remotePid: Int, tls: String, applicationName: String, id: Int, poolKey: PoolKey? = nil,
+                pinned: String = "") {
         self.type = type
         self.user = user
         self.database = database
@@ -46,6 +49,7 @@ public struct ConnectionInfo: Sendable, Equatable {
         self.applicationName = applicationName
         self.id = id
         self.poolKey = poolKey
+        self.pinned = pinned
     }
 }
 
@@ -55,6 +59,8 @@ public struct PoolInfo: Sendable, Equatable {
     public var clientsActive = 0
     public var clientsWaiting = 0
     public var clientsIdle = 0
+    /// Clients pinned to their server connection by session state.
+    public var clientsPinned = 0
     public var serversActive = 0
     public var serversIdle = 0
     public var serversUsed = 0
@@ -74,6 +80,7 @@ public struct PoolInfo: Sendable, Equatable {
     /// Counts a connection row into the client or server figures.
     public mutating func count(_ connection: ConnectionInfo) {
         if connection.type == "C" {
+            if !connection.pinned.isEmpty { clientsPinned += 1 }
             switch connection.state {
             case "active": clientsActive += 1
             case "waiting": clientsWaiting += 1

@@ -40,6 +40,8 @@ public struct PrometheusText {
             ("shoal_pools_client_active_connections", "Clients linked to a server or logged in without one (SHOW POOLS cl_active).",
              { Double($0.clientsActive + $0.clientsIdle) }),
             ("shoal_pools_client_linked_connections", "Clients linked to a server right now.", { Double($0.clientsActive) }),
+            ("shoal_pools_client_pinned_connections", "Clients pinned to their server by session state (held cursor, advisory lock, temp table…).",
+             { Double($0.clientsPinned) }),
             ("shoal_pools_client_waiting_connections", "Clients queued for a server (cl_waiting).", { Double($0.clientsWaiting) }),
             ("shoal_pools_server_active_connections", "Servers linked to a client (sv_active).", { Double($0.serversActive) }),
             ("shoal_pools_server_idle_connections", "Servers idle in the pool (sv_idle).", { Double($0.serversIdle) }),

@@ -10,9 +10,10 @@ public enum ShowTables {
 
     private static let connectionColumns = "type user database replication state addr port:i local_addr local_port:i "
         + "connect_time:T request_time:T wait:i wait_us:i close_needed:i ptr link remote_pid:i tls application_name "
-        + "prepared_statements:i id:i"
+        + "prepared_statements:i id:i pinned"
 
-    /// SHOW CLIENTS / SHOW SERVERS: one row per connection, grouped by pool.
+    /// SHOW CLIENTS / SHOW SERVERS: one row per connection, grouped by pool. PgBouncer's 21 columns, then
+    /// Shoal's `pinned` (tools that read columns by name are unaffected).
     public static func connections(_ rows: [ConnectionInfo]) -> ResultTable {
         var table = ResultTable(connectionColumns)
         let ordered = rows.sorted { ($0.database, $0.user, $0.id) < ($1.database, $1.user, $1.id) }
@@ -23,7 +24,7 @@ public enum ShowTables {
                 ConsoleFormat.timestamp(row.connectTime), ConsoleFormat.timestamp(row.requestTime),
                 String(row.waitMicros / 1_000_000), String(row.waitMicros % 1_000_000), row.closeNeeded ? "1" : "0",
                 row.ptr, row.link, String(row.remotePid), row.tls.isEmpty ? nil : row.tls, row.applicationName, "0",
-                String(row.id),
+                String(row.id), row.pinned,
             ])
         }
         return table

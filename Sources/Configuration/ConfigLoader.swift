@@ -64,6 +64,8 @@ public struct ConfigLoader {
         case authType
         case sslmode(WritableKeyPath<ShoalConfig, String>)
         case logFormat
+        /// A Shoal key that reads like PostgreSQL's booleans: on/off, true/false, yes/no, 1/0.
+        case `switch`(WritableKeyPath<ShoalConfig, Bool>)
         case tlsProtocols(WritableKeyPath<ShoalConfig, [String]>)
         /// A PgBouncer key that Shoal accepts but does not act on yet.
         case unsupported
@@ -108,6 +110,8 @@ public struct ConfigLoader {
         "client_tls_ciphers": .string(\.clientTLSCiphers),
         // Shoal's own.
         "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort), "log_format": .logFormat,
+        "pin_session_state": .switch(\.pinSessionState), "max_pinned_clients": .int(\.maxPinnedClients),
+        "pin_warn_timeout": .seconds(\.pinWarnTimeout),
         // Known to PgBouncer, accepted, not acted on yet.
         "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported,
         "client_tls_dheparams": .unsupported, "client_tls_ecdhcurve": .unsupported,
@@ -166,6 +170,12 @@ public struct ConfigLoader {
             let known: Set<String> = ["tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3", "all", "secure", "legacy"]
             guard !names.isEmpty, names.allSatisfy(known.contains) else { throw bad("tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3, all, secure or legacy") }
             config[keyPath: path] = names
+        case .switch(let path):
+            switch value.lowercased() {
+            case "on", "true", "yes", "1": config[keyPath: path] = true
+            case "off", "false", "no", "0": config[keyPath: path] = false
+            default: throw bad("on or off")
+            }
         case .logFormat:
             guard ["text", "json"].contains(value.lowercased()) else { throw bad("text or json") }
             config.logFormat = value.lowercased()
@@ -225,6 +235,7 @@ public struct ConfigLoader {
         case .authType: return config.authType.rawValue
         case .sslmode(let path): return config[keyPath: path]
         case .logFormat: return config.logFormat
+        case .switch(let path): return config[keyPath: path] ? "on" : "off"
         case .tlsProtocols(let path): return config[keyPath: path].joined(separator: ",")
         case .unsupported: return config.unsupportedSettings[key]
         }

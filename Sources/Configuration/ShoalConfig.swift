@@ -81,6 +81,14 @@ public struct ShoalConfig: Sendable {
     public var metricsAddr = "*"
     /// 0 turns the HTTP endpoint off.
     public var metricsPort = 0
+    /// Transaction/statement mode: keep a client on its server connection while it holds session state there.
+    public var pinSessionState = true
+    /// Per pool: how many server connections pinned clients may hold; 0 = no cap beyond pool_size. Below
+    /// pool_size it keeps servers free for clients without session state; past it, state-creating statements
+    /// are refused.
+    public var maxPinnedClients = 0
+    /// A pin held longer than this is logged once with the statement that made it (0 = never).
+    public var pinWarnTimeout = 60.0
     /// `text` (PgBouncer's line format) or `json` (one object per line with the structured metadata).
     public var logFormat = "text"
 

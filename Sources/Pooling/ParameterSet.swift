@@ -6,12 +6,17 @@ public struct ParameterSet: Sendable, Equatable {
     /// lower-cased name → (name as PostgreSQL reports it, value)
     public private(set) var values: [String: (name: String, value: String)] = [:]
 
+    /// Session settings the client made with SQL `SET` (names PostgreSQL does not report, such as
+    /// statement_timeout or search_path): lower-cased name → the value as the client wrote it.
+    public private(set) var session: [String: String] = [:]
+
     public static let alwaysTracked = ["client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name"]
 
     public init() {}
 
     public static func == (a: ParameterSet, b: ParameterSet) -> Bool {
         a.values.count == b.values.count && a.values.allSatisfy { key, entry in b.values[key]?.value == entry.value }
+            && a.session == b.session
     }
 
     public subscript(name: String) -> String? {
@@ -25,7 +30,14 @@ public struct ParameterSet: Sendable, Equatable {
         values[key] = (spelled, value)
     }
 
+    public mutating func setSession(_ name: String, rawValue: String) { session[name.lowercased()] = rawValue }
+    public mutating func resetSession(_ name: String) { session[name.lowercased()] = nil }
+    public mutating func resetAllSession() { session = [:] }
+    /// Copies the client's session settings onto a server's set once Shoal has applied them there.
+    public mutating func adoptSession(of other: ParameterSet) { session = other.session }
+
     /// The statement that moves a server whose parameters are `server` to this set's values, or nil if none differ.
+    /// Session settings the server has and this client does not are RESET, so none leaks from one client to the next.
     /// Values whose quoted form is over 128 bytes are skipped, like PgBouncer.
     public func setStatement(from server: ParameterSet) -> String? {
         // The common case on every link: nothing differs. Check without sorting or allocating.
@@ -37,7 +49,7 @@ public struct ParameterSet: Sendable, Equatable {
                 break
             }
         }
-        guard anyDifferent else { return nil }
+        guard anyDifferent || session != server.session else { return nil }
         var sql = ""
         for key in values.keys.sorted() {
             let wanted = values[key]!
@@ -45,6 +57,13 @@ public struct ParameterSet: Sendable, Equatable {
             let literal = Self.quoteLiteral(wanted.value)
             if literal.utf8.count > 128 { continue }
             sql += "SET \(wanted.name)=\(literal);"
+        }
+        for name in server.session.keys.sorted() where session[name] == nil {
+            sql += "RESET \(name);"
+        }
+        for name in session.keys.sorted() where server.session[name] != session[name] {
+            let value = session[name]!
+            sql += name == "role" || name == "session authorization" ? "SET \(name) \(value);" : "SET \(name) = \(value);"
         }
         return sql.isEmpty ? nil : sql
     }

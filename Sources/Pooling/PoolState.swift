@@ -60,6 +60,23 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     public private(set) var loginFailure: (at: UInt64, message: String, code: String)? = nil
     /// PAUSE: clients queue, nothing is dialed, released servers close.
     public private(set) var paused = false
+    /// Clients holding session state on a server connection (pinned to it) right now.
+    public private(set) var pinnedCount = 0
+
+    /// A linked client is about to create session state. Counts it if the pool's cap allows (`limit` 0: no cap
+    /// beyond the pool's own size, since a pinned client holds a server).
+    public mutating func tryPin(limit: Int) -> Bool {
+        let cap = limit > 0 ? limit : settings.poolSize + settings.reservePoolSize
+        guard pinnedCount < cap else { return false }
+        pinnedCount += 1
+        return true
+    }
+
+    /// Counts a pin the client already holds (state found by the probe), cap or not.
+    public mutating func pinHeld() { pinnedCount += 1 }
+
+    public mutating func unpinned() { pinnedCount = max(0, pinnedCount - 1) }
+
     /// Set while shutting down paused: a client that would queue is answered with this instead.
     public private(set) var refusal: String?
     /// RECONNECT: servers created before this instant close when released instead of being reused.

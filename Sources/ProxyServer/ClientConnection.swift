@@ -88,6 +88,20 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private var transactionStartedAt: UInt64 = 0
     private var waitStartedAt: UInt64 = 0
 
+    // Session state (transaction and statement modes): what the last probe found held on the server, whether
+    // a statement since then may have created or dropped some, and the pool's count of pinned clients.
+    private var detectsSessionState = false
+    private(set) var pinned: SessionStateKinds = []
+    private var suspected: SessionStateKinds = []
+    private var probeNeeded = false
+    private var probing = false
+    private var pinSlotWanted = false
+    private var pinRequestRefusable = false
+    private var countedAsPinned = false
+    private var pinnedSince: NIODeadline?
+    private var pinStatement = ""
+    private var pinWarned = false
+
     /// The console session, when this client logged in to the admin database.
     private var console: AdminSession?
     var isConsole: Bool { console != nil }
@@ -427,6 +441,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         statsShard = pool.shards[loopIndex]
         statsShard!.counters.clientLogins &+= 1
         mode = pool.settings.mode
+        detectsSessionState = mode != .session && config.pinSessionState
         if !config.serverResetQuery.isEmpty {
             if config.serverResetQueryAlways { resetQueryOnRelease = config.serverResetQuery }
             if config.serverResetQueryAlways || mode == .session { resetQueryOnDisconnect = config.serverResetQuery }
@@ -489,7 +504,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     // MARK: Queries
 
     private func queryBytesReceived(_ buffer: ByteBuffer) {
-        var visitor = ClientVisitor(tracker: tracker)
+        let trackerBefore = tracker
+        var visitor = ClientVisitor(tracker: tracker, detectsSessionState: detectsSessionState)
         let consumed: Int
         do {
             consumed = try scanner.scan(buffer, visitor: &visitor)
@@ -498,6 +514,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             return fatal("bad packet header: '\(MD5Password.hex(header))'")
         }
         tracker = visitor.tracker
+        if !visitor.effects.isEmpty {
+            guard sessionEffectsReceived(visitor, trackerBefore: trackerBefore) else { return }
+        }
         if let statsShard {
             statsShard.counters.bytesReceived &+= UInt64(buffer.readableBytes)
             if visitor.parses > 0 || visitor.binds > 0 {
@@ -599,6 +618,15 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             server.returnToPool(reusable: true)
             return
         }
+        if pinSlotWanted && pending != nil && !claimPinSlot() {
+            // The queued request would create session state past max_pinned_clients: answer it here.
+            pending = nil
+            tracker = TransactionTracker()
+            state = .idle
+            refuse("too many clients holding session state in this pool (max_pinned_clients)", code: "53400")
+            resumeReadingIfPaused()
+            return server.returnToPool(reusable: true)
+        }
         state = .linked
         self.server = server
         server.attach(self)
@@ -618,6 +646,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             set.writeQuery(sql)
             swallowReadyForQuery = 1
             server.send(set, flush: false)
+            // Session settings are not reported back by PostgreSQL: the server now has the client's.
+            server.parameters.adoptSession(of: parameters)
         }
         if let bytes = pending {
             pending = nil
@@ -634,7 +664,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     func serverDataReceived(_ buffer: ByteBuffer, from origin: ServerConnection, flush: Bool) {
         guard state == .linked, origin === server, let context else { return }
         var visitor = ServerVisitor(tracker: tracker, swallow: swallowReadyForQuery, currentSwallowed: currentSwallowed,
-                                    position: serverStreamPosition, mode: mode)
+                                    position: serverStreamPosition, mode: mode, probing: probing)
         do {
             _ = try serverScanner.scan(buffer, visitor: &visitor)
         } catch {
@@ -690,9 +720,121 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             return fatal("transaction blocks not allowed in statement pooling mode")
         }
         if flush { flushToClient() }
-        if visitor.releasable && mode != .session && tracker.isReleasable && scanner.atBoundary {
+        if visitor.probeFinished {
+            probing = false
+            probeAnswered(visitor.probeFailed ? nil : visitor.probeKinds)
+        }
+        guard (visitor.releasable || visitor.probeFinished) && mode != .session && tracker.isReleasable && scanner.atBoundary,
+              !probing, state == .linked else { return }
+        if probeNeeded {
+            sendProbe()
+        } else if pinned.isEmpty {
             releaseServer()
         }
+    }
+
+    // MARK: Session state
+
+    /// Applies what the client's statements do to session state. Returns false when the statements were refused
+    /// (max_pinned_clients) and answered here instead of being forwarded.
+    private func sessionEffectsReceived(_ visitor: ClientVisitor, trackerBefore: TransactionTracker) -> Bool {
+        let effects = visitor.effects
+        if !effects.creates.isEmpty && !countedAsPinned {
+            // The pin slot is claimed when the statement is about to reach a server (now, or at link).
+            pinSlotWanted = true
+            pinRequestRefusable = visitor.units == 1 && scanner.atBoundary && visitor.endsWithUnit && state != .waitingForServer
+            if state == .linked && !claimPinSlot() {
+                tracker = trackerBefore
+                refuse("too many clients holding session state in this pool (max_pinned_clients)", code: "53400")
+                return false
+            }
+        }
+        if !effects.creates.isEmpty {
+            suspected.formUnion(effects.creates)
+            if pinStatement.isEmpty { pinStatement = visitor.stateStatement }
+        }
+        if !effects.creates.isEmpty || effects.mayRelease { probeNeeded = true }
+        // Session SETs join the client's own parameters: re-applied on whatever server it gets next, and
+        // RESET on a server before another client uses it.
+        let tracked = runtime.snapshot.trackedNames
+        for change in effects.settings {
+            switch change {
+            case .set(let name, let value):
+                guard !tracked.contains(name) else { continue }
+                parameters.setSession(name, rawValue: value)
+                if state == .linked { server?.parameters.setSession(name, rawValue: value) }
+            case .reset(let name):
+                parameters.resetSession(name)
+                if state == .linked { server?.parameters.resetSession(name) }
+            case .resetAll:
+                parameters.resetAllSession()
+                if state == .linked { server?.parameters.resetAllSession() }
+            }
+        }
+        return true
+    }
+
+    /// Counts this client as pinned if max_pinned_clients allows. A request that cannot be refused cleanly
+    /// (a pipeline of several) goes through anyway, counted, with a warning.
+    private func claimPinSlot() -> Bool {
+        pinSlotWanted = false
+        guard !countedAsPinned, let pool else { return true }
+        if pool.withState({ $0.tryPin(limit: runtime.snapshot.config.maxPinnedClients) }) {
+            countedAsPinned = true
+            return true
+        }
+        guard pinRequestRefusable else {
+            logger.warning("max_pinned_clients exceeded by a pipelined request that cannot be refused cleanly; letting it through")
+            pool.withState { $0.pinHeld() }
+            countedAsPinned = true
+            return true
+        }
+        return false
+    }
+
+    /// An ErrorResponse and ReadyForQuery from Shoal itself, for a request it does not forward.
+    private func refuse(_ message: String, code: String) {
+        guard let context else { return }
+        logger.warning("refused: \(message)")
+        var out = context.channel.allocator.buffer(capacity: 96)
+        out.writeErrorResponse(severity: "ERROR", code: code, message: message)
+        out.writeReadyForQuery(state == .linked ? tracker.transactionStatus : .idle)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+    }
+
+    /// Asks the server which session state is still there, between two of the client's transactions.
+    private func sendProbe() {
+        guard let server else { return }
+        probeNeeded = false
+        probing = true
+        swallowReadyForQuery = 1
+        currentSwallowed = false
+        var query = ByteBuffer()
+        query.writeQuery(SessionStateProbe.sql)
+        server.send(query, flush: true)
+    }
+
+    /// The probe's answer (nil if it failed: then what was suspected counts as held).
+    private func probeAnswered(_ kinds: SessionStateKinds?) {
+        let held = kinds ?? pinned.union(suspected)
+        suspected = []
+        if held.isEmpty {
+            if countedAsPinned { pool?.withState { $0.unpinned() }; countedAsPinned = false }
+            pinned = []
+            pinnedSince = nil
+            pinStatement = ""
+            pinWarned = false
+            return
+        }
+        if !countedAsPinned { pool?.withState { $0.pinHeld() }; countedAsPinned = true }
+        if pinned.isEmpty {
+            pinnedSince = NIODeadline.now()
+            if !registeredWithSweeper {
+                runtime.sweepers[loopIndex].add(self)
+                registeredWithSweeper = true
+            }
+        }
+        pinned = held
     }
 
     /// ReadyForQuery messages arrived: `queries` requests and `transactions` transactions are complete.
@@ -728,7 +870,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// A clean server goes back to the pool, through the reset query when one applies.
     private func giveBack(_ server: ServerConnection, resetQuery: String?) {
         if let resetQuery {
-            server.resetAndRelease(query: resetQuery)
+            server.resetAndRelease(query: resetQuery, clearsSession: resetQuery == "DISCARD ALL" || resetQuery.uppercased().contains("RESET ALL"))
         } else {
             server.returnToPool(reusable: true)
         }
@@ -759,6 +901,15 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Called by this loop's sweeper about three times a second.
     func checkTimeouts(now: NIODeadline) {
+        if let pinnedSince, !pinWarned {
+            let limit = runtime.snapshot.config.pinWarnTimeout
+            let held = Double((now - pinnedSince).nanoseconds) / 1e9
+            if limit > 0 && held >= limit {
+                pinWarned = true
+                logger.warning("client pinned to its server for \(Int(held))s holding \(pinned.names), since: \(pinStatement)")
+            }
+        }
+        guard tracksActivity else { return }
         let quiet = Double((now - lastActivity).nanoseconds) / 1e9
         switch state {
         case .linked:
@@ -836,7 +987,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             waitMicros: waitStartedAt != 0 && status == "waiting" ? (nowMono &- waitStartedAt) / 1000 : 0,
             closeNeeded: false, ptr: Self.pointerString(self), link: server.map(Self.pointerString) ?? "",
             remotePid: Int(peerPID), tls: tlsDescription ?? "", applicationName: parameters["application_name"] ?? "",
-            id: id, poolKey: pool?.key)
+            id: id, poolKey: pool?.key, pinned: pinned.names)
     }
 
     /// PgBouncer prints the protocol as OpenSSL names it.
@@ -908,6 +1059,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         loginTimeout?.cancel()
         if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }
+        if countedAsPinned { pool?.withState { $0.unpinned() }; countedAsPinned = false }
         if let key = cancelKey { runtime.cancelRegistry.unregister(processID: key.processID, secretKey: key.secretKey) }
         if runtime.snapshot.config.logDisconnections && previous != .startup {
             logger.info("closing because: \(reason) (age=\((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)s)")
@@ -919,8 +1071,11 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             guard let server else { break }
             self.server = nil
             server.detach(self)
-            if tracker.isReleasable && scanner.atBoundary {
-                giveBack(server, resetQuery: resetQueryOnDisconnect)
+            if tracker.isReleasable && scanner.atBoundary && !probing {
+                // A client that held (or may have created) session state leaves a server that DISCARD ALL
+                // cleans: cursors, advisory locks, temp tables, prepared statements, LISTEN, settings.
+                let holdsState = !pinned.isEmpty || probeNeeded || !parameters.session.isEmpty
+                giveBack(server, resetQuery: holdsState ? "DISCARD ALL" : resetQueryOnDisconnect)
             } else {
                 // A transaction or a query in flight: never hand that server to someone else.
                 let why = tracker.awaitingServer ? "client disconnected with query in progress" : "client disconnect while server was not ready"
@@ -946,11 +1101,26 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 /// Client → server: counts requests into the tracker and notices Terminate.
 struct ClientVisitor: FrameVisitor {
     var tracker: TransactionTracker
+    let detectsSessionState: Bool
     var terminated = false
     var parses = 0
     var binds = 0
+    /// Requests that earn a ReadyForQuery (Query, Sync, FunctionCall), and whether the last message was one.
+    var units = 0
+    var endsWithUnit = false
+    /// What the Query and Parse texts do to session state (only when detection is on).
+    var effects = StatementEffects()
+    /// The start of the first statement that created session state, for the pin log line.
+    var stateStatement = ""
 
-    @inline(__always) func wantsBody(type: UInt8) -> Bool { false }
+    init(tracker: TransactionTracker, detectsSessionState: Bool = false) {
+        self.tracker = tracker
+        self.detectsSessionState = detectsSessionState
+    }
+
+    @inline(__always) func wantsBody(type: UInt8) -> Bool {
+        detectsSessionState && (type == FrontendMessage.query || type == FrontendMessage.parse)
+    }
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
         if type == FrontendMessage.terminate {
@@ -959,10 +1129,23 @@ struct ClientVisitor: FrameVisitor {
         }
         tracker.clientSent(type: type)
         if type == FrontendMessage.parse { parses &+= 1 } else if type == FrontendMessage.bind { binds &+= 1 }
+        endsWithUnit = type == FrontendMessage.query || type == FrontendMessage.sync || type == FrontendMessage.functionCall
+        if endsWithUnit { units &+= 1 }
         return true
     }
 
-    mutating func messageBody(type: UInt8, body: ByteBuffer) {}
+    mutating func messageBody(type: UInt8, body: ByteBuffer) {
+        let found = type == FrontendMessage.query ? SessionStateScanner.scanQuery(body) : SessionStateScanner.scanParse(body)
+        guard !found.isEmpty else { return }
+        if !found.creates.isEmpty && stateStatement.isEmpty {
+            var text = body
+            if type == FrontendMessage.parse { _ = text.readNullTerminatedString() }
+            stateStatement = String((text.readNullTerminatedString() ?? "").prefix(200))
+        }
+        effects.creates.formUnion(found.creates)
+        effects.mayRelease = effects.mayRelease || found.mayRelease
+        effects.settings += found.settings
+    }
 }
 
 /// Server → client: ReadyForQuery, ParameterStatus and COPY state; swallows the answer to Shoal's own SET.
@@ -972,6 +1155,11 @@ struct ServerVisitor: FrameVisitor {
     var tracker: TransactionTracker
     /// ReadyForQuery messages of Shoal's SET still to come.
     var swallow: Int
+    /// The swallowed answer is the session-state probe's: its DataRow is read, an error is not fatal.
+    let probing: Bool
+    var probeKinds: SessionStateKinds?
+    var probeFailed = false
+    var probeFinished = false
     /// The message whose body is awaited belongs to the swallowed answer (kept across reads by the client).
     var currentSwallowed: Bool
     let position: Int
@@ -985,7 +1173,8 @@ struct ServerVisitor: FrameVisitor {
     var statementModeViolation = false
     var parameterUpdates: [ParameterUpdate]?
 
-    init(tracker: TransactionTracker, swallow: Int, currentSwallowed: Bool, position: Int, mode: PoolMode) {
+    init(tracker: TransactionTracker, swallow: Int, currentSwallowed: Bool, position: Int, mode: PoolMode, probing: Bool = false) {
+        self.probing = probing
         self.tracker = tracker
         self.swallow = swallow
         self.currentSwallowed = currentSwallowed
@@ -994,16 +1183,21 @@ struct ServerVisitor: FrameVisitor {
     }
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
-        type == BackendMessage.readyForQuery || type == BackendMessage.parameterStatus
+        type == BackendMessage.readyForQuery || type == BackendMessage.parameterStatus || (probing && type == BackendMessage.dataRow)
     }
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
         currentSwallowed = swallow > 0
         if swallow > 0 {
-            if type == BackendMessage.errorResponse { setFailed = true }
+            if type == BackendMessage.errorResponse {
+                if probing { probeFailed = true } else { setFailed = true }
+            }
             if type == BackendMessage.readyForQuery {
                 swallow -= 1
-                if swallow == 0 { swallowEnd = position + offset + 1 + length }
+                if swallow == 0 {
+                    swallowEnd = position + offset + 1 + length
+                    if probing { probeFinished = true }
+                }
             }
             return true
         }
@@ -1013,6 +1207,10 @@ struct ServerVisitor: FrameVisitor {
 
     mutating func messageBody(type: UInt8, body: ByteBuffer) {
         var body = body
+        if type == BackendMessage.dataRow {
+            if currentSwallowed && probing { probeKinds = SessionStateProbe.kinds(fromDataRow: body) }
+            return
+        }
         if type == BackendMessage.readyForQuery {
             guard !currentSwallowed else { return }
             guard let raw = body.readInteger(as: UInt8.self), let status = TransactionStatus(rawValue: raw) else { return }

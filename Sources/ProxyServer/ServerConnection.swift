@@ -238,6 +238,12 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         case .resetting:
             var visitor = ResetVisitor()
             _ = try? scanner.scan(buffer, visitor: &visitor)
+            // DISCARD ALL / RESET ALL move reported parameters back to the server's defaults: keep the
+            // varcache's picture of this server true, or the next client's SETs would be skipped.
+            if !visitor.parameterUpdates.isEmpty {
+                let tracked = trackedNames()
+                for (name, value) in visitor.parameterUpdates where tracked.contains(name.lowercased()) { parameters.set(name, value) }
+            }
             if visitor.failed {
                 logger.warning("server reset or check query failed")
                 close(reason: "reset or check query failed")
@@ -514,9 +520,10 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     /// Runs `query` (server_reset_query) and returns the server to the pool once it answers.
-    func resetAndRelease(query: String) {
+    func resetAndRelease(query: String, clearsSession: Bool = false) {
         onLoop { server in
             server.client = nil
+            if clearsSession { server.parameters.resetAllSession() }
             guard let context = server.context else { return }
             server.state = .resetting
             server.scanner = FrameScanner()
@@ -578,13 +585,17 @@ struct IdleServerVisitor: FrameVisitor {
 struct ResetVisitor: FrameVisitor {
     var ready = false
     var failed = false
-    func wantsBody(type: UInt8) -> Bool { false }
+    var parameterUpdates: [(String, String)] = []
+    func wantsBody(type: UInt8) -> Bool { type == BackendMessage.parameterStatus }
     mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
         if type == BackendMessage.readyForQuery { ready = true }
         if type == BackendMessage.errorResponse { failed = true }
         return true
     }
-    mutating func messageBody(type: UInt8, body: ByteBuffer) {}
+    mutating func messageBody(type: UInt8, body: ByteBuffer) {
+        var body = body
+        if let name = body.readNullTerminatedString(), let value = body.readNullTerminatedString() { parameterUpdates.append((name, value)) }
+    }
 }
 
 extension ShoalRuntime {

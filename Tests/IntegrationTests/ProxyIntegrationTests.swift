@@ -159,7 +159,6 @@ import Testing
         let shoal = try await ShoalInstance { $0.defaultPoolSize = 1 }
         defer { Task { await shoal.stop() } }
         let connection = try PQConnection(shoal.conninfo)
-        try connection.query("create temp table if not exists scratch (v int)")
         try connection.query("begin")
         #expect(throws: PQError.self) { try connection.query("select 1/0") }
         do { try connection.query("select 1") } catch let error as PQError { #expect(error.sqlState == "25P02") }

@@ -260,3 +260,68 @@ func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bo
         #expect(message == "server shutting down")
     }
 }
+
+@Suite struct SessionStateScannerTests {
+    func scan(_ sql: String) -> StatementEffects { SessionStateScanner.scan(sql) }
+
+    @Test func moodlePatterns() {
+        #expect(scan("DECLARE crs1 NO SCROLL CURSOR WITH HOLD FOR SELECT * FROM mdl_user WHERE id > $1").creates == .heldCursor)
+        #expect(scan("declare c cursor for select 1").creates.isEmpty) // without HOLD it ends with the transaction
+        #expect(scan("FETCH 100000 FROM crs1").isEmpty)
+        #expect(scan("CLOSE crs1").mayRelease)
+        #expect(scan("SELECT pg_try_advisory_lock(1, 2)").creates == .advisoryLock)
+        #expect(scan("select PG_ADVISORY_LOCK_SHARED(7) as locked").creates == .advisoryLock)
+        #expect(scan("SELECT pg_advisory_xact_lock(1)").isEmpty) // transaction-scoped
+        #expect(scan("SELECT pg_advisory_unlock(1, 2)").mayRelease)
+        #expect(scan("select pg_advisory_unlock_all()").mayRelease)
+        #expect(scan("CREATE TEMPORARY TABLE mdl_temp_x (id int)").creates == .tempTable)
+        #expect(scan("create global temp table t (i int)").creates == .tempTable)
+        #expect(scan("CREATE TABLE t (i int)").isEmpty)
+        #expect(scan("DROP TABLE mdl_temp_x").mayRelease)
+        #expect(scan("PREPARE q AS SELECT 1").creates == .preparedStatement)
+        #expect(scan("PREPARE TRANSACTION 'x'").isEmpty)
+        #expect(scan("LISTEN jobs").creates == .listen)
+        #expect(scan("SELECT 'pg_advisory_lock(1)' AS text").isEmpty == false) // errs towards noticing; the probe decides
+    }
+
+    @Test func sessionSettings() {
+        #expect(scan("SET statement_timeout = 5000").settings == [.set(name: "statement_timeout", value: "5000")])
+        #expect(scan("set SESSION search_path TO public, extensions").settings == [.set(name: "search_path", value: "public, extensions")])
+        #expect(scan("SET LOCAL statement_timeout = 1").settings.isEmpty)
+        #expect(scan("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").settings.isEmpty)
+        #expect(scan("RESET statement_timeout; RESET ALL").settings == [.reset(name: "statement_timeout"), .resetAll])
+        #expect(scan("DISCARD ALL").settings == [.resetAll])
+        #expect(scan("SET myapp.user_id = '42'").settings == [.set(name: "myapp.user_id", value: "'42'")])
+    }
+
+    @Test func statementsQuotesAndComments() {
+        let effects = scan("BEGIN; /* ; */ SELECT ';DECLARE x CURSOR WITH HOLD FOR'; -- LISTEN x;\nDECLARE c2 CURSOR WITH HOLD FOR SELECT $$;$$; COMMIT")
+        #expect(effects.creates == .heldCursor)
+        #expect(scan("select $tag$ CREATE TEMP TABLE $tag$").creates.isEmpty)
+        #expect(scan("").isEmpty && scan(";;").isEmpty)
+    }
+
+    @Test func varcacheResetsWhatTheLastClientSet() {
+        var first = ParameterSet()
+        first.setSession("statement_timeout", rawValue: "5000")
+        var server = ParameterSet()
+        #expect(first.setStatement(from: server) == "SET statement_timeout = 5000;")
+        server.adoptSession(of: first)
+        let second = ParameterSet()
+        #expect(second.setStatement(from: server) == "RESET statement_timeout;")
+        #expect(first.setStatement(from: server) == nil)
+    }
+
+    @Test func pinCapIsCounted() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 4))
+        let firstThree = (0..<3).map { _ in pool.tryPin(limit: 3) }
+        #expect(firstThree == [true, true, true])
+        let fourth = pool.tryPin(limit: 3)
+        #expect(!fourth)
+        pool.unpinned()
+        let again = pool.tryPin(limit: 3)
+        #expect(again)
+        let upToPoolSize = [pool.tryPin(limit: 0), pool.tryPin(limit: 0)] // 0: the pool size is the cap
+        #expect(upToPoolSize == [true, false])
+    }
+}

@@ -11,7 +11,7 @@ final class ShoalInstance {
     let logPath: String
 
     /// `configure` adjusts a transaction-mode config with one `postgres` database entry before start.
-    init(_ configure: (inout ShoalConfig) -> Void = { _ in }) async throws {
+    init(threads: Int = 2, _ configure: (inout ShoalConfig) -> Void = { _ in }) async throws {
         let postgres = TestPostgres.shared
         port = freePort()
         directory = "/tmp/shoal-test-\(getpid())-\(port)"
@@ -37,7 +37,7 @@ final class ShoalInstance {
         let level = ProcessInfo.processInfo.environment["SHOAL_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .info
         var logger = Logger(label: "shoal-test") { PgBouncerLogHandler(label: $0, sink: sink, level: level) }
         logger.logLevel = level
-        server = ShoalServer(config: config, userList: userList, threads: 2, logger: logger, logSink: sink)
+        server = ShoalServer(config: config, userList: userList, threads: threads, logger: logger, logSink: sink)
         try await server.start()
     }
 
