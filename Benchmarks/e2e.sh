@@ -5,6 +5,7 @@
 # Usage: Benchmarks/e2e.sh [seconds per run, default 10] [rounds, default 3]
 # TLS=1: TLS on every hop (PostgreSQL ssl=on, both poolers with client_tls_sslmode and server_tls_sslmode
 # require, every client with sslmode=require), with a self-signed certificate made here.
+# SHOAL_NOPIN=1 adds a second Shoal with pin_session_state = off, to measure what session-state detection costs.
 # IDLE_CLIENTS=0 skips the idle-memory measurement; LOAD_USERS=0 skips the shoal-load scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,9 +22,10 @@ load_bin=.build-release/release/shoal-load
 
 dir=$(mktemp -d /tmp/shoal-bench.XXXXXX)
 chmod 755 "$dir"
-pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1)); bouncerport=$((pgport + 2))
+pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1)); bouncerport=$((pgport + 2)); nopinport=$((pgport + 3))
 cleanup() {
     [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
+    [ -n "${nopin_pid:-}" ] && kill -QUIT "$nopin_pid" 2>/dev/null || true
     # PgBouncer 1.18 ignores SIGQUIT; SIGINT waits for servers to be released, then exits.
     [ -n "${bouncer_pid:-}" ] && kill -INT "$bouncer_pid" 2>/dev/null || true
     sleep 1
@@ -82,6 +84,17 @@ else
     pgbouncer -q "$dir/pgbouncer/pgbouncer.ini" &
 fi
 bouncer_pid=$!
+nopin_target=()
+if [ "${SHOAL_NOPIN:-0}" = 1 ]; then
+    mkdir -p "$dir/shoal-nopin"
+    sed -e "s/^listen_port = .*/listen_port = $nopinport/" -e "s#^unix_socket_dir = .*#unix_socket_dir = $dir/shoal-nopin#" \
+        -e "s#^logfile = .*#logfile = $dir/shoal-nopin/log#" "$dir/shoal/pgbouncer.ini" > "$dir/shoal-nopin/pgbouncer.ini"
+    echo "pin_session_state = off" >> "$dir/shoal-nopin/pgbouncer.ini"
+    "$shoal_bin" -q "$dir/shoal-nopin/pgbouncer.ini" &
+    nopin_pid=$!
+    wait_port "$nopinport"
+    nopin_target=(--target "shoal-nopin=$nopinport:$nopin_pid")
+fi
 wait_port "$shoalport"; wait_port "$bouncerport"
 sleep 0.5
 # runuser forks: find the pgbouncer process itself for CPU accounting.
@@ -94,7 +107,7 @@ load_option=(--shoal-load "$load_bin" --load-users "${LOAD_USERS:-2000}")
 [ "${LOAD_USERS:-2000}" = 0 ] && load_option=()
 python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password "$PG_PASSWORD" \
     "${load_option[@]}" \
-    --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid"
+    --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid" "${nopin_target[@]}"
 # Memory per idle client: RSS before and after 10,000 clients connect and stay idle (shoal-load --workload idle).
 idle_clients=${IDLE_CLIENTS:-10000}
 [ "$idle_clients" = 0 ] || for who in shoal pgbouncer; do

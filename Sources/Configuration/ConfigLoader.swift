@@ -110,14 +110,14 @@ public struct ConfigLoader {
         "client_tls_ciphers": .string(\.clientTLSCiphers),
         // Shoal's own.
         "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort), "log_format": .logFormat,
-        "pin_session_state": .switch(\.pinSessionState), "max_pinned_clients": .int(\.maxPinnedClients),
+        "pin_session_state": .switch(\.pinSessionState), "max_prepared_statements": .int(\.maxPreparedStatements), "max_pinned_clients": .int(\.maxPinnedClients),
         "pin_warn_timeout": .seconds(\.pinWarnTimeout),
         // Known to PgBouncer, accepted, not acted on yet.
         "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported,
         "client_tls_dheparams": .unsupported, "client_tls_ecdhcurve": .unsupported,
         "conffile": .unsupported, "disable_pqexec": .unsupported, "dns_max_ttl": .unsupported, "dns_nxdomain_ttl": .unsupported,
         "dns_zone_check_period": .unsupported, "job_name": .unsupported, "login_notify_message": .unsupported,
-        "max_prepared_statements": .unsupported, "peer_id": .unsupported, "pkt_buf": .unsupported,
+        "peer_id": .unsupported, "pkt_buf": .unsupported,
         "pool_idle_timeout": .unsupported, "query_wait_notify": .unsupported, "resolv_conf": .unsupported,
         "sbuf_loopcnt": .unsupported, "scram_iterations": .unsupported, "server_fast_close": .unsupported,
         "server_tls13_ciphers": .unsupported,

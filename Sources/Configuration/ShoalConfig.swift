@@ -81,6 +81,9 @@ public struct ShoalConfig: Sendable {
     public var metricsAddr = "*"
     /// 0 turns the HTTP endpoint off.
     public var metricsPort = 0
+    /// Transaction/statement mode: named protocol-level prepared statements kept per client and prepared on each
+    /// server connection as needed, up to this many per server connection (LRU); 0 turns it off (PgBouncer's key).
+    public var maxPreparedStatements = 200
     /// Transaction/statement mode: keep a client on its server connection while it holds session state there.
     public var pinSessionState = true
     /// Per pool: how many server connections pinned clients may hold; 0 = no cap beyond pool_size. Below

@@ -35,6 +35,8 @@ public struct StatementEffects: Sendable, Equatable {
     public var mayRelease = false
     /// Session-level `SET name …` / `RESET name` / `RESET ALL` / `DISCARD ALL`, in order.
     public var settings: [SettingChange] = []
+    /// `DEALLOCATE ALL` or `DISCARD ALL`: every prepared statement of the session is gone.
+    public var deallocatesAll = false
 
     public enum SettingChange: Sendable, Equatable {
         /// `SET [SESSION] name {=|TO} value`; `value` is the raw SQL text, re-sent as written.
@@ -45,7 +47,7 @@ public struct StatementEffects: Sendable, Equatable {
 
     public init() {}
 
-    public var isEmpty: Bool { creates.isEmpty && !mayRelease && settings.isEmpty }
+    public var isEmpty: Bool { creates.isEmpty && !mayRelease && settings.isEmpty && !deallocatesAll }
 }
 
 public enum SessionStateScanner {
@@ -132,11 +134,19 @@ public enum SessionStateScanner {
             while let word = words.next(), word != "for" {
                 if word == "hold" { effects.creates.insert(.heldCursor); break }
             }
-        case "close", "drop", "deallocate", "unlisten":
+        case "close", "drop", "unlisten":
             effects.mayRelease = true
+        case "deallocate":
+            effects.mayRelease = true
+            var word = words.next()
+            if word == "prepare" { word = words.next() }
+            if word == "all" { effects.deallocatesAll = true }
         case "discard":
             effects.mayRelease = true
-            if words.next() == "all" { effects.settings.append(.resetAll) }
+            if words.next() == "all" {
+                effects.settings.append(.resetAll)
+                effects.deallocatesAll = true
+            }
         case "create":
             var word = words.next()
             if word == "global" || word == "local" { word = words.next() }

@@ -38,6 +38,10 @@ public struct FrameScanner: Sendable {
         self.maxMessageLength = maxMessageLength
     }
 
+    /// Body bytes of a message being passed over (not collected) that the next buffer begins with; nil when a
+    /// header is split or a wanted body is being collected.
+    public var continuingBodyBytes: Int? { headerFilled == 0 && pendingBody == nil ? remainingBody : nil }
+
     /// True when the scanner sits exactly at a message boundary.
     public var atBoundary: Bool { headerFilled == 0 && remainingBody == 0 && pendingBody == nil }
 

@@ -102,6 +102,21 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     private var pinStatement = ""
     private var pinWarned = false
 
+    // Named prepared statements across server connections (transaction/statement modes, max_prepared_statements).
+    private var tracksPrepared = false
+    private var preparedCapacity = 0
+    private var statements = ClientStatements()
+    /// Client bytes held back because they end in an incomplete Query/Parse/Bind/Describe/Close.
+    private var clientCarry: ByteBuffer?
+    /// Per link: Query/Sync/FunctionCall messages sent to the server (Shoal's own included), the responses
+    /// Shoal expects for the Parse/Close messages it rewrote, and bytes of a dropped response still to come.
+    private var unitsSent = 0
+    private var expectations = ResponseExpectations()
+    private var dropContinuing = 0
+    private var clearServerStatementsAtLink = false
+    private var pendingUnits = 0
+    private var pendingHasStatements = false
+
     /// The console session, when this client logged in to the admin database.
     private var console: AdminSession?
     var isConsole: Bool { console != nil }
@@ -442,6 +457,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         statsShard!.counters.clientLogins &+= 1
         mode = pool.settings.mode
         detectsSessionState = mode != .session && config.pinSessionState
+        preparedCapacity = config.maxPreparedStatements
+        tracksPrepared = mode != .session && preparedCapacity > 0
         if !config.serverResetQuery.isEmpty {
             if config.serverResetQueryAlways { resetQueryOnRelease = config.serverResetQuery }
             if config.serverResetQueryAlways || mode == .session { resetQueryOnDisconnect = config.serverResetQuery }
@@ -503,9 +520,25 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: Queries
 
-    private func queryBytesReceived(_ buffer: ByteBuffer) {
+    private func queryBytesReceived(_ incoming: ByteBuffer) {
+        var buffer = incoming
+        // Bytes that continue a message begun in an earlier read (only complete statement messages get rewritten).
+        var continuing = scanner.continuingBodyBytes ?? 0
+        if tracksPrepared {
+            if var carry = clientCarry {
+                clientCarry = nil
+                carry.writeBuffer(&buffer)
+                buffer = carry
+            }
+            let cut = Self.completeMessagesLength(buffer, continuing: continuing, maxLength: scanner.maxMessageLength)
+            if cut < buffer.readableBytes {
+                clientCarry = buffer.getSlice(at: buffer.readerIndex + cut, length: buffer.readableBytes - cut)
+                buffer = buffer.getSlice(at: buffer.readerIndex, length: cut)!
+                guard cut > 0 else { return }
+            }
+        }
         let trackerBefore = tracker
-        var visitor = ClientVisitor(tracker: tracker, detectsSessionState: detectsSessionState)
+        var visitor = ClientVisitor(tracker: tracker, detectsSessionState: detectsSessionState, tracksPrepared: tracksPrepared)
         let consumed: Int
         do {
             consumed = try scanner.scan(buffer, visitor: &visitor)
@@ -516,11 +549,14 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         tracker = visitor.tracker
         if !visitor.effects.isEmpty {
             guard sessionEffectsReceived(visitor, trackerBefore: trackerBefore) else { return }
+            if visitor.effects.deallocatesAll && tracksPrepared {
+                statements.removeAll()
+                if state == .linked { server?.statements.removeAll() } else { clearServerStatementsAtLink = true }
+            }
         }
         if let statsShard {
             statsShard.counters.bytesReceived &+= UInt64(buffer.readableBytes)
             if visitor.parses > 0 || visitor.binds > 0 {
-                // Without prepared-statement rewriting every client Parse reaches the server as it is.
                 statsShard.counters.clientParses &+= UInt64(visitor.parses)
                 statsShard.counters.serverParses &+= UInt64(visitor.parses)
                 statsShard.counters.binds &+= UInt64(visitor.binds)
@@ -537,11 +573,21 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if toForward.readableBytes > 0 {
             switch state {
             case .linked:
-                server!.send(toForward, flush: server!.eventLoop !== eventLoop)
+                if visitor.statementMessages > 0 {
+                    sendRewritten(toForward, continuing: continuing, to: server!)
+                } else {
+                    unitsSent += visitor.units
+                    server!.send(toForward, flush: server!.eventLoop !== eventLoop)
+                }
+                continuing = 0
             case .idle:
                 pending = toForward
+                pendingUnits = visitor.units
+                pendingHasStatements = visitor.statementMessages > 0
                 requestServer()
             case .waitingForServer, .waitingForWelcome:
+                pendingUnits += visitor.units
+                pendingHasStatements = pendingHasStatements || visitor.statementMessages > 0
                 appendPending(toForward)
             case .startup, .authenticating, .console, .closed:
                 break
@@ -549,6 +595,80 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         if visitor.terminated {
             close(reason: "client close request")
+        }
+    }
+
+    // MARK: Prepared statements
+
+    /// How much of `buffer` can go on now: everything up to a Query/Parse/Bind/Describe/Close (or a header) that
+    /// is not complete in it. Other messages (CopyData, big Executes) stream through unbuffered.
+    static func completeMessagesLength(_ buffer: ByteBuffer, continuing: Int, maxLength: Int) -> Int {
+        let end = buffer.readableBytes
+        var index = min(continuing, end)
+        while index < end {
+            guard end - index >= 5 else { return index }
+            let type = buffer.getInteger(at: buffer.readerIndex + index, as: UInt8.self)!
+            let length = Int(buffer.getInteger(at: buffer.readerIndex + index + 1, as: Int32.self)!)
+            guard length >= 4 && length <= maxLength else { return end } // the scanner reports it
+            switch type {
+            case FrontendMessage.query, FrontendMessage.parse, FrontendMessage.bind, FrontendMessage.describe, FrontendMessage.close:
+                if end - index < 1 + length { return index }
+            default:
+                break
+            }
+            index += 1 + length
+        }
+        return end
+    }
+
+    /// Sends client bytes that hold Parse/Bind/Describe/Close messages, with statement names mapped to the
+    /// server's and Parses injected where this server lacks a statement.
+    private func sendRewritten(_ buffer: ByteBuffer, continuing: Int, to server: ServerConnection) {
+        var out = ByteBuffer()
+        out.reserveCapacity(buffer.readableBytes + 64)
+        let end = buffer.readableBytes
+        var index = min(continuing, end)
+        var copyFrom = 0
+        while index < end {
+            guard end - index >= 5 else { break }
+            let start = buffer.readerIndex + index
+            let type = buffer.getInteger(at: start, as: UInt8.self)!
+            let length = Int(buffer.getInteger(at: start + 1, as: Int32.self)!)
+            let next = index + 1 + length
+            if type == FrontendMessage.parse || type == FrontendMessage.bind || type == FrontendMessage.describe || type == FrontendMessage.close,
+               next <= end {
+                let body = buffer.getSlice(at: start + 5, length: length - 4)!
+                switch statements.rewrite(type: type, body: body, batch: unitsSent, server: &server.statements,
+                                          names: runtime.statementNames, capacity: preparedCapacity) {
+                case .forward:
+                    break
+                case .replace(let messages, let expecting):
+                    var before = buffer.getSlice(at: buffer.readerIndex + copyFrom, length: index - copyFrom)!
+                    out.writeBuffer(&before)
+                    for var message in messages { out.writeBuffer(&message) }
+                    expectations.append(expecting)
+                    copyFrom = next
+                    // What the server really parses: Shoal's injected Parses count, a reuse of a prepared one does not.
+                    let injected = expecting.filter { $0.type == UInt8(ascii: "1") && $0.drop }.count
+                    statsShard?.counters.serverParses &+= UInt64(injected)
+                }
+            } else if type == FrontendMessage.query || type == FrontendMessage.sync || type == FrontendMessage.functionCall {
+                unitsSent += 1
+            }
+            index = next
+        }
+        if copyFrom < end {
+            var rest = buffer.getSlice(at: buffer.readerIndex + copyFrom, length: end - copyFrom)!
+            out.writeBuffer(&rest)
+        }
+        server.send(out, flush: server.eventLoop !== eventLoop)
+    }
+
+    /// Server responses for rewritten messages: drop Shoal's own, forget statements whose Parse failed.
+    private func responsesSettled(_ cancelled: [ExpectedResponse], on server: ServerConnection) {
+        for expected in cancelled {
+            if let serverName = expected.serverName { server.statements.remove(serverName) }
+            if let clientName = expected.clientName { statements.parseFailed(clientName: clientName) }
         }
     }
 
@@ -640,18 +760,35 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         swallowEnd = 0
         swallowReadyForQuery = 0
         currentSwallowed = false
+        unitsSent = 0
+        expectations.reset()
+        dropContinuing = 0
+        if clearServerStatementsAtLink {
+            // The client's DEALLOCATE ALL / DISCARD ALL runs on this server with the pending bytes.
+            clearServerStatementsAtLink = false
+            server.statements.removeAll()
+        }
         if let context, !context.channel.isWritable { server.setReadPaused(true) }
         if let sql = parameters.setStatement(from: server.parameters) {
             var set = ByteBuffer()
             set.writeQuery(sql)
             swallowReadyForQuery = 1
             server.send(set, flush: false)
+            unitsSent += 1
             // Session settings are not reported back by PostgreSQL: the server now has the client's.
             server.parameters.adoptSession(of: parameters)
         }
         if let bytes = pending {
             pending = nil
-            server.send(bytes, flush: true)
+            if pendingHasStatements && tracksPrepared {
+                sendRewritten(bytes, continuing: 0, to: server)
+                server.flush()
+            } else {
+                unitsSent += pendingUnits
+                server.send(bytes, flush: true)
+            }
+            pendingUnits = 0
+            pendingHasStatements = false
             resumeReadingIfPaused()
         } else {
             server.flush()
@@ -664,7 +801,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     func serverDataReceived(_ buffer: ByteBuffer, from origin: ServerConnection, flush: Bool) {
         guard state == .linked, origin === server, let context else { return }
         var visitor = ServerVisitor(tracker: tracker, swallow: swallowReadyForQuery, currentSwallowed: currentSwallowed,
-                                    position: serverStreamPosition, mode: mode, probing: probing)
+                                    position: serverStreamPosition, mode: mode, probing: probing,
+                                    expectations: tracksPrepared ? expectations : nil)
         do {
             _ = try serverScanner.scan(buffer, visitor: &visitor)
         } catch {
@@ -672,6 +810,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             return fatal("server conn crashed?")
         }
         tracker = visitor.tracker
+        if let settled = visitor.expectations {
+            expectations = settled
+            if !visitor.cancelled.isEmpty { responsesSettled(visitor.cancelled, on: origin) }
+        }
         if let statsShard {
             statsShard.counters.bytesSent &+= UInt64(buffer.readableBytes)
             if visitor.readyCount > 0 { countCompleted(queries: visitor.readyCount, transactions: visitor.transactionsEnded, in: statsShard) }
@@ -704,13 +846,17 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             origin.close(reason: "invalid server parameter")
             return fatal("invalid server parameter")
         }
-        // Skip what answered Shoal's own SET.
+        // Skip what answered Shoal's own SET or probe, and the answers to Parse/Close messages Shoal injected.
         let skip = max(0, min(buffer.readableBytes, swallowEnd - start))
         if swallowReadyForQuery == 0 || skip < buffer.readableBytes {
-            let forward = skip == 0 ? buffer : buffer.getSlice(at: buffer.readerIndex + skip, length: buffer.readableBytes - skip)!
-            if forward.readableBytes > 0 && swallowReadyForQuery == 0 {
-                context.write(wrapOutboundOut(forward), promise: nil)
-                needsFlush = true
+            if visitor.drops.isEmpty && dropContinuing == 0 {
+                let forward = skip == 0 ? buffer : buffer.getSlice(at: buffer.readerIndex + skip, length: buffer.readableBytes - skip)!
+                if forward.readableBytes > 0 && swallowReadyForQuery == 0 {
+                    context.write(wrapOutboundOut(forward), promise: nil)
+                    needsFlush = true
+                }
+            } else if swallowReadyForQuery == 0 {
+                writeSkipping(buffer, from: skip, drops: visitor.drops, context: context)
             }
         }
         if visitor.statementModeViolation {
@@ -811,6 +957,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         currentSwallowed = false
         var query = ByteBuffer()
         query.writeQuery(SessionStateProbe.sql)
+        unitsSent += 1
         server.send(query, flush: true)
     }
 
@@ -835,6 +982,32 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             }
         }
         pinned = held
+    }
+
+    /// Forwards `buffer` from `from` on, leaving out the byte ranges in `drops` (and what is left of a dropped
+    /// message that began in the previous read).
+    private func writeSkipping(_ buffer: ByteBuffer, from: Int, drops: [(start: Int, length: Int)], context: ChannelHandlerContext) {
+        let end = buffer.readableBytes
+        var ranges = drops
+        if dropContinuing > 0 {
+            ranges.insert((0, dropContinuing), at: 0)
+            dropContinuing = 0
+        }
+        var cursor = from
+        for range in ranges {
+            let dropStart = max(range.start, 0)
+            let dropEnd = range.start + range.length
+            if dropStart > cursor {
+                context.write(wrapOutboundOut(buffer.getSlice(at: buffer.readerIndex + cursor, length: dropStart - cursor)!), promise: nil)
+                needsFlush = true
+            }
+            if dropEnd > end { dropContinuing = dropEnd - end }
+            cursor = max(cursor, min(dropEnd, end))
+        }
+        if cursor < end {
+            context.write(wrapOutboundOut(buffer.getSlice(at: buffer.readerIndex + cursor, length: end - cursor)!), promise: nil)
+            needsFlush = true
+        }
     }
 
     /// ReadyForQuery messages arrived: `queries` requests and `transactions` transactions are complete.
@@ -1113,9 +1286,14 @@ struct ClientVisitor: FrameVisitor {
     /// The start of the first statement that created session state, for the pin log line.
     var stateStatement = ""
 
-    init(tracker: TransactionTracker, detectsSessionState: Bool = false) {
+    let tracksPrepared: Bool
+    /// Parse/Bind/Describe/Close messages seen (they need the prepared-statement rewrite).
+    var statementMessages = 0
+
+    init(tracker: TransactionTracker, detectsSessionState: Bool = false, tracksPrepared: Bool = false) {
         self.tracker = tracker
         self.detectsSessionState = detectsSessionState
+        self.tracksPrepared = tracksPrepared
     }
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
@@ -1129,6 +1307,10 @@ struct ClientVisitor: FrameVisitor {
         }
         tracker.clientSent(type: type)
         if type == FrontendMessage.parse { parses &+= 1 } else if type == FrontendMessage.bind { binds &+= 1 }
+        if tracksPrepared && (type == FrontendMessage.parse || type == FrontendMessage.bind || type == FrontendMessage.describe
+                              || type == FrontendMessage.close) {
+            statementMessages &+= 1
+        }
         endsWithUnit = type == FrontendMessage.query || type == FrontendMessage.sync || type == FrontendMessage.functionCall
         if endsWithUnit { units &+= 1 }
         return true
@@ -1157,6 +1339,10 @@ struct ServerVisitor: FrameVisitor {
     var swallow: Int
     /// The swallowed answer is the session-state probe's: its DataRow is read, an error is not fatal.
     let probing: Bool
+    /// With max_prepared_statements: the ParseComplete/CloseComplete answers Shoal awaits (nil when off).
+    var expectations: ResponseExpectations?
+    var drops: [(start: Int, length: Int)] = []
+    var cancelled: [ExpectedResponse] = []
     var probeKinds: SessionStateKinds?
     var probeFailed = false
     var probeFinished = false
@@ -1173,8 +1359,10 @@ struct ServerVisitor: FrameVisitor {
     var statementModeViolation = false
     var parameterUpdates: [ParameterUpdate]?
 
-    init(tracker: TransactionTracker, swallow: Int, currentSwallowed: Bool, position: Int, mode: PoolMode, probing: Bool = false) {
+    init(tracker: TransactionTracker, swallow: Int, currentSwallowed: Bool, position: Int, mode: PoolMode, probing: Bool = false,
+         expectations: ResponseExpectations? = nil) {
         self.probing = probing
+        self.expectations = expectations
         self.tracker = tracker
         self.swallow = swallow
         self.currentSwallowed = currentSwallowed
@@ -1193,6 +1381,7 @@ struct ServerVisitor: FrameVisitor {
                 if probing { probeFailed = true } else { setFailed = true }
             }
             if type == BackendMessage.readyForQuery {
+                expectations?.readyForQueryReceived()
                 swallow -= 1
                 if swallow == 0 {
                     swallowEnd = position + offset + 1 + length
@@ -1202,6 +1391,18 @@ struct ServerVisitor: FrameVisitor {
             return true
         }
         if type == BackendMessage.copyInResponse { tracker.copyInStarted() }
+        if expectations != nil {
+            switch type {
+            case UInt8(ascii: "1"), UInt8(ascii: "3"):
+                if expectations!.completed(type: type) == .drop { drops.append((offset, 1 + length)) }
+            case BackendMessage.errorResponse:
+                cancelled += expectations!.errorReceived()
+            case BackendMessage.readyForQuery:
+                expectations!.readyForQueryReceived()
+            default:
+                break
+            }
+        }
         return true
     }
 

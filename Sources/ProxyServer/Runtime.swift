@@ -32,6 +32,8 @@ public final class ShoalRuntime: @unchecked Sendable {
     let lifecycle = NIOLockedValueBox(LifecycleState())
     /// TLS contexts of the current config (rebuilt on reload; a failed rebuild keeps the old ones).
     let tls = NIOLockedValueBox(TLSContexts.none)
+    /// Server-side names of prepared statements, shared by every pool (one per distinct text and types).
+    let statementNames = StatementNames()
     /// Open admin console sessions (SUSPEND resumes when the last one goes).
     let consoleSessions = NIOLockedValueBox(0)
     /// Per-database SHOW STATS_AVERAGES figures of the last stats_period.

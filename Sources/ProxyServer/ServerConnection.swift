@@ -55,6 +55,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     var logger: Logger
     /// Tracked parameters as this server has them. See the threading note above.
     var parameters = ParameterSet()
+    /// Prepared statements Shoal made on this server (same threading rule as `parameters`).
+    var statements = ServerStatements()
     private(set) var backendKey: (processID: Int32, secretKey: Int32)?
     let address: String
     private let remoteHost: String
@@ -523,7 +525,10 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     func resetAndRelease(query: String, clearsSession: Bool = false) {
         onLoop { server in
             server.client = nil
-            if clearsSession { server.parameters.resetAllSession() }
+            if clearsSession {
+                server.parameters.resetAllSession()
+                server.statements.removeAll()
+            }
             guard let context = server.context else { return }
             server.state = .resetting
             server.scanner = FrameScanner()

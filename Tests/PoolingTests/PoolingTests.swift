@@ -325,3 +325,79 @@ func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bo
         #expect(upToPoolSize == [true, false])
     }
 }
+
+@Suite struct PreparedStatementRewriteTests {
+    func parseBody(_ name: String, _ sql: String) -> ByteBuffer {
+        var body = ByteBuffer()
+        body.writeCString(name); body.writeCString(sql); body.writeInteger(Int16(0))
+        return body
+    }
+
+    func bindBody(_ statement: String) -> ByteBuffer {
+        var body = ByteBuffer()
+        body.writeCString(""); body.writeCString(statement)
+        body.writeInteger(Int16(0)); body.writeInteger(Int16(0)); body.writeInteger(Int16(0))
+        return body
+    }
+
+    func messages(_ rewrite: ClientStatements.Rewrite) -> [(UInt8, String)] {
+        guard case .replace(let buffers, _) = rewrite else { return [] }
+        return buffers.map { buffer in
+            var buffer = buffer
+            let type = buffer.readInteger(as: UInt8.self)!
+            _ = buffer.readInteger(as: Int32.self)
+            if type == FrontendMessage.bind { _ = buffer.readNullTerminatedString() }
+            if type == FrontendMessage.close || type == FrontendMessage.describe { _ = buffer.readInteger(as: UInt8.self) }
+            return (type, buffer.readNullTerminatedString() ?? "")
+        }
+    }
+
+    @Test func namesAreMappedAndPreparedWhereMissing() {
+        let names = StatementNames()
+        var client = ClientStatements()
+        var first = ServerStatements(), second = ServerStatements()
+        let parse = client.rewrite(type: FrontendMessage.parse, body: parseBody("q", "SELECT $1"), batch: 0, server: &first, names: names, capacity: 10)
+        #expect(messages(parse).map(\.1) == ["shoal_1"])
+        // The client moves to a server that lacks it: Shoal prepares it there first, and that answer is dropped.
+        let bind = client.rewrite(type: FrontendMessage.bind, body: bindBody("q"), batch: 3, server: &second, names: names, capacity: 10)
+        #expect(messages(bind).map(\.0) == [FrontendMessage.parse, FrontendMessage.bind])
+        #expect(messages(bind).map(\.1) == ["shoal_1", "shoal_1"])
+        guard case .replace(_, let expecting) = bind else { Issue.record("want replace"); return }
+        #expect(expecting == [ExpectedResponse(type: UInt8(ascii: "1"), drop: true, batch: 3, serverName: "shoal_1", clientName: nil)])
+        // Another client with the same text shares the server name; where it exists, its Parse goes unnamed.
+        var other = ClientStatements()
+        let again = other.rewrite(type: FrontendMessage.parse, body: parseBody("mine", "SELECT $1"), batch: 0, server: &second, names: names, capacity: 10)
+        #expect(messages(again).map(\.1) == [""])
+        #expect(client.rewrite(type: FrontendMessage.bind, body: bindBody(""), batch: 0, server: &first, names: names, capacity: 10) == .forward)
+    }
+
+    @Test func lruEvictsWithAnInjectedClose() {
+        let names = StatementNames()
+        var client = ClientStatements()
+        var server = ServerStatements()
+        for index in 0..<3 {
+            _ = client.rewrite(type: FrontendMessage.parse, body: parseBody("s\(index)", "SELECT \(index)"), batch: 0, server: &server, names: names, capacity: 2)
+        }
+        #expect(server.count == 2 && !server.contains("shoal_1"))
+    }
+
+    @Test func expectationsDropOursAndAnErrorCancelsTheBatch() {
+        var expectations = ResponseExpectations()
+        expectations.append([ExpectedResponse(type: UInt8(ascii: "1"), drop: true, batch: 0, serverName: "shoal_1", clientName: nil),
+                             ExpectedResponse(type: UInt8(ascii: "1"), drop: false, batch: 0, serverName: "shoal_2", clientName: "b")])
+        #expect(expectations.completed(type: UInt8(ascii: "1")) == .drop)
+        let cancelled = expectations.errorReceived()
+        #expect(cancelled.map(\.clientName) == ["b"])
+        expectations.readyForQueryReceived()
+        #expect(expectations.isEmpty && expectations.answered == 1)
+    }
+}
+
+extension ClientStatements.Rewrite: Equatable {
+    public static func == (a: Self, b: Self) -> Bool {
+        switch (a, b) {
+        case (.forward, .forward): return true
+        default: return false
+        }
+    }
+}

@@ -53,6 +53,36 @@ final class PQConnection {
         }
     }
 
+    /// PQprepare: a named protocol-level statement (Parse with a name, then Sync).
+    func prepare(_ name: String, _ sql: String) throws {
+        guard let result = PQprepare(handle, name, sql, 0, nil) else { throw PQError(sqlState: nil, message: String(cString: PQerrorMessage(handle))) }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_COMMAND_OK else {
+            let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+            throw PQError(sqlState: state, message: String(cString: PQresultErrorMessage(result)))
+        }
+    }
+
+    /// PQexecPrepared: Bind/Execute/Sync of a named statement; returns the first column of the first row.
+    func executePrepared(_ name: String, _ parameters: [String?]) throws -> String? {
+        let cStrings = parameters.map { $0.map { strdup($0) } ?? nil }
+        defer { cStrings.forEach { free($0) } }
+        let result = cStrings.withUnsafeBufferPointer { buffer in
+            buffer.baseAddress.map { base in
+                base.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) {
+                    PQexecPrepared(handle, name, Int32(parameters.count), $0, nil, nil, 0)
+                }
+            } ?? PQexecPrepared(handle, name, 0, nil, nil, nil, 0)
+        }
+        guard let result else { throw PQError(sqlState: nil, message: String(cString: PQerrorMessage(handle))) }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_TUPLES_OK || PQresultStatus(result) == PGRES_COMMAND_OK else {
+            let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+            throw PQError(sqlState: state, message: String(cString: PQresultErrorMessage(result)))
+        }
+        return PQntuples(result) > 0 && PQgetisnull(result, 0, 0) == 0 ? String(cString: PQgetvalue(result, 0, 0)) : nil
+    }
+
     func scalar(_ sql: String, _ parameters: [String?] = []) throws -> String? {
         try query(sql, parameters).first?.first ?? nil
     }

@@ -1,0 +1,261 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import PostgresWire
+
+/// Named protocol-level prepared statements across server connections (PgBouncer's max_prepared_statements):
+/// a client's `Parse` with a name is kept per client; on each server connection the client lands on, the
+/// statement exists under a server-unique name (`shoal_<n>`, one per distinct text and parameter types),
+/// prepared there on first use and kept in an LRU of `max_prepared_statements`; `Bind`, `Describe` and
+/// `Close` are mapped accordingly. Unnamed statements pass through untouched.
+
+/// Process-wide: one server name per distinct (query, parameter types), so server connections share them.
+public final class StatementNames: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var names: [ByteBuffer: String] = [:]
+    private var next: UInt64 = 1
+    private let capacity: Int
+
+    /// Past `capacity` distinct statements the table starts again (clients keep the names they hold; a new
+    /// Parse of an old text just gets a new name), so a client that prepares endless texts cannot grow it.
+    public init(capacity: Int = 100_000) { self.capacity = capacity }
+
+    public func name(for definition: ByteBuffer) -> String {
+        lock.withLock {
+            if let name = names[definition] { return name }
+            if names.count >= capacity { names.removeAll(keepingCapacity: true) }
+            let name = "shoal_\(next)"
+            next += 1
+            names[definition] = name
+            return name
+        }
+    }
+}
+
+/// What one server connection has prepared, least recently used first out.
+public struct ServerStatements: Sendable {
+    private var lastUse: [String: UInt64] = [:]
+    private var tick: UInt64 = 0
+
+    public init() {}
+
+    public var count: Int { lastUse.count }
+    public func contains(_ name: String) -> Bool { lastUse[name] != nil }
+
+    public mutating func touch(_ name: String) {
+        tick += 1
+        lastUse[name] = tick
+    }
+
+    public mutating func remove(_ name: String) { lastUse[name] = nil }
+    public mutating func removeAll() { lastUse = [:] }
+
+    /// The least recently used name, other than those in `keep`.
+    public func victim(keeping keep: Set<String>) -> String? {
+        lastUse.filter { !keep.contains($0.key) }.min { $0.value < $1.value }?.key
+    }
+}
+
+/// A response Shoal expects from the server for a Parse or Close it forwarded or injected, in order.
+public struct ExpectedResponse: Sendable, Equatable {
+    /// '1' ParseComplete or '3' CloseComplete.
+    public var type: UInt8
+    /// Injected by Shoal: the client never asked for it, so it is dropped.
+    public var drop: Bool
+    /// The Sync/Query ordinal it belongs to: an error skips the rest of its batch.
+    public var batch: Int
+    /// For a Parse: the server-side name it creates (forgotten again if the Parse fails).
+    public var serverName: String?
+    /// For a client's Parse: the client's name (forgotten again if the Parse fails).
+    public var clientName: String?
+
+    public init(type: UInt8, drop: Bool, batch: Int, serverName: String? = nil, clientName: String? = nil) {
+        self.type = type
+        self.drop = drop
+        self.batch = batch
+        self.serverName = serverName
+        self.clientName = clientName
+    }
+}
+
+/// The per-client half: the client's names and what each stands for, and the rewriting of its messages.
+public struct ClientStatements: Sendable {
+    public struct Statement: Sendable {
+        public var serverName: String
+        /// Query text and parameter types as the Parse body carries them after the name.
+        public var definition: ByteBuffer
+    }
+
+    public private(set) var statements: [String: Statement] = [:]
+
+    public init() {}
+
+    public enum Rewrite {
+        /// Send the message as it is.
+        case forward
+        /// Send these messages instead (a renamed message, possibly after a Parse that prepares it here).
+        case replace([ByteBuffer], expecting: [ExpectedResponse])
+    }
+
+    /// Rewrites one client message of type Parse, Bind, Describe or Close. `batch` is the ordinal of the
+    /// Sync/Query that will end it; `server` is what the current server connection has prepared.
+    public mutating func rewrite(type: UInt8, body: ByteBuffer, batch: Int, server: inout ServerStatements,
+                                 names: StatementNames, capacity: Int) -> Rewrite {
+        var body = body
+        switch type {
+        case FrontendMessage.parse:
+            guard let name = body.readNullTerminatedString(), !name.isEmpty else { return .forward }
+            if let existing = statements[name] {
+                // Defined twice: make sure the server has the first one, then let it refuse the second under the
+                // same server name — PostgreSQL's own error (42P05 "already exists"), and its own batch abort.
+                var out: [ByteBuffer] = []
+                var expecting: [ExpectedResponse] = []
+                ensurePrepared(existing, on: &server, capacity: capacity, batch: batch, into: &out, expecting: &expecting)
+                out.append(Self.parse(name: existing.serverName, definition: body.slice()))
+                expecting.append(ExpectedResponse(type: UInt8(ascii: "1"), drop: false, batch: batch))
+                return .replace(out, expecting: expecting)
+            }
+            let definition = body.slice()
+            let serverName = names.name(for: definition)
+            statements[name] = Statement(serverName: serverName, definition: definition)
+            var out: [ByteBuffer] = []
+            var expecting: [ExpectedResponse] = []
+            if server.contains(serverName) {
+                // Already prepared here: parse it as the unnamed statement instead, so the server still answers
+                // the client's Parse with a ParseComplete of its own and nothing needs faking.
+                server.touch(serverName)
+                out.append(Self.parse(name: "", definition: definition))
+                expecting.append(ExpectedResponse(type: UInt8(ascii: "1"), drop: false, batch: batch, serverName: nil, clientName: name))
+            } else {
+                evictIfFull(&server, keeping: [serverName], capacity: capacity, batch: batch, into: &out, expecting: &expecting)
+                server.touch(serverName)
+                out.append(Self.parse(name: serverName, definition: definition))
+                expecting.append(ExpectedResponse(type: UInt8(ascii: "1"), drop: false, batch: batch, serverName: serverName, clientName: name))
+            }
+            return .replace(out, expecting: expecting)
+        case FrontendMessage.bind:
+            guard let portal = body.readNullTerminatedString(), let name = body.readNullTerminatedString(), !name.isEmpty,
+                  let statement = statements[name] else { return .forward }
+            var out: [ByteBuffer] = []
+            var expecting: [ExpectedResponse] = []
+            ensurePrepared(statement, on: &server, capacity: capacity, batch: batch, into: &out, expecting: &expecting)
+            var bind = ByteBuffer()
+            bind.writePostgresMessage(FrontendMessage.bind) { message in
+                message.writeCString(portal)
+                message.writeCString(statement.serverName)
+                var rest = body
+                message.writeBuffer(&rest)
+            }
+            out.append(bind)
+            return .replace(out, expecting: expecting)
+        case FrontendMessage.describe, FrontendMessage.close:
+            guard let kind = body.readInteger(as: UInt8.self), kind == UInt8(ascii: "S"),
+                  let name = body.readNullTerminatedString(), !name.isEmpty, let statement = statements[name] else { return .forward }
+            var out: [ByteBuffer] = []
+            var expecting: [ExpectedResponse] = []
+            if type == FrontendMessage.close {
+                // The server keeps its copy for others; the client's name is gone. Closing the unnamed statement
+                // makes the server answer CloseComplete itself.
+                statements[name] = nil
+                out.append(Self.nameMessage(type, kind: kind, name: ""))
+                expecting.append(ExpectedResponse(type: UInt8(ascii: "3"), drop: false, batch: batch))
+                return .replace(out, expecting: expecting)
+            }
+            ensurePrepared(statement, on: &server, capacity: capacity, batch: batch, into: &out, expecting: &expecting)
+            out.append(Self.nameMessage(type, kind: kind, name: statement.serverName))
+            return .replace(out, expecting: expecting)
+        default:
+            return .forward
+        }
+    }
+
+    /// A Parse of ours failed: the client's name does not exist after all.
+    public mutating func parseFailed(clientName: String) { statements[clientName] = nil }
+
+    /// DEALLOCATE ALL / DISCARD ALL from the client.
+    public mutating func removeAll() { statements = [:] }
+
+    private func ensurePrepared(_ statement: Statement, on server: inout ServerStatements, capacity: Int, batch: Int,
+                                into out: inout [ByteBuffer], expecting: inout [ExpectedResponse]) {
+        if server.contains(statement.serverName) {
+            server.touch(statement.serverName)
+            return
+        }
+        evictIfFull(&server, keeping: [statement.serverName], capacity: capacity, batch: batch, into: &out, expecting: &expecting)
+        server.touch(statement.serverName)
+        out.append(Self.parse(name: statement.serverName, definition: statement.definition))
+        expecting.append(ExpectedResponse(type: UInt8(ascii: "1"), drop: true, batch: batch, serverName: statement.serverName))
+    }
+
+    private func evictIfFull(_ server: inout ServerStatements, keeping: Set<String>, capacity: Int, batch: Int,
+                             into out: inout [ByteBuffer], expecting: inout [ExpectedResponse]) {
+        guard capacity > 0, server.count >= capacity, let victim = server.victim(keeping: keeping) else { return }
+        server.remove(victim)
+        out.append(Self.nameMessage(FrontendMessage.close, kind: UInt8(ascii: "S"), name: victim))
+        expecting.append(ExpectedResponse(type: UInt8(ascii: "3"), drop: true, batch: batch))
+    }
+
+    static func parse(name: String, definition: ByteBuffer) -> ByteBuffer {
+        var out = ByteBuffer()
+        out.writePostgresMessage(FrontendMessage.parse) { message in
+            message.writeCString(name)
+            var definition = definition
+            message.writeBuffer(&definition)
+        }
+        return out
+    }
+
+    static func nameMessage(_ type: UInt8, kind: UInt8, name: String) -> ByteBuffer {
+        var out = ByteBuffer()
+        out.writePostgresMessage(type) { message in
+            message.writeInteger(kind)
+            message.writeCString(name)
+        }
+        return out
+    }
+}
+
+/// The server → client half: which ParseComplete/CloseComplete messages were Shoal's own, and what an error
+/// in a batch cancels.
+public struct ResponseExpectations: Sendable {
+    public private(set) var pending: [ExpectedResponse] = []
+    /// ReadyForQuery messages seen on this link (each Sync/Query earns one).
+    public private(set) var answered = 0
+
+    public init() {}
+
+    public var isEmpty: Bool { pending.isEmpty }
+
+    public mutating func append(_ expected: [ExpectedResponse]) { pending += expected }
+
+    public enum Outcome: Equatable {
+        /// Not one of ours to judge: forward.
+        case forward
+        /// Shoal's injected message's answer: drop it.
+        case drop
+    }
+
+    /// A ParseComplete or CloseComplete arrived.
+    public mutating func completed(type: UInt8) -> Outcome {
+        guard let index = pending.firstIndex(where: { $0.type == type }) else { return .forward }
+        return pending.remove(at: index).drop ? .drop : .forward
+    }
+
+    /// An ErrorResponse arrived: the rest of the current batch is skipped by the server. Returns the expectations
+    /// that will never be answered (their Parses failed or never ran).
+    public mutating func errorReceived() -> [ExpectedResponse] {
+        let batch = answered
+        let cancelled = pending.filter { $0.batch <= batch }
+        pending.removeAll { $0.batch <= batch }
+        return cancelled
+    }
+
+    public mutating func readyForQueryReceived() {
+        answered += 1
+        pending.removeAll { $0.batch < answered }
+    }
+
+    public mutating func reset() {
+        pending = []
+        answered = 0
+    }
+}

@@ -1,0 +1,93 @@
+import Foundation
+import Testing
+
+/// Named protocol-level prepared statements in transaction mode, with more clients than server connections.
+@Suite(.serialized) struct PreparedStatementTests {
+    @Test func pgbenchPreparedWithMoreClientsThanServers() async throws {
+        let shoal = try await ShoalInstance { $0.defaultPoolSize = 3 }
+        defer { Task { await shoal.stop() } }
+        let script = "\(shoal.directory)/prepared.sql"
+        try "\\set n random(1, 100000)\nSELECT :n::int + 1;\nSELECT :n::text || 'x';\n".write(toFile: script, atomically: true, encoding: .utf8)
+        let run = try shoal.pgbench(["-n", "-M", "prepared", "-f", script, "-c", "12", "-j", "2", "-t", "150"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("number of transactions actually processed: 1800"), "\(run.stdout)")
+        #expect(run.stdout.contains("number of failed transactions: 0"), "\(run.stdout)")
+    }
+
+    @Test func withoutTrackingPreparedStatementsBreakAsInOldPgBouncer() async throws {
+        let shoal = try await ShoalInstance {
+            $0.defaultPoolSize = 3
+            $0.maxPreparedStatements = 0
+        }
+        defer { Task { await shoal.stop() } }
+        let script = "\(shoal.directory)/prepared.sql"
+        try "\\set n random(1, 100000)\nSELECT :n::int + 1;\n".write(toFile: script, atomically: true, encoding: .utf8)
+        let run = try shoal.pgbench(["-n", "-M", "prepared", "-f", script, "-c", "12", "-j", "2", "-t", "50"])
+        #expect(run.status != 0 || !run.stdout.contains("number of failed transactions: 0 "), "\(run.stdout)")
+    }
+
+    @Test func psycopgWithPrepareThresholdZero() async throws {
+        let shoal = try await ShoalInstance { $0.defaultPoolSize = 2 }
+        defer { Task { await shoal.stop() } }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/prepared_psycopg.py").path
+        let run = try ProcessRunner.run("python3", [script, shoal.conninfo, "8", "40"])
+        #expect(run.status == 0 && run.stdout.contains("OK 8"), "\(run.stdout)\(run.stderr)")
+    }
+
+    @Test func phpPrepareAndExecute() async throws {
+        let php = try ProcessRunner.which("php")
+        let shoal = try await ShoalInstance { $0.defaultPoolSize = 2 }
+        defer { Task { await shoal.stop() } }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/prepared_php.php").path
+        let results = try await withThrowingTaskGroup(of: ProcessResult.self) { group in
+            for worker in 0..<4 {
+                let environment = ["SHOAL_HOST": "127.0.0.1", "SHOAL_PORT": "\(shoal.port)", "SHOAL_PASSWORD": TestPostgres.password, "WORKER": "\(worker)"]
+                group.addTask { try ProcessRunner.run(php, [script], environment: environment, timeout: 120) }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        for result in results { #expect(result.status == 0 && result.stdout == "OK\n", "\(result.stderr)") }
+    }
+
+    @Test func aNameDefinedTwiceGetsPostgresOwnErrorAndUnknownNamesToo() async throws {
+        let shoal = try await ShoalInstance { $0.defaultPoolSize = 2 }
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        try client.prepare("q", "SELECT $1::int + 1")
+        do {
+            try client.prepare("q", "SELECT 2")
+            Issue.record("a second Parse of the same name succeeded")
+        } catch let error as PQError {
+            #expect(error.sqlState == "42P05" && error.message.contains("already exists"), "\(error)")
+        }
+        #expect(try client.executePrepared("q", ["41"]) == "42", "the first definition still stands")
+        do {
+            _ = try client.executePrepared("never_prepared", [])
+            Issue.record("an unknown statement executed")
+        } catch let error as PQError {
+            #expect(error.sqlState == "26000", "\(error)")
+        }
+        // DEALLOCATE ALL forgets them all.
+        try client.query("DEALLOCATE ALL")
+        #expect(throws: PQError.self) { _ = try client.executePrepared("q", ["1"]) }
+        try client.prepare("q", "SELECT $1::int * 10")
+        #expect(try client.executePrepared("q", ["4"]) == "40")
+    }
+
+    @Test func serverSideStatementsStayBoundedWhateverTheClientPrepares() async throws {
+        let shoal = try await ShoalInstance {
+            $0.defaultPoolSize = 1
+            $0.maxPreparedStatements = 50
+        }
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        for index in 0..<3_000 {
+            try client.prepare("s\(index)", "SELECT \(index)")
+        }
+        // Every statement still works (re-prepared on demand), and the server never holds more than 50.
+        #expect(try client.executePrepared("s7", []) == "7")
+        #expect(try client.executePrepared("s2999", []) == "2999")
+        let onServer = Int(try client.scalar("select count(*) from pg_prepared_statements") ?? "") ?? -1
+        #expect(onServer > 0 && onServer <= 50, "\(onServer) statements on the server")
+    }
+}
