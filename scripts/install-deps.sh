@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what Shoal's tests, demo and benchmarks use on Debian: PostgreSQL 15 (server, client, pgbench),
 # libpq headers, PgBouncer (for side-by-side comparisons), PHP's pgsql driver (the Moodle-pattern test), and
-# Debian's psycopg 3 and prometheus_client for the system python3 (console and /metrics tests).
+# Debian's psycopg 3, asyncpg and prometheus_client for the system python3 (console, prepared-statement and
+# /metrics tests).
 # Idempotent: packages already present are left alone.
 set -euo pipefail
-packages=(postgresql-15 postgresql-client-15 libpq-dev pgbouncer php-cli php-pgsql pkg-config python3 python3-psycopg python3-prometheus-client)
+packages=(postgresql-15 postgresql-client-15 libpq-dev pgbouncer php-cli php-pgsql pkg-config python3 python3-psycopg python3-asyncpg python3-prometheus-client)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -34,6 +34,15 @@ import Testing
         #expect(run.status == 0 && run.stdout.contains("OK 8"), "\(run.stdout)\(run.stderr)")
     }
 
+    @Test func asyncpgWithItsStatementCache() async throws {
+        let shoal = try await ShoalInstance { $0.defaultPoolSize = 2 }
+        defer { Task { await shoal.stop() } }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/prepared_asyncpg.py").path
+        let dsn = "postgresql://postgres:\(TestPostgres.password)@127.0.0.1:\(shoal.port)/postgres"
+        let run = try ProcessRunner.run("python3", [script, dsn, "8", "30"])
+        #expect(run.status == 0 && run.stdout.contains("OK 8"), "\(run.stdout)\(run.stderr)")
+    }
+
     @Test func phpPrepareAndExecute() async throws {
         let php = try ProcessRunner.which("php")
         let shoal = try await ShoalInstance { $0.defaultPoolSize = 2 }

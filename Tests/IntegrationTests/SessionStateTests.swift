@@ -159,10 +159,12 @@ import Testing
             $0.defaultPoolSize = 2
             $0.maxPinnedClients = 1
             $0.adminUsers = ["postgres"]
+            $0.pinWarnTimeout = 0.3
         }
         defer { Task { await shoal.stop() } }
         let holder = try PQConnection(shoal.conninfo)
         try holder.query("DECLARE crs1 NO SCROLL CURSOR WITH HOLD FOR SELECT 1")
+        try holder.query("SELECT 'a transaction later, still pinned'")
         let clients = try PQConnection(shoal.consoleConninfo()).query("SHOW CLIENTS")
         #expect(clients.contains { $0[2] == "postgres" && $0.last == "held_cursor" }, "\(clients)")
         let second = try PQConnection(shoal.conninfo)
@@ -174,11 +176,32 @@ import Testing
         }
         // The refused client is still usable, and the holder's cursor is intact.
         #expect(try second.scalar("select 'still usable'") == "still usable")
+        try await Task.sleep(nanoseconds: 800_000_000)
+        #expect(shoal.log.contains("client pinned to its server for") && shoal.log.contains("DECLARE crs1 NO SCROLL CURSOR WITH HOLD"),
+                "pin_warn_timeout: \(shoal.log.suffix(400))")
         #expect(try holder.scalar("FETCH 1 FROM crs1") == "1")
         try holder.query("CLOSE crs1")
         try await Task.sleep(nanoseconds: 100_000_000)
         let after = try PQConnection(shoal.consoleConninfo()).query("SHOW CLIENTS")
         #expect(!after.contains { $0.last == "held_cursor" }, "unpinned after CLOSE: \(after)")
+    }
+
+    @Test func moodleThroughPHPWithTwentyWorkersOnAPoolOfFour() async throws {
+        let php = try ProcessRunner.which("php")
+        let shoal = try await ShoalInstance { $0.defaultPoolSize = 4 }
+        defer { Task { await shoal.stop() } }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/moodle_session_state.php").path
+        let results = try await withThrowingTaskGroup(of: ProcessResult.self) { group in
+            for worker in 0..<20 {
+                let environment = ["SHOAL_HOST": "127.0.0.1", "SHOAL_PORT": "\(shoal.port)", "SHOAL_PASSWORD": TestPostgres.password,
+                                   "WORKER": "\(worker)", "ROUNDS": "5"]
+                group.addTask { try ProcessRunner.run(php, [script], environment: environment, timeout: 120) }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        for result in results { #expect(result.status == 0 && result.stdout == "OK 5\n", "\(result.stderr)") }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        #expect(try TestPostgres.shared.psql("select count(*) from pg_locks where locktype = 'advisory'") == "0")
     }
 
     /// The bar: held cursors, advisory locks, temp tables and session SETs from 50 clients through a
