@@ -1,0 +1,303 @@
+import Configuration
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+import Pooling
+import PostgresWire
+
+/// From the startup packet to the welcome: SSLRequest and TLS, startup parameters, authentication, the
+/// console or the pool.
+extension ClientConnection {
+    // MARK: Startup
+
+    func startupBytesReceived(_ buffer: ByteBuffer) {
+        var buffer = buffer
+        if var existing = startupBuffer {
+            existing.writeBuffer(&buffer)
+            buffer = existing
+        }
+        while state == .startup {
+            let packet: StartupPacket?
+            do {
+                packet = try StartupPacketDecoder.decode(&buffer)
+            } catch {
+                switch error {
+                case .oldProtocolVersion: return fatal("old V2 protocol not supported")
+                case .invalidLayout: return fatal("invalid startup packet layout: expected terminator as last byte")
+                case .badHeader(let bytes): return fatal("bad packet header: '\(MD5Password.hex(bytes))'")
+                }
+            }
+            guard let packet else { break }
+            switch packet {
+            case .sslRequest, .gssEncRequest:
+                if buffer.readableBytes > 0 {
+                    return fatal(packet == .sslRequest ? "received unencrypted data after SSL request" : "received unencrypted data after GSSAPI encryption request")
+                }
+                if packet == .sslRequest && tlsActive {
+                    return close(reason: "SSL req inside SSL")
+                }
+                let tlsContext = packet == .sslRequest && !isUnixSocket ? runtime.tls.withLockedValue({ $0.forClients }) : nil
+                var answer = context!.channel.allocator.buffer(capacity: 1)
+                answer.writeInteger(UInt8(ascii: tlsContext == nil ? "N" : "S"))
+                context!.writeAndFlush(wrapOutboundOut(answer), promise: nil)
+                if let tlsContext {
+                    // From here on the client's bytes arrive decrypted, on this same EventLoop.
+                    do {
+                        try context!.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .first)
+                        tlsActive = true
+                    } catch {
+                        return close(reason: "failed to accept SSL")
+                    }
+                }
+            case .cancel(let processID, let secretKey):
+                cancelRequested(processID: processID, secretKey: secretKey)
+                return
+            case .startup(let minor, let parameters):
+                startupParameters = parameters
+                if buffer.readableBytes > 0 {
+                    // A client may pipeline its first messages after the startup packet (e.g. a password).
+                    startupBuffer = nil
+                    startupReceived(minorVersion: minor)
+                    if state == .authenticating { authBytesReceived(buffer) } else if state != .closed { queryBytesReceived(buffer) }
+                    return
+                }
+                startupBuffer = nil
+                startupReceived(minorVersion: minor)
+                return
+            }
+        }
+        startupBuffer = buffer.readableBytes > 0 ? buffer : nil
+    }
+
+    func startupReceived(minorVersion: UInt16) {
+        let snapshot = runtime.snapshot
+        let config = snapshot.config
+        if tlsActive {
+            tlsDescription = (try? context?.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion.map(Self.describe) ?? "TLS"
+        } else if !isUnixSocket, ["require", "verify-ca", "verify-full"].contains(config.clientTLSSSLMode) {
+            return fatal("SSL required")
+        }
+        var unsupportedProtocolOptions: [String] = []
+        var clientSettings: [(String, String)] = []
+        let tracked = snapshot.trackedNames
+        let ignored = snapshot.ignoredStartupParameters
+        for (key, value) in startupParameters {
+            switch key {
+            case "user": user = value
+            case "database": databaseName = value
+            case "replication":
+                return fatal("unsupported startup parameter: replication")
+            case "options":
+                let settings: [(String, String)]
+                do {
+                    settings = try StartupOptions.parse(value)
+                } catch {
+                    if ignored.contains("options") { continue }
+                    return fatal("unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed")
+                }
+                for (name, setting) in settings {
+                    if tracked.contains(name.lowercased()) {
+                        clientSettings.append((name, setting))
+                    } else if !ignored.contains(name) && !ignored.contains("options") {
+                        logger.warning("unsupported startup parameter in options: \(name)=\(setting)")
+                        return fatal("unsupported startup parameter in options: \(name)")
+                    }
+                }
+            case let name where name.hasPrefix("_pq_."):
+                unsupportedProtocolOptions.append(name)
+            default:
+                if tracked.contains(key.lowercased()) {
+                    clientSettings.append((key, value))
+                } else if !ignored.contains(key) {
+                    logger.warning("unsupported startup parameter: \(key)=\(value)")
+                    return fatal("unsupported startup parameter: \(key)")
+                }
+            }
+        }
+        if minorVersion > 0 || !unsupportedProtocolOptions.isEmpty {
+            var negotiate = context!.channel.allocator.buffer(capacity: 64)
+            negotiate.writeNegotiateProtocolVersion(newestMinor: 0, unrecognized: unsupportedProtocolOptions)
+            context!.write(wrapOutboundOut(negotiate), promise: nil)
+        }
+        startupParameters = [] // read once; an idle client should not keep them
+        guard !user.isEmpty else { return fatal("no username supplied") }
+        if databaseName.isEmpty { databaseName = user }
+        if config.applicationNameAddHost {
+            let app = clientSettings.last(where: { $0.0 == "application_name" })?.1 ?? "app"
+            clientSettings.append(("application_name", "\(app) - \(peerDescription)"))
+        }
+        for (name, value) in clientSettings { parameters.set(name, value) }
+        updateLogPrefix()
+        if config.logConnections {
+            logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=no")
+        }
+        let isConsoleLogin = databaseName == "pgbouncer" || (databaseName == "shoal" && config.databases["shoal"] == nil)
+        if !isConsoleLogin {
+            // 08P01, as PgBouncer sends it. The console is exempt, so an operator can always get in.
+            guard runtime.admitClient() else { return fatal("no more connections allowed (max_client_conn)") }
+            counted = true
+        }
+
+        databaseEntry = isConsoleLogin ? nil : config.database(named: databaseName)
+        state = .authenticating
+        if isConsoleLogin, user == "pgbouncer", let peerUID, peerUID == geteuid() {
+            // PgBouncer's rule: the same OS user on the Unix socket is admin without a password.
+            logger.info("pgbouncer access from unix socket")
+            return startConsole(access: .admin)
+        }
+        let secret = runtime.userList.secrets[user]
+        let authUser = databaseEntry?.authUser ?? config.authUser
+        if secret == nil, let database = databaseEntry, authUser != nil, config.authType != .trust, config.authType != .any {
+            // Not in the auth file: ask the database (auth_query as auth_user), then authenticate.
+            AuthQueryConnection.lookUp(user: user, database: database, runtime: runtime, on: eventLoop) { [weak self] outcome in
+                guard let self, self.state == .authenticating else { return }
+                switch outcome {
+                case .found(let secret):
+                    self.beginAuthentication(secret: secret ?? "", config: config)
+                case .noSuchUser:
+                    self.logger.info("no such user: \(self.user)")
+                    self.fatal("no such user", code: "28000")
+                case .failed(let message):
+                    self.logger.error("\(message)")
+                    self.fatal("bouncer config error")
+                }
+            }
+            return
+        }
+        if config.authType == .trust, config.authFile != nil, secret == nil, authUser == nil {
+            return fatal("\"trust\" authentication failed", code: "28000")
+        }
+        if secret == nil && config.authType != .trust && config.authType != .any {
+            logger.info("no such user: \(user)")
+        }
+        beginAuthentication(secret: secret, config: config)
+    }
+
+    func beginAuthentication(secret: String?, config: ShoalConfig) {
+        authSecret = secret
+        var machine = ClientAuthMachine(authType: config.authType, user: user, secret: secret,
+                                        parsedVerifier: secret.flatMap(runtime.parsedVerifier),
+                                        verifierCache: { [runtime] in runtime.scramVerifier(forPassword: $0) })
+        handle(machine.start())
+        auth = machine
+        if state == .authenticating { context?.flush() }
+    }
+
+    // MARK: Authentication
+
+    func authBytesReceived(_ buffer: ByteBuffer) {
+        var visitor = LoginVisitor()
+        do {
+            _ = try authScanner.scan(buffer, visitor: &visitor)
+        } catch {
+            return fatal("bad packet header")
+        }
+        for (type, body) in visitor.messages where state == .authenticating {
+            guard type == FrontendMessage.password, var machine = auth else {
+                if type == FrontendMessage.terminate { return close(reason: "client close request") }
+                return fatal("client password pkt before startup packet")
+            }
+            let action = machine.passwordMessageReceived(body)
+            auth = machine
+            handle(action)
+        }
+        if state == .authenticating { context?.flush() }
+    }
+
+    func handle(_ action: ClientAuthMachine.Action) {
+        switch action {
+        case .send(let bytes):
+            context?.write(wrapOutboundOut(bytes), promise: nil)
+        case .fail(let message, let code):
+            logger.info("login failed: db=\(databaseName) user=\(user)")
+            runtime.registries[loopIndex].authFailures &+= 1
+            fatal(message, code: code)
+        case .authenticated(let saslFinal, let scramKeys, let cleartext):
+            auth = nil
+            if let saslFinal { context?.write(wrapOutboundOut(saslFinal), promise: nil) }
+            authenticated(scramKeys: scramKeys, cleartextPassword: cleartext)
+        }
+    }
+
+    func authenticated(scramKeys: (clientKey: [UInt8], serverKey: [UInt8])?, cleartextPassword: String?) {
+        let config = runtime.snapshot.config
+        if databaseName == "pgbouncer" || (databaseName == "shoal" && config.databases["shoal"] == nil) {
+            if config.adminUsers.contains(user) { return startConsole(access: .admin) }
+            if config.statsUsers.contains(user) || config.authType == .any { return startConsole(access: .readOnly) }
+            runtime.registries[loopIndex].authFailures &+= 1
+            return fatal("not allowed")
+        }
+        guard let database = databaseEntry else {
+            return fatal("no such database: \(databaseName)", code: "3D000")
+        }
+        if let refusal = runtime.lifecycle.withLockedValue({ $0.loginRefusal(database: databaseName) }) {
+            return fatal(refusal)
+        }
+        let pool = runtime.pool(for: PoolKey(database: databaseName, user: database.user ?? user), database: database)
+        self.pool = pool
+        statsShard = pool.shards[loopIndex]
+        statsShard!.counters.clientLogins &+= 1
+        mode = pool.settings.mode
+        detectsSessionState = mode != .session && config.pinSessionState
+        preparedCapacity = config.maxPreparedStatements
+        tracksPrepared = mode != .session && preparedCapacity > 0
+        if !config.serverResetQuery.isEmpty {
+            if config.serverResetQueryAlways { resetQueryOnRelease = config.serverResetQuery }
+            if config.serverResetQueryAlways || mode == .session { resetQueryOnDisconnect = config.serverResetQuery }
+        }
+        let userEntry = config.users[user]
+        queryTimeout = userEntry?.queryTimeout ?? config.queryTimeout
+        idleTransactionTimeout = userEntry?.idleTransactionTimeout ?? config.idleTransactionTimeout
+        clientIdleTimeout = userEntry?.clientIdleTimeout ?? config.clientIdleTimeout
+        tracksActivity = queryTimeout > 0 || idleTransactionTimeout > 0 || clientIdleTimeout > 0
+        if tracksActivity {
+            runtime.sweepers[loopIndex].add(self)
+            registeredWithSweeper = true
+        }
+        // Learn how to log in to servers as this user when the config alone cannot tell.
+        if database.user == nil || database.user == user {
+            if case .unknown = pool.serverSecret {
+                if let scramKeys { pool.serverSecret = .scramKeys(clientKey: scramKeys.clientKey, serverKey: scramKeys.serverKey) }
+                else if let cleartextPassword { pool.serverSecret = .password(cleartextPassword) }
+                else if let authSecret, MD5Password.isStoredHash(authSecret) { pool.serverSecret = .md5Hash(authSecret) }
+            } else if case .scramKeys = pool.serverSecret, let scramKeys {
+                pool.serverSecret = .scramKeys(clientKey: scramKeys.clientKey, serverKey: scramKeys.serverKey)
+            }
+        }
+        var ok = context!.channel.allocator.buffer(capacity: 9)
+        ok.writeAuthenticationOk()
+        context!.write(wrapOutboundOut(ok), promise: nil)
+        if let welcome = pool.welcome {
+            sendWelcome(welcome)
+            if pending != nil { requestServer() }
+        } else {
+            state = .waitingForWelcome
+            context?.flush()
+            requestServer()
+        }
+    }
+
+    func sendWelcome(_ welcome: [(String, String)]) {
+        guard let context else { return }
+        loginTimeout?.cancel()
+        loginTimeout = nil
+        // Tracked parameters the client did not choose start at the server defaults.
+        let tracked = runtime.snapshot.trackedNames
+        for (name, value) in welcome where tracked.contains(name.lowercased()) {
+            // Unset, or the same value spelled differently ("utf8"): take the server's canonical spelling.
+            if let chosen = parameters[name], chosen.lowercased() != value.lowercased() { continue }
+            parameters.set(name, value)
+        }
+        var out = context.channel.allocator.buffer(capacity: 512)
+        for (name, value) in welcome {
+            out.writeParameterStatus(name: name, value: parameters[name] ?? value)
+        }
+        let key = runtime.cancelRegistry.register(self)
+        cancelKey = key
+        out.writeBackendKeyData(processID: key.processID, secretKey: key.secretKey)
+        out.writeReadyForQuery(.idle)
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        state = .idle
+    }
+}
