@@ -5,7 +5,7 @@
 # /metrics tests).
 # Idempotent: packages already present are left alone.
 set -euo pipefail
-packages=(postgresql-15 postgresql-client-15 libpq-dev pgbouncer php-cli php-pgsql pkg-config python3 python3-psycopg python3-asyncpg python3-prometheus-client)
+packages=(postgresql-15 postgresql-client-15 libpq-dev pgbouncer php-cli php-pgsql pkg-config python3 python3-psycopg python3-asyncpg python3-prometheus-client python3-yaml python3-pip)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -24,5 +24,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     if printf '%s\n' "${missing[@]}" | grep -qx pgbouncer; then
         (systemctl stop pgbouncer || service pgbouncer stop || /etc/init.d/pgbouncer stop) >/dev/null 2>&1 || true
     fi
+fi
+# The Kubernetes manifests are checked against the API schema with kubernetes-validate (PyPI; Debian has none).
+if ! /usr/bin/python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
+    /usr/bin/python3 -m pip install --quiet --break-system-packages kubernetes-validate >/dev/null 2>&1 \
+        || /usr/bin/python3 -m pip install --quiet kubernetes-validate
 fi
 echo "dependencies ready: $(psql --version), $(pgbouncer --version | head -1), $(php --version | head -1)"

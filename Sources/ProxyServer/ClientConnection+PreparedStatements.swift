@@ -31,8 +31,8 @@ extension ClientConnection {
     /// Sends client bytes that hold Parse/Bind/Describe/Close messages, with statement names mapped to the
     /// server's and Parses injected where this server lacks a statement.
     func sendRewritten(_ buffer: ByteBuffer, continuing: Int, to server: ServerConnection) {
-        var out = ByteBuffer()
-        out.reserveCapacity(buffer.readableBytes + 64)
+        // Built only once a message needs rewriting: unnamed statements (PHP's pg_query_params) go as they came.
+        var out: ByteBuffer?
         let end = buffer.readableBytes
         var index = min(continuing, end)
         var copyFrom = 0
@@ -50,9 +50,10 @@ extension ClientConnection {
                 case .forward:
                     break
                 case .replace(let messages, let expecting):
+                    if out == nil { out = ByteBuffer(); out!.reserveCapacity(buffer.readableBytes + 64) }
                     var before = buffer.getSlice(at: buffer.readerIndex + copyFrom, length: index - copyFrom)!
-                    out.writeBuffer(&before)
-                    for var message in messages { out.writeBuffer(&message) }
+                    out!.writeBuffer(&before)
+                    for var message in messages { out!.writeBuffer(&message) }
                     expectations.append(expecting)
                     copyFrom = next
                     // What the server really parses: Shoal's injected Parses count, a reuse of a prepared one does not.
@@ -64,11 +65,12 @@ extension ClientConnection {
             }
             index = next
         }
+        guard var rewritten = out else { return server.send(buffer, flush: server.eventLoop !== eventLoop) }
         if copyFrom < end {
             var rest = buffer.getSlice(at: buffer.readerIndex + copyFrom, length: end - copyFrom)!
-            out.writeBuffer(&rest)
+            rewritten.writeBuffer(&rest)
         }
-        server.send(out, flush: server.eventLoop !== eventLoop)
+        server.send(rewritten, flush: server.eventLoop !== eventLoop)
     }
 
     /// Server responses for rewritten messages: drop Shoal's own, forget statements whose Parse failed.

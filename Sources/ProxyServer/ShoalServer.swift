@@ -54,6 +54,16 @@ public final class ShoalServer: @unchecked Sendable {
     /// The port /metrics is served on, if the endpoint is on.
     public var metricsPort: Int? { metricsServer?.port }
 
+    /// The problems building this config's TLS contexts would meet (missing or unreadable certificate files).
+    public static func checkTLS(_ config: ShoalConfig) -> [String] {
+        do {
+            _ = try TLSContexts.build(config)
+            return []
+        } catch {
+            return ["\(error)"]
+        }
+    }
+
     /// Loads the auth file named by the config, logging a broken line with its place.
     public static func loadUserList(config: ShoalConfig, logger: Logger) -> UserList {
         guard let path = config.authFile else { return UserList() }

@@ -7,6 +7,8 @@ struct CommandLineOptions {
     var configPath: String?
     var showVersion = false
     var showHelp = false
+    /// Shoal's own: read the config and the auth file, say what would be served, exit (non-zero on error).
+    var check = false
 
     enum ParseError: Error {
         case badOption(String)
@@ -32,6 +34,7 @@ struct CommandLineOptions {
                 case "--version": options.showVersion = true
                 case "--help": options.showHelp = true
                 case "--reboot": break
+                case "--check": options.check = true
                 case let long where long.hasPrefix("--user="): options.user = String(long.dropFirst("--user=".count))
                 case "--user":
                     guard index < arguments.count else { throw .badOption(argument) }
@@ -82,6 +85,8 @@ struct CommandLineOptions {
           -d, --daemon         run in background (as a daemon)
           -q, --quiet          run quietly
           -R, --reboot         accepted for compatibility; does nothing
+              --check          read the config and auth file, print what would be served, exit
+                               (non-zero with file:line and key on an error)
           -u, --user=USERNAME  accepted for compatibility; not supported yet
           -v, --verbose        increase verbosity
           -V, --version        show version, then exit

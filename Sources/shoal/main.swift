@@ -6,7 +6,7 @@ import NIOPosix
 import AdminConsole
 import ProxyServer
 
-let version = "0.1.0"
+let version = "0.2.0"
 let programName = "shoal"
 
 let options: CommandLineOptions
@@ -31,6 +31,9 @@ if options.showVersion {
 // MARK: Configuration
 
 let bootstrapSink = LogSink(quiet: options.quiet, logfile: nil)
+if options.check {
+    exit(ConfigCheck.run(path: options.configPath!))
+}
 let loaded: ConfigLoader.Result
 do {
     loaded = try ConfigLoader().load(path: options.configPath!)
@@ -105,7 +108,9 @@ func onSignal(_ number: Int32, _ handler: @escaping () -> Void) {
 }
 onSignal(SIGHUP) {
     logger.info("got SIGHUP, re-reading config")
+    SystemdNotify.reloading()
     server.reload()
+    SystemdNotify.send("READY=1")
 }
 onSignal(SIGQUIT) {
     logger.info("got SIGQUIT, fast exit")
@@ -121,6 +126,7 @@ func shutdownSignal(_ name: String, _ mode: AdminCommand.ShutdownMode, _ line: S
     }
     shuttingDown = true
     logger.info("\(line)")
+    SystemdNotify.send("STOPPING=1")
     server.requestShutdown(mode)
 }
 onSignal(SIGTERM) {
@@ -150,6 +156,7 @@ do {
     removePidfile()
     exit(1)
 }
+SystemdNotify.send("READY=1\nSTATUS=serving \(config.databases.count) databases\nMAINPID=\(getpid())")
 // Serve until a signal ends the process.
 while true {
     try? await Task.sleep(nanoseconds: 3_600_000_000_000)

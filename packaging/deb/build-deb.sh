@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds shoal_<version>_<arch>.deb with dpkg-deb: the binary, the systemd unit, a commented default
+# /etc/shoal/shoal.ini (a conffile) and maintainer scripts that create and remove the `shoal` user.
+# Usage: packaging/deb/build-deb.sh [BINARY] [OUTPUT_DIR]   (default: a release build of this checkout)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+binary=${1:-}
+out=${2:-.}
+if [ -z "$binary" ]; then
+    swift build -c release --product shoal --scratch-path .build-release >/dev/null
+    binary=.build-release/release/shoal
+fi
+version=$("$binary" --version | head -1 | awk '{print $2}')
+arch=$(dpkg --print-architecture)
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+install -D -m 0755 "$binary" "$root/usr/bin/shoal"
+install -D -m 0644 conf/shoal.service "$root/lib/systemd/system/shoal.service"
+install -D -m 0640 packaging/deb/shoal.ini "$root/etc/shoal/shoal.ini"
+install -D -m 0640 packaging/deb/userlist.txt "$root/etc/shoal/userlist.txt"
+install -D -m 0644 conf/examples/moodle-transaction.ini "$root/usr/share/doc/shoal/examples/moodle-transaction.ini"
+install -D -m 0644 conf/examples/per-department.ini "$root/usr/share/doc/shoal/examples/per-department.ini"
+mkdir -p "$root/DEBIAN"
+cat > "$root/DEBIAN/control" <<CONTROL
+Package: shoal
+Version: $version
+Architecture: $arch
+Maintainer: Shoal developers <shoal@localhost>
+Section: database
+Priority: optional
+Depends: libc6, adduser
+Description: PostgreSQL connection pooler, a drop-in for PgBouncer
+ Shoal reads pgbouncer.ini and userlist.txt, serves PgBouncer's admin console,
+ pools in session, transaction and statement modes and keeps session state
+ (held cursors, advisory locks, temp tables) safe under transaction pooling.
+CONTROL
+printf '/etc/shoal/shoal.ini\n/etc/shoal/userlist.txt\n' > "$root/DEBIAN/conffiles"
+install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
+# Swift's runtime libraries the binary was linked against travel with it when it was not built static.
+dpkg-deb --root-owner-group --build "$root" "$out/shoal_${version}_${arch}.deb" >/dev/null
+echo "$out/shoal_${version}_${arch}.deb"
