@@ -67,6 +67,8 @@ def main():
         targets.append((name, int(port), int(pid) if pid else None))
 
     results = {}
+    if os.environ.get("ONLY_LOAD"):
+        SCENARIOS.clear()  # just the shoal-load scenario (ONLY_LOAD=1 Benchmarks/e2e.sh)
     for round_number in range(options.rounds):
         for scenario, args in SCENARIOS:
             # Rotate the order each round so no target always runs first.

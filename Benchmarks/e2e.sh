@@ -5,7 +5,8 @@
 # Usage: Benchmarks/e2e.sh [seconds per run, default 10] [rounds, default 3]
 # TLS=1: TLS on every hop (PostgreSQL ssl=on, both poolers with client_tls_sslmode and server_tls_sslmode
 # require, every client with sslmode=require), with a self-signed certificate made here.
-# SHOAL_NOPIN=1 adds a second Shoal with pin_session_state = off, to measure what session-state detection costs.
+# SHOAL_NOPIN=1 adds a second Shoal with pin_session_state = off, to measure what session-state detection costs
+# (NOPIN_NO_PREPARED=1: and max_prepared_statements = 0). ONLY_LOAD=1 runs only the shoal-load scenario.
 # IDLE_CLIENTS=0 skips the idle-memory measurement; LOAD_USERS=0 skips the shoal-load scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +91,7 @@ if [ "${SHOAL_NOPIN:-0}" = 1 ]; then
     sed -e "s/^listen_port = .*/listen_port = $nopinport/" -e "s#^unix_socket_dir = .*#unix_socket_dir = $dir/shoal-nopin#" \
         -e "s#^logfile = .*#logfile = $dir/shoal-nopin/log#" "$dir/shoal/pgbouncer.ini" > "$dir/shoal-nopin/pgbouncer.ini"
     echo "pin_session_state = off" >> "$dir/shoal-nopin/pgbouncer.ini"
+    [ "${NOPIN_NO_PREPARED:-0}" = 1 ] && echo "max_prepared_statements = 0" >> "$dir/shoal-nopin/pgbouncer.ini"
     "$shoal_bin" -q "$dir/shoal-nopin/pgbouncer.ini" &
     nopin_pid=$!
     wait_port "$nopinport"
