@@ -43,6 +43,22 @@ import Testing
         #expect(run.status == 0 && run.stdout.contains("OK 8"), "\(run.stdout)\(run.stderr)")
     }
 
+    @Test func pipelinesWithErrorsMidBatchAnswerAsPostgresDoes() async throws {
+        let shoal = try await ShoalInstance { $0.defaultPoolSize = 2 }
+        defer { Task { await shoal.stop() } }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/prepared_pipeline.py").path
+        let direct = try ProcessRunner.run("python3", [script, "host=127.0.0.1 port=\(TestPostgres.shared.port) user=postgres dbname=postgres password=\(TestPostgres.password)"])
+        #expect(direct.status == 0, "\(direct.stderr)")
+        // Through Shoal, with another client busy so statements meet servers that lack them.
+        let busy = try PQConnection(shoal.conninfo)
+        let noise = background { for _ in 0..<200 { _ = try busy.scalar("select 1") } }
+        let pooled = try ProcessRunner.run("python3", [script, shoal.conninfo])
+        _ = try await noise.value()
+        #expect(pooled.status == 0, "\(pooled.stderr)")
+        #expect(pooled.stdout == direct.stdout, "through Shoal:\n\(pooled.stdout)\ndirect:\n\(direct.stdout)")
+        #expect(direct.stdout.contains("DivisionByZero") && direct.stdout.contains("SyntaxError"))
+    }
+
     @Test func phpPrepareAndExecute() async throws {
         let php = try ProcessRunner.which("php")
         let shoal = try await ShoalInstance { $0.defaultPoolSize = 2 }
