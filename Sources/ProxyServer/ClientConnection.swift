@@ -480,6 +480,13 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             origin.close(reason: "invalid server parameter")
             return fatal("invalid server parameter")
         }
+        if visitor.statementModeViolation {
+            // The BEGIN's answer is not forwarded: the client's request gets the FATAL as its answer, as
+            // PgBouncer's does, rather than a success followed by a closed connection.
+            server = nil
+            origin.closeLent(reason: "transaction blocks not allowed in statement pooling mode")
+            return fatal("transaction blocks not allowed in statement pooling mode")
+        }
         // Skip what answered Shoal's own SET or probe, and the answers to Parse/Close messages Shoal injected.
         let skip = max(0, min(buffer.readableBytes, swallowEnd - start))
         if swallowReadyForQuery == 0 || skip < buffer.readableBytes {
@@ -492,12 +499,6 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             } else if swallowReadyForQuery == 0 {
                 writeSkipping(buffer, from: skip, drops: visitor.drops, context: context)
             }
-        }
-        if visitor.statementModeViolation {
-            context.flush()
-            server = nil
-            origin.closeLent(reason: "transaction blocks not allowed in statement pooling mode")
-            return fatal("transaction blocks not allowed in statement pooling mode")
         }
         if flush { flushToClient() }
         if visitor.probeFinished {
