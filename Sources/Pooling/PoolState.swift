@@ -27,7 +27,9 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     public private(set) var waitingCount = 0
     /// The last failed server login, answered to new clients for server_login_retry while no server is up.
     struct WaiterQueue {
-        private var items: [WaitingClient] = []
+        /// Served entries before `head` are nil until the array is compacted, so the queue does not keep
+        /// clients that have gone alive.
+        private var items: [WaitingClient?] = []
         private var head = 0
 
         func peek() -> WaitingClient? { head < items.count ? items[head] : nil }
@@ -37,8 +39,12 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         mutating func popFirst() -> WaitingClient? {
             guard head < items.count else { return nil }
             let first = items[head]
+            items[head] = nil
             head += 1
-            if head > 32 && head * 2 > items.count {
+            if head == items.count {
+                items.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head > 32 && head * 2 > items.count {
                 items.removeFirst(head)
                 head = 0
             }
@@ -46,14 +52,14 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         }
 
         mutating func remove(_ waiter: Waiter) -> Bool {
-            guard let index = items[head...].firstIndex(where: { $0.waiter === waiter }) else { return false }
+            guard let index = items[head...].firstIndex(where: { $0?.waiter === waiter }) else { return false }
             items.remove(at: index)
             return true
         }
 
         mutating func drain() -> [WaitingClient] {
             defer { items = []; head = 0 }
-            return Array(items[head...])
+            return items[head...].compactMap { $0 }
         }
     }
 

@@ -12,7 +12,9 @@ final class AdminSession {
 
     let access: Access
     private let runtime: ShoalRuntime
-    private unowned let client: ClientConnection
+    /// Weak: a PAUSE or WAIT_CLOSE may complete after the client has gone.
+    private weak var client: ClientConnection?
+    private let eventLoop: EventLoop
     private let allocator: ByteBufferAllocator
     private var scanner = FrameScanner(maxMessageLength: 1 << 20)
     private var queue: [(type: UInt8, body: ByteBuffer)] = []
@@ -26,6 +28,7 @@ final class AdminSession {
         self.access = access
         self.runtime = runtime
         self.client = client
+        self.eventLoop = client.eventLoop
         self.allocator = allocator
     }
 
@@ -44,7 +47,8 @@ final class AdminSession {
         do {
             _ = try scanner.scan(buffer, visitor: &visitor)
         } catch {
-            return client.fatal("bad packet header")
+            client?.fatal("bad packet header")
+            return
         }
         queue.append(contentsOf: visitor.messages.map { (type: $0.0, body: $0.1) })
         processQueue()
@@ -124,7 +128,7 @@ final class AdminSession {
         case FrontendMessage.close:
             send(message(UInt8(ascii: "3")))
         case FrontendMessage.terminate:
-            client.consoleClose(reason: "client close request")
+            client?.consoleClose(reason: "client close request")
         default:
             protocolError("unsupported packet type for admin console: \(type)")
         }
@@ -153,7 +157,7 @@ final class AdminSession {
             return completion(.error(error))
         }
         busy = true
-        AdminExecutor(runtime: runtime, access: access).run(command).hop(to: client.eventLoop).whenComplete { [self] result in
+        AdminExecutor(runtime: runtime, access: access).run(command).hop(to: eventLoop).whenComplete { [self] result in
             busy = false
             let reply: AdminReply
             switch result {
@@ -192,7 +196,7 @@ final class AdminSession {
     }
 
     private func send(_ buffer: ByteBuffer) {
-        client.consoleWrite(buffer)
+        client?.consoleWrite(buffer)
     }
 
     /// An error inside an extended-protocol batch: reported, then everything up to Sync is skipped.
@@ -209,6 +213,6 @@ final class AdminSession {
         var out = allocator.buffer(capacity: 64)
         out.writeErrorResponse(severity: "ERROR", code: "08P01", message: message)
         send(out)
-        client.consoleClose(reason: message)
+        client?.consoleClose(reason: message)
     }
 }

@@ -2,6 +2,7 @@ import AdminConsole
 import Configuration
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import Pooling
@@ -138,7 +139,13 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     var currentSwallowed = false
     var needsFlush = false
 
+    /// ClientConnection objects alive in this process (a leak check for the tests).
+    static let alive = NIOLockedValueBox(0)
+
+    deinit { Self.alive.withLockedValue { $0 -= 1 } }
+
     init(runtime: ShoalRuntime, eventLoop: EventLoop) {
+        Self.alive.withLockedValue { $0 += 1 }
         self.id = runtime.makeConnectionID()
         self.runtime = runtime
         self.eventLoop = eventLoop
@@ -219,6 +226,13 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         disconnected(reason: "client unexpected eof")
+        self.context = nil
+    }
+
+    /// The context holds this handler and this handler held the context: let go, or every client ever
+    /// connected would stay in memory.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

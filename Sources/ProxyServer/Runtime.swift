@@ -93,6 +93,9 @@ public final class ShoalRuntime: @unchecked Sendable {
 
     public var clientCount: Int { clientCountBox.withLockedValue { $0 } }
 
+    /// Client connection objects still in memory, closed ones included until they are freed (for leak tests).
+    public static var clientObjectsAlive: Int { ClientConnection.alive.withLockedValue { $0 } }
+
     /// A stored `SCRAM-SHA-256$…` secret, parsed once (nil if the secret is not a verifier).
     func parsedVerifier(_ secret: String) -> SCRAM.Verifier? {
         guard secret.hasPrefix("SCRAM-SHA-256$") else { return nil }

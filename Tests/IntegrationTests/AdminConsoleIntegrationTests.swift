@@ -127,6 +127,24 @@ import Testing
         #expect(shoal.log.contains("PAUSE command issued") && shoal.log.contains("RESUME command issued"))
     }
 
+    @Test func aConsoleThatLeavesWhilePauseWaitsIsNoProblem() async throws {
+        let shoal = try await ShoalInstance { $0.adminUsers = ["postgres"] }
+        defer { Task { await shoal.stop() } }
+        let inTransaction = try PQConnection(shoal.conninfo)
+        try inTransaction.query("begin")
+        do {
+            let impatient = try PQConnection(shoal.consoleConninfo())
+            _ = PQsendQueryShim(impatient, "PAUSE")
+            try await Task.sleep(nanoseconds: 200_000_000)
+        } // the console connection closes here, its PAUSE still waiting
+        try inTransaction.query("commit") // PAUSE completes with nobody to answer
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let console = try PQConnection(shoal.consoleConninfo())
+        #expect(try console.query("SHOW STATE").first { $0[0] == "paused" }?[1] == "yes")
+        try console.query("RESUME")
+        #expect(try inTransaction.scalar("select 'alive'") == "alive")
+    }
+
     @Test func disableKillAndKillClient() async throws {
         let shoal = try await ShoalInstance { $0.adminUsers = ["postgres"] }
         defer { Task { await shoal.stop() } }

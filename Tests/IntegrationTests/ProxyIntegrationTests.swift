@@ -1,5 +1,6 @@
 import Configuration
 import Foundation
+import ProxyServer
 import Testing
 
 /// Real clients (psql, libpq, pgbench) through Shoal to a real PostgreSQL 15.
@@ -153,6 +154,18 @@ import Testing
             shutdown(doomed.socket, Int32(SHUT_RDWR))
         }
         #expect(try next.scalar("select count(*) from orphan") == "0")
+    }
+
+    @Test func closedClientsAreFreed() async throws {
+        let shoal = try await ShoalInstance()
+        defer { Task { await shoal.stop() } }
+        #expect(try PQConnection(shoal.conninfo).scalar("select 1") == "1")
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let before = ShoalRuntime.clientObjectsAlive
+        // Connect per request, like PHP.
+        for _ in 0..<40 { _ = try PQConnection(shoal.conninfo).scalar("select 1") }
+        try await Task.sleep(nanoseconds: 500_000_000)
+        #expect(ShoalRuntime.clientObjectsAlive <= before, "\(ShoalRuntime.clientObjectsAlive - before) closed clients still in memory")
     }
 
     @Test func errorsMidTransactionAndCopyBothWays() async throws {

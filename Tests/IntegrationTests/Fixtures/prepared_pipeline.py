@@ -25,11 +25,8 @@ with psycopg.connect(conninfo, autocommit=True, prepare_threshold=0) as connecti
                 connection.execute("SELECT %s::text || 'never'", ("x",))
         step(f"{round_number} division", failing_execution)
 
-        def parse_error():
-            with connection.pipeline():
-                connection.execute("SELEC broken %s", (1,))
-                connection.execute("SELECT %s::int * 7", (round_number,))
-        step(f"{round_number} parse error", parse_error)
         step(f"{round_number} after", lambda: connection.execute("SELECT %s::int + 1", (round_number,)).fetchone()[0])
-        step(f"{round_number} times seven", lambda: connection.execute("SELECT %s::int * 7", (round_number,)).fetchone()[0])
+        step(f"{round_number} never", lambda: connection.execute("SELECT %s::text || 'never'", ("x",)).fetchone()[0])
+        # (A Parse error mid-pipeline is left out: psycopg 3.1 then decides by timing whether the skipped
+        # statements count as prepared, so even two direct runs can differ.)
 print("\n".join(transcript))
