@@ -106,7 +106,12 @@ public struct ShoalConfig: Sendable {
 
     public init() {}
 
-    /// The database entry for a client's database name, from the `*` fallback when not listed.
+    /// The admin console's virtual database: `pgbouncer`, and `shoal` unless a real database takes that name.
+    public func isConsoleDatabase(_ name: String) -> Bool {
+        name == "pgbouncer" || (name == "shoal" && databases["shoal"] == nil)
+    }
+
+        /// The database entry for a client's database name, from the `*` fallback when not listed.
     public func database(named name: String) -> DatabaseEntry? {
         if let entry = databases[name] { return entry }
         guard var fallback = databases["*"] else { return nil }

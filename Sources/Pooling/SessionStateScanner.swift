@@ -194,7 +194,7 @@ public enum SessionStateScanner {
                 while from > start && isIdentifier(sql[from - 1]) { from -= 1 }
                 var to = index
                 while to < end && isIdentifier(sql[to]) { to += 1 }
-                let name = String(decoding: sql[from..<to].map(lower), as: UTF8.self)
+                let name = lowercased(sql, from, to)
                 switch name {
                 case "pg_advisory_lock", "pg_try_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock_shared":
                     effects.creates.insert(.advisoryLock)
@@ -207,6 +207,15 @@ public enum SessionStateScanner {
             } else {
                 index += 1
             }
+        }
+    }
+
+    /// The bytes `from..<to` as a lower-cased String, written in place: keywords fit a small string, so looking
+    /// at every Query's first word allocates nothing.
+    static func lowercased(_ sql: UnsafeRawBufferPointer, _ from: Int, _ to: Int) -> String {
+        String(unsafeUninitializedCapacity: to - from) { buffer in
+            for offset in 0..<(to - from) { buffer[offset] = lower(sql[from + offset]) }
+            return to - from
         }
     }
 
@@ -266,7 +275,7 @@ public enum SessionStateScanner {
             var to = index
             while to < end && (SessionStateScanner.isIdentifier(sql[to]) || sql[to] == UInt8(ascii: ".")) { to += 1 }
             guard to > index else { return nil }
-            let word = String(decoding: sql[index..<to].map(SessionStateScanner.lower), as: UTF8.self)
+            let word = SessionStateScanner.lowercased(sql, index, to)
             index = to
             return word
         }

@@ -43,7 +43,7 @@ struct AdminExecutor {
                 found ? .done(tag: "KILL_CLIENT") : .error(AdminError("client not found"))
             }
         case .waitClose(let database):
-            if let database, Self.isConsoleDatabase(database) {
+            if let database, runtime.config.isConsoleDatabase(database) {
                 return loop.makeSucceededFuture(.error(AdminError("cannot wait in admin db: \(database)")))
             }
             issued(command, database)
@@ -164,12 +164,10 @@ struct AdminExecutor {
 
     // MARK: Control
 
-    static func isConsoleDatabase(_ name: String) -> Bool { name == "pgbouncer" || name == "shoal" }
-
     /// The error for a command naming a database that is the console's or unknown.
     private func checkDatabase(_ database: String?, verb: String) -> AdminError? {
         guard let database else { return nil }
-        if Self.isConsoleDatabase(database) { return AdminError("cannot \(verb) admin db: \(database)") }
+        if runtime.config.isConsoleDatabase(database) { return AdminError("cannot \(verb) admin db: \(database)") }
         if runtime.config.databases[database] == nil && runtime.pools(of: database).isEmpty {
             return AdminError("no such database: \(database)")
         }

@@ -132,7 +132,7 @@ extension ClientConnection {
         if config.logConnections {
             logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=no")
         }
-        let isConsoleLogin = databaseName == "pgbouncer" || (databaseName == "shoal" && config.databases["shoal"] == nil)
+        let isConsoleLogin = config.isConsoleDatabase(databaseName)
         if !isConsoleLogin {
             // 08P01, as PgBouncer sends it. The console is exempt, so an operator can always get in.
             guard runtime.admitClient() else { return fatal("no more connections allowed (max_client_conn)") }
@@ -222,7 +222,7 @@ extension ClientConnection {
 
     func authenticated(scramKeys: (clientKey: [UInt8], serverKey: [UInt8])?, cleartextPassword: String?) {
         let config = runtime.snapshot.config
-        if databaseName == "pgbouncer" || (databaseName == "shoal" && config.databases["shoal"] == nil) {
+        if config.isConsoleDatabase(databaseName) {
             if config.adminUsers.contains(user) { return startConsole(access: .admin) }
             if config.statsUsers.contains(user) || config.authType == .any { return startConsole(access: .readOnly) }
             runtime.registries[loopIndex].authFailures &+= 1

@@ -589,7 +589,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// A clean server goes back to the pool, through the reset query when one applies.
     func giveBack(_ server: ServerConnection, resetQuery: String?) {
         if let resetQuery {
-            server.resetAndRelease(query: resetQuery, clearsSession: resetQuery == "DISCARD ALL" || resetQuery.uppercased().contains("RESET ALL"))
+            server.resetAndRelease(query: resetQuery)
         } else {
             server.returnToPool(reusable: true)
         }

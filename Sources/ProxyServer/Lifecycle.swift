@@ -38,15 +38,15 @@ extension ShoalRuntime {
         for pool in pools(of: database) {
             for server in pool.withState({ $0.pause() }) { server.close(reason: "pause mode") }
         }
-        return waitUntil { [self] in
-            pools(of: database).allSatisfy { pool in
+        return poll(every: .milliseconds(50)) { [self] in
+            loops[0].makeSucceededFuture(pools(of: database).allSatisfy { pool in
                 let (done, leftovers) = pool.withState { state -> (Bool, [ServerConnection]) in
                     let extra = state.paused ? state.pause() : []
                     return (state.pauseComplete, extra)
                 }
                 for server in leftovers { server.close(reason: "pause mode") }
                 return done
-            }
+            })
         }
     }
 
@@ -84,31 +84,30 @@ extension ShoalRuntime {
 
     /// Completes when no server older than its pool's last RECONNECT is left (WAIT_CLOSE).
     func waitClose(database: String?) -> EventLoopFuture<Void> {
-        let promise = loops[0].makePromise(of: Void.self)
-        func check() {
+        poll(every: .milliseconds(100)) { [self] in
             visitLoops { registry, _ in
                 registry.servers.values.contains { server in
                     (database == nil || server.pool.key.database == database) && server.closeNeeded
                 }
-            }.whenSuccess { pending in
-                if pending.contains(true) {
-                    self.loops[0].scheduleTask(in: .milliseconds(100)) { check() }
-                } else {
+            }.map { !$0.contains(true) }
+        }
+    }
+
+    /// Completes once `check` answers true, asking again every `interval`. The one waiting loop behind
+    /// PAUSE, WAIT_CLOSE and the WAIT_FOR_* shutdowns.
+    func poll(every interval: TimeAmount, _ check: @escaping () -> EventLoopFuture<Bool>) -> EventLoopFuture<Void> {
+        let loop = loops[0]
+        let promise = loop.makePromise(of: Void.self)
+        func attempt() {
+            check().hop(to: loop).whenComplete { result in
+                if case .success(true) = result {
                     promise.succeed(())
+                } else {
+                    loop.scheduleTask(in: interval) { attempt() }
                 }
             }
         }
-        check()
-        return promise.futureResult
-    }
-
-    /// Polls `condition` on loop 0 every 50 ms until it holds.
-    func waitUntil(_ condition: @escaping () -> Bool) -> EventLoopFuture<Void> {
-        let promise = loops[0].makePromise(of: Void.self)
-        func check() {
-            if condition() { promise.succeed(()) } else { loops[0].scheduleTask(in: .milliseconds(50)) { check() } }
-        }
-        loops[0].execute { check() }
+        loop.execute { attempt() }
         return promise.futureResult
     }
 

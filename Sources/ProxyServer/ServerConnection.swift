@@ -522,13 +522,13 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     /// Runs `query` (server_reset_query) and returns the server to the pool once it answers.
-    func resetAndRelease(query: String, clearsSession: Bool = false) {
+    func resetAndRelease(query: String) {
+        // What the query clears (DISCARD ALL, RESET ALL, DEALLOCATE ALL) this server no longer has.
+        let effects = SessionStateScanner.scan(query)
         onLoop { server in
             server.client = nil
-            if clearsSession {
-                server.parameters.resetAllSession()
-                server.statements.removeAll()
-            }
+            if effects.settings.contains(.resetAll) { server.parameters.resetAllSession() }
+            if effects.deallocatesAll { server.statements.removeAll() }
             guard let context = server.context else { return }
             server.state = .resetting
             server.scanner = FrameScanner()

@@ -51,9 +51,6 @@ public final class ShoalServer: @unchecked Sendable {
         }
     }
 
-    /// The port /metrics is served on, if the endpoint is on.
-    public var metricsPort: Int? { metricsServer?.port }
-
     /// The problems building this config's TLS contexts would meet (missing or unreadable certificate files).
     public static func checkTLS(_ config: ShoalConfig) -> [String] {
         do {
@@ -168,13 +165,10 @@ public final class ShoalServer: @unchecked Sendable {
     }
 
     private func exitWhen(_ line: String, _ done: @escaping ((clients: Int, servers: Int)) -> Bool) {
-        runtime.connectionCounts().whenSuccess { [self] counts in
-            if done(counts) {
-                runtime.logger.info("\(line)")
-                runtime.onExit(line)
-            } else {
-                runtime.loops[0].scheduleTask(in: .milliseconds(200)) { self.exitWhen(line, done) }
-            }
+        let runtime = self.runtime
+        runtime.poll(every: .milliseconds(200)) { runtime.connectionCounts().map(done) }.whenSuccess {
+            runtime.logger.info("\(line)")
+            runtime.onExit(line)
         }
     }
 

@@ -6,12 +6,11 @@ import NIOSSL
 struct TLSContexts: @unchecked Sendable {
     /// Shoal as a TLS server for clients; nil when client_tls_sslmode is disable.
     let forClients: NIOSSLContext?
-    let clientMode: String
     /// Shoal as a TLS client towards PostgreSQL; nil when server_tls_sslmode is disable or allow.
     let forServers: NIOSSLContext?
     let serverMode: String
 
-    static let none = TLSContexts(forClients: nil, clientMode: "disable", forServers: nil, serverMode: "disable")
+    static let none = TLSContexts(forClients: nil, forServers: nil, serverMode: "disable")
 
     struct Failure: Error, CustomStringConvertible {
         var description: String
@@ -58,8 +57,7 @@ struct TLSContexts: @unchecked Sendable {
                 return try NIOSSLContext(configuration: tls)
             }
         }
-        return TLSContexts(forClients: forClients, clientMode: config.clientTLSSSLMode, forServers: forServers,
-                           serverMode: config.serverTLSSSLMode)
+        return TLSContexts(forClients: forClients, forServers: forServers, serverMode: config.serverTLSSSLMode)
     }
 
     private static func context(_ side: String, _ body: () throws -> NIOSSLContext) throws(Failure) -> NIOSSLContext {

@@ -76,17 +76,8 @@ import Testing
         // Start the installed binary the way systemd would, with a notify socket the test listens on.
         let notify = try NotifySocket(path: "\(scratch)/notify")
         let port = freePort()
-        try """
-            [databases]
-            postgres = host=127.0.0.1 port=\(TestPostgres.shared.port) dbname=postgres
-            [pgbouncer]
-            listen_addr = 127.0.0.1
-            listen_port = \(port)
-            unix_socket_dir = \(scratch)
-            auth_type = scram-sha-256
-            auth_file = \(scratch)/userlist.txt
-            pool_mode = transaction
-            """.write(toFile: "\(scratch)/shoal.ini", atomically: true, encoding: .utf8)
+        try OperationsTests.ShoalProcess.config(directory: scratch, port: port, poolSize: 2)
+            .write(toFile: "\(scratch)/shoal.ini", atomically: true, encoding: .utf8)
         try "\"postgres\" \"\(TestPostgres.password)\"\n".write(toFile: "\(scratch)/userlist.txt", atomically: true, encoding: .utf8)
         let pid = try ProcessRunner.spawn("/usr/bin/shoal", ["-q", "\(scratch)/shoal.ini"], environment: ["NOTIFY_SOCKET": notify.path],
                                           stdout: "\(scratch)/out", stderr: "\(scratch)/err")

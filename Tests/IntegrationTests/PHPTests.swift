@@ -4,7 +4,6 @@ import Testing
 /// PHP's pgsql driver (libpq underneath) through Shoal, connecting exactly as Moodle does.
 @Suite(.serialized) struct PHPTests {
     @Test func moodleRequestPatternManyTimesInARow() async throws {
-        let php = try ProcessRunner.which("php")
         let shoal = try await ShoalInstance { $0.defaultPoolSize = 2 }
         defer { Task { await shoal.stop() } }
         try TestPostgres.shared.psql("""
@@ -13,17 +12,8 @@ import Testing
             insert into mdl_config (name, value) values ('version', '2023100900'), ('lastround_0', '0'), ('lastround_1', '0'), ('lastround_2', '0');
             create table mdl_logstore (id bigserial primary key, round int, persistent bool);
             """)
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/moodle_pattern.php").path
-        let environment = ["SHOAL_HOST": "127.0.0.1", "SHOAL_PORT": "\(shoal.port)", "SHOAL_PASSWORD": TestPostgres.password, "ROUNDS": "200"]
         // Three PHP workers at once, as an FPM pool would run them.
-        let results = try await withThrowingTaskGroup(of: ProcessResult.self) { group in
-            for worker in 0..<3 {
-                var workerEnvironment = environment
-                workerEnvironment["WORKER"] = "\(worker)"
-                group.addTask { [workerEnvironment] in try ProcessRunner.run(php, [script], environment: workerEnvironment, timeout: 120) }
-            }
-            return try await group.reduce(into: []) { $0.append($1) }
-        }
+        let results = try await shoal.runPHPWorkers("moodle_pattern.php", workers: 3, environment: ["ROUNDS": "200"])
         for result in results {
             #expect(result.status == 0, "\(result.stderr)")
             #expect(result.stdout == "OK 200\n")

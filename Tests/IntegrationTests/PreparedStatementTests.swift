@@ -60,17 +60,9 @@ import Testing
     }
 
     @Test func phpPrepareAndExecute() async throws {
-        let php = try ProcessRunner.which("php")
         let shoal = try await ShoalInstance { $0.defaultPoolSize = 2 }
         defer { Task { await shoal.stop() } }
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/prepared_php.php").path
-        let results = try await withThrowingTaskGroup(of: ProcessResult.self) { group in
-            for worker in 0..<4 {
-                let environment = ["SHOAL_HOST": "127.0.0.1", "SHOAL_PORT": "\(shoal.port)", "SHOAL_PASSWORD": TestPostgres.password, "WORKER": "\(worker)"]
-                group.addTask { try ProcessRunner.run(php, [script], environment: environment, timeout: 120) }
-            }
-            return try await group.reduce(into: []) { $0.append($1) }
-        }
+        let results = try await shoal.runPHPWorkers("prepared_php.php", workers: 4)
         for result in results { #expect(result.status == 0 && result.stdout == "OK\n", "\(result.stderr)") }
     }
 

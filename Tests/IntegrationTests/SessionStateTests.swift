@@ -187,18 +187,9 @@ import Testing
     }
 
     @Test func moodleThroughPHPWithTwentyWorkersOnAPoolOfFour() async throws {
-        let php = try ProcessRunner.which("php")
         let shoal = try await ShoalInstance { $0.defaultPoolSize = 4 }
         defer { Task { await shoal.stop() } }
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/moodle_session_state.php").path
-        let results = try await withThrowingTaskGroup(of: ProcessResult.self) { group in
-            for worker in 0..<20 {
-                let environment = ["SHOAL_HOST": "127.0.0.1", "SHOAL_PORT": "\(shoal.port)", "SHOAL_PASSWORD": TestPostgres.password,
-                                   "WORKER": "\(worker)", "ROUNDS": "5"]
-                group.addTask { try ProcessRunner.run(php, [script], environment: environment, timeout: 120) }
-            }
-            return try await group.reduce(into: []) { $0.append($1) }
-        }
+        let results = try await shoal.runPHPWorkers("moodle_session_state.php", workers: 20, environment: ["ROUNDS": "5"])
         for result in results { #expect(result.status == 0 && result.stdout == "OK 5\n", "\(result.stderr)") }
         try await Task.sleep(nanoseconds: 300_000_000)
         #expect(try TestPostgres.shared.psql("select count(*) from pg_locks where locktype = 'advisory'") == "0")

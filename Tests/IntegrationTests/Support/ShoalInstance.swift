@@ -55,6 +55,22 @@ final class ShoalInstance {
         try ProcessRunner.run("psql", ["-X", "-A", "-F", "|", "-v", "ON_ERROR_STOP=1", conninfo ?? consoleConninfo(), "-c", sql])
     }
 
+    /// `workers` PHP processes at once running `fixture` (in Fixtures/) against this Shoal, as an FPM pool would;
+    /// each gets SHOAL_HOST/PORT/PASSWORD, its WORKER number and `environment`.
+    func runPHPWorkers(_ fixture: String, workers: Int, environment: [String: String] = [:]) async throws -> [ProcessResult] {
+        let php = try ProcessRunner.which("php")
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/\(fixture)").path
+        let base = environment.merging(["SHOAL_HOST": "127.0.0.1", "SHOAL_PORT": "\(port)", "SHOAL_PASSWORD": TestPostgres.password]) { $1 }
+        return try await withThrowingTaskGroup(of: ProcessResult.self) { group in
+            for worker in 0..<workers {
+                let workerEnvironment = base.merging(["WORKER": "\(worker)"]) { $1 }
+                group.addTask { try ProcessRunner.run(php, [script], environment: workerEnvironment, timeout: 120) }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+    }
+
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     func stop() async {
