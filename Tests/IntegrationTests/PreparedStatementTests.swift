@@ -23,7 +23,11 @@ import Testing
         let script = "\(shoal.directory)/prepared.sql"
         try "\\set n random(1, 100000)\nSELECT :n::int + 1;\n".write(toFile: script, atomically: true, encoding: .utf8)
         let run = try shoal.pgbench(["-n", "-M", "prepared", "-f", script, "-c", "12", "-j", "2", "-t", "50"])
-        #expect(run.status != 0 || !run.stdout.contains("number of failed transactions: 0 "), "\(run.stdout)")
+        // Twelve clients each prepare P0_0 once on three servers, so at least nine Parses meet a server that has the
+        // name already. pgbench only logs that error and goes on (the statement there has the same text), so whether
+        // a later Execute also fails with "does not exist" depends on timing; the duplicate never does.
+        let broke = run.stderr.contains("already exists") || run.stderr.contains("does not exist")
+        #expect(broke, "stdout:\n\(run.stdout)\nstderr:\n\(run.stderr)")
     }
 
     @Test func psycopgWithPrepareThresholdZero() async throws {
