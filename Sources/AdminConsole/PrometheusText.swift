@@ -25,9 +25,19 @@ public struct PrometheusText {
 
     private var output = ""
 
-    public static func render(pools: [PoolInfo], process: Process) -> String {
+    /// What the health checks know of one backend host, for the `shoal_host_*` series.
+    public struct Host: Sendable {
+        public var status: HostStatus
+        public var connections: Int
+        public init(status: HostStatus, connections: Int) {
+            self.status = status
+            self.connections = connections
+        }
+    }
+
+    public static func render(pools: [PoolInfo], process: Process, hosts: [Host] = [], failovers: Int = 0) -> String {
         var text = PrometheusText()
-        let pools = pools.sorted { ($0.key.database, $0.key.user) < ($1.key.database, $1.key.user) }
+        let pools = pools.sorted { ($0.key.displayDatabase, $0.key.user) < ($1.key.displayDatabase, $1.key.user) }
         text.single("shoal_up", "gauge", "Shoal is running.", 1)
         text.single("shoal_ready", "gauge", "Listening, config loaded and not shutting down (what /readyz reports).", process.ready ? 1 : 0)
         text.single("shoal_paused", "gauge", "The whole pooler is paused or suspended.", process.paused ? 1 : 0)
@@ -52,6 +62,7 @@ public struct PrometheusText {
             ("shoal_pools_paused", "The pool is paused (PAUSE, SUSPEND, KILL or shutdown).", { $0.paused ? 1 : 0 }),
         ]
         for (name, help, value) in gauges { text.family(name, "gauge", help, pools, value) }
+        text.hosts(hosts, failovers: failovers)
 
         let counters: [(String, String, (PoolInfo) -> Double)] = [
             ("shoal_stats_sql_transactions_pooled_total", "Transactions carried (xact_count).", { Double($0.traffic.transactions) }),
@@ -85,6 +96,30 @@ public struct PrometheusText {
         output += "\(name) \(Self.number(value))\n"
     }
 
+    private mutating func hosts(_ hosts: [Host], failovers: Int) {
+        guard !hosts.isEmpty else { return }
+        single("shoal_failovers_total", "counter", "Writer changes seen by the health checks.", Double(failovers))
+        let series: [(String, String, String, (Host) -> Double)] = [
+            ("shoal_host_up", "gauge", "The host answers its health checks (1), is down (0).", { $0.status.health == .up ? 1 : 0 }),
+            ("shoal_host_primary", "gauge", "The host reports it is the writer (not in recovery).", { $0.status.role == .primary ? 1 : 0 }),
+            ("shoal_host_in_rotation", "gauge", "Up and, for a replica, within max_replica_lag.",
+             { $0.status.health == .up && !$0.status.lagging ? 1 : 0 }),
+            ("shoal_host_replica_lag_seconds", "gauge", "Replay lag the last check measured.", { $0.status.lag }),
+            ("shoal_host_check_duration_seconds", "gauge", "How long the last successful health check took.", { $0.status.checkLatency ?? 0 }),
+            ("shoal_host_check_failures", "gauge", "Health checks failed in a row.", { Double($0.status.consecutiveFailures) }),
+            ("shoal_host_last_check_timestamp_seconds", "gauge", "When the last health check finished (Unix time).", { $0.status.lastCheck ?? 0 }),
+            ("shoal_host_promotions_total", "counter", "Times this host became the writer in place of another.", { Double($0.status.promotions) }),
+            ("shoal_host_server_connections", "gauge", "Server connections all pools hold to the host (max_host_connections).",
+             { Double($0.connections) }),
+        ]
+        for (name, type, help, value) in series {
+            header(name, type, help)
+            for host in hosts {
+                output += "\(name){host=\"\(Self.escape(host.status.address.host))\",port=\"\(host.status.address.port)\",role=\"\(host.status.role.rawValue)\"} \(Self.number(value(host)))\n"
+            }
+        }
+    }
+
     private mutating func family(_ name: String, _ type: String, _ help: String, _ pools: [PoolInfo], _ value: (PoolInfo) -> Double) {
         header(name, type, help)
         for pool in pools { output += "\(name){\(Self.labels(pool))} \(Self.number(value(pool)))\n" }
@@ -106,7 +141,7 @@ public struct PrometheusText {
     }
 
     private static func labels(_ pool: PoolInfo) -> String {
-        "database=\"\(escape(pool.key.database))\",user=\"\(escape(pool.key.user))\""
+        "database=\"\(escape(pool.key.displayDatabase))\",user=\"\(escape(pool.key.user))\""
     }
 
     /// Label values escape backslash, quote and newline.

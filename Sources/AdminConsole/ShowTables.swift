@@ -44,13 +44,31 @@ public enum ShowTables {
         var table = ResultTable("database user cl_active:i cl_waiting:i cl_active_cancel_req:i cl_waiting_cancel_req:i "
             + "sv_active:i sv_active_cancel:i sv_being_canceled:i sv_idle:i sv_used:i sv_tested:i sv_login:i maxwait:i "
             + "maxwait_us:i pool_mode load_balance_hosts")
-        for pool in pools.sorted(by: { ($0.key.database, $0.key.user) < ($1.key.database, $1.key.user) }) {
+        for pool in pools.sorted(by: { ($0.key.displayDatabase, $0.key.user) < ($1.key.displayDatabase, $1.key.user) }) {
             // PgBouncer counts logged-in clients without a server as active too.
             table.append([
-                pool.key.database, pool.key.user, String(pool.clientsActive + pool.clientsIdle), String(pool.clientsWaiting), "0", "0",
+                pool.key.displayDatabase, pool.key.user, String(pool.clientsActive + pool.clientsIdle), String(pool.clientsWaiting), "0", "0",
                 String(pool.serversActive), "0", "0", String(pool.serversIdle), String(pool.serversUsed),
                 String(pool.serversTested), String(pool.serversLogin), String(pool.maxWaitMicros / 1_000_000),
                 String(pool.maxWaitMicros % 1_000_000), pool.mode, pool.loadBalanceHosts,
+            ])
+        }
+        return table
+    }
+
+    // MARK: Hosts (Shoal)
+
+    /// SHOW HOSTS: every backend host of a routed database, with what the health checks found.
+    public static func hosts(_ hosts: [HostStatus], connections: (HostAddress) -> Int) -> ResultTable {
+        var table = ResultTable("host port:i role state lag_ms:i in_rotation:i last_check:T check_ms:n failures:i promotions:i "
+            + "server_connections:i reason")
+        for host in hosts {
+            table.append([
+                host.address.host, String(host.address.port), host.role.rawValue, host.health.rawValue,
+                String(Int((host.lag * 1000).rounded())), host.health == .up && !host.lagging ? "1" : "0",
+                host.lastCheck.map { ConsoleFormat.timestamp(Date(timeIntervalSince1970: $0)) },
+                host.checkLatency.map { String(format: "%.3f", $0 * 1000) }, String(host.consecutiveFailures),
+                String(host.promotions), String(connections(host.address)), host.reason,
             ])
         }
         return table
@@ -245,6 +263,7 @@ public enum ShowTables {
         SHOW FDS|SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE
         SHOW DNS_HOSTS|DNS_ZONES
         SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS
+        SHOW HOSTS
         SET key = arg
         RELOAD
         PAUSE [<db>]

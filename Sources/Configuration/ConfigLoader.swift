@@ -112,6 +112,11 @@ public struct ConfigLoader {
         "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort), "log_format": .logFormat,
         "pin_session_state": .switch(\.pinSessionState), "max_prepared_statements": .int(\.maxPreparedStatements), "max_pinned_clients": .int(\.maxPinnedClients),
         "pin_warn_timeout": .seconds(\.pinWarnTimeout),
+        "readonly_listen_port": .int(\.readonlyListenPort), "health_check_period": .seconds(\.healthCheckPeriod),
+        "health_check_timeout": .seconds(\.healthCheckTimeout), "health_check_failures": .int(\.healthCheckFailures),
+        "health_check_user": .optionalString(\.healthCheckUser), "max_replica_lag": .seconds(\.maxReplicaLag),
+        "max_host_connections": .int(\.maxHostConnections), "aurora_topology": .switch(\.auroraTopology),
+        "aurora_instance_host_pattern": .string(\.auroraInstanceHostPattern),
         // Known to PgBouncer, accepted, not acted on yet.
         "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported,
         "client_tls_dheparams": .unsupported, "client_tls_ecdhcurve": .unsupported,
@@ -191,7 +196,7 @@ public struct ConfigLoader {
     public static let restartOnlyKeys: Set<String> = [
         "disable_pqexec", "job_name", "listen_addr", "listen_backlog", "listen_port", "pidfile", "pkt_buf", "resolv_conf",
         "so_reuseport", "track_extra_parameters", "unix_socket_dir", "unix_socket_group", "unix_socket_mode", "user",
-        "metrics_addr", "metrics_port",
+        "metrics_addr", "metrics_port", "readonly_listen_port",
     ]
 
     public struct Setting: Sendable, Equatable {

@@ -20,6 +20,10 @@ public struct DatabaseEntry: Sendable, Equatable {
     public var queryWaitTimeout: Double?
     public var connectQuery: String?
     public var loadBalanceHosts: String?
+    /// Which hosts the entry's pools use (Shoal; libpq's key). Nil is `any`.
+    public var targetSessionAttrs: TargetSessionAttrs?
+    /// Discover the instances of an Aurora cluster from `aurora_replica_status()` (Shoal). Nil: the global key.
+    public var auroraTopology: Bool?
     /// client_encoding, datestyle, timezone, application_name: added to the server's startup packet.
     public var startupParameters: [(String, String)] = []
     public var file: String = ""
@@ -33,13 +37,27 @@ public struct DatabaseEntry: Sendable, Equatable {
             && a.startupParameters.map { "\($0)=\($1)" } == b.startupParameters.map { "\($0)=\($1)" }
             && a.minPoolSize == b.minPoolSize && a.reservePoolSize == b.reservePoolSize && a.maxDbConnections == b.maxDbConnections
             && a.connectQuery == b.connectQuery && a.authUser == b.authUser && a.authQuery == b.authQuery
+            && a.targetSessionAttrs == b.targetSessionAttrs && a.auroraTopology == b.auroraTopology
+            && a.loadBalanceHosts == b.loadBalanceHosts
     }
+
+    /// The configured backends, pairing hosts with ports as libpq does: one port for every host, or one each.
+    /// `socketDirectory` stands in when no host is given (PgBouncer's default).
+    public func addresses(socketDirectory: String) -> [HostAddress] {
+        guard !hosts.isEmpty else { return [HostAddress(host: socketDirectory, port: ports.first ?? 5432)] }
+        return hosts.enumerated().map { index, host in
+            HostAddress(host: host, port: ports.count == hosts.count ? ports[index] : ports.first ?? 5432)
+        }
+    }
+
+    /// Whether pools of this entry choose among hosts by role and health rather than using the only one.
+    public var isRouted: Bool { hosts.count > 1 || targetSessionAttrs != nil || auroraTopology == true }
 
     static let knownKeys: Set<String> = [
         "host", "port", "dbname", "user", "password", "auth_user", "auth_query", "auth_dbname", "pool_size",
         "min_pool_size", "reserve_pool_size", "reserve_pool", "max_db_connections", "max_db_client_connections",
         "server_lifetime", "pool_mode", "query_wait_timeout", "connect_query", "load_balance_hosts",
-        "client_encoding", "datestyle", "timezone", "application_name",
+        "target_session_attrs", "aurora_topology", "client_encoding", "datestyle", "timezone", "application_name",
     ]
 
     /// Parses the connection string; errors carry PgBouncer's wording.
@@ -76,12 +94,30 @@ public struct DatabaseEntry: Sendable, Equatable {
                 guard let mode = PoolMode(rawValue: value.lowercased()) else { throw .init(message: "invalid pool mode: \(value)") }
                 entry.poolMode = mode
             case "connect_query": entry.connectQuery = value
-            case "load_balance_hosts": entry.loadBalanceHosts = value.lowercased()
+            case "load_balance_hosts":
+                guard ["round-robin", "disable"].contains(value.lowercased()) else {
+                    throw .init(message: "invalid load_balance_hosts: \(value)")
+                }
+                entry.loadBalanceHosts = value.lowercased()
+            case "target_session_attrs":
+                guard let target = TargetSessionAttrs(rawValue: value.lowercased()) else {
+                    throw .init(message: "invalid target_session_attrs: \(value)")
+                }
+                entry.targetSessionAttrs = target
+            case "aurora_topology":
+                switch value.lowercased() {
+                case "on", "1", "true", "yes": entry.auroraTopology = true
+                case "off", "0", "false", "no": entry.auroraTopology = false
+                default: throw .init(message: "invalid aurora_topology: \(value)")
+                }
             case "client_encoding", "datestyle", "timezone", "application_name":
                 entry.startupParameters.append((key, value))
             default:
                 throw .init(message: "unrecognized connection parameter: \(key)")
             }
+        }
+        if entry.ports.count > 1 && entry.ports.count != max(1, entry.hosts.count) {
+            throw .init(message: "could not match \(entry.ports.count) port numbers to \(entry.hosts.count) hosts")
         }
         return entry
     }

@@ -92,6 +92,27 @@ public struct ShoalConfig: Sendable {
     public var maxPinnedClients = 0
     /// A pin held longer than this is logged once with the statement that made it (0 = never).
     public var pinWarnTimeout = 60.0
+    // Several hosts per database: routing, health checks, failover.
+    /// A second listener whose clients are served by replicas under the same database names (Moodle's
+    /// `readonly` dboptions take a host and port); 0 = off.
+    public var readonlyListenPort = 0
+    /// How often each host of a routed database is checked for health, role and lag (seconds; 0 = never).
+    public var healthCheckPeriod = 2.0
+    /// A check not answered in this time counts as failed.
+    public var healthCheckTimeout = 3.0
+    /// Consecutive failed checks before a host is marked down (a failed server connection marks it at once).
+    public var healthCheckFailures = 3
+    /// Who the checks log in as; nil = the database entry's `user`, else `auth_user`.
+    public var healthCheckUser: String?
+    /// A replica lagging more than this many seconds leaves the read rotation until it catches up; 0 = no limit.
+    public var maxReplicaLag = 0.0
+    /// Server connections all pools together may open to one host; 0 = no limit.
+    public var maxHostConnections = 0
+    /// Read the cluster's instances from `aurora_replica_status()` (per entry: `aurora_topology=on`).
+    public var auroraTopology = false
+    /// An Aurora instance's host name, `?` standing for its `server_id`.
+    public var auroraInstanceHostPattern = "?"
+
     /// `text` (PgBouncer's line format) or `json` (one object per line with the structured metadata).
     public var logFormat = "text"
 

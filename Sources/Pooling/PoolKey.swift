@@ -1,16 +1,26 @@
 import Configuration
 
-/// What a pool is for. A host joins this key when a database entry names several (writer and replicas).
+/// What a pool is for. Clients of the read-only listener get pools of their own, served by replicas.
+/// The host is not part of the key: a pool of a routed database holds servers on whichever of its hosts fit
+/// its target, so that its waiters follow the writer through a failover instead of being stranded in a pool
+/// of the old one.
 public struct PoolKey: Hashable, Sendable, CustomStringConvertible {
     public var database: String
     public var user: String
+    /// Opened through `readonly_listen_port`.
+    public var readOnly: Bool
 
-    public init(database: String, user: String) {
+    public init(database: String, user: String, readOnly: Bool = false) {
         self.database = database
         self.user = user
+        self.readOnly = readOnly
     }
 
-    public var description: String { "\(database)/\(user)" }
+    /// The database as SHOW POOLS and /metrics label it: read-only pools are told apart from the writer's by
+    /// a suffix, so no two rows or series share their labels.
+    public var displayDatabase: String { readOnly ? "\(database) (read-only)" : database }
+
+    public var description: String { readOnly ? "\(database)/\(user) (read-only)" : "\(database)/\(user)" }
 }
 
 /// A pool's limits and modes resolved from the config (user > database > global), fixed for one config snapshot.

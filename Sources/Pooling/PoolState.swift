@@ -348,6 +348,17 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         return idle.removeFirst().server
     }
 
+    /// Takes out the idle servers `unwanted` picks (e.g. on a host the pool may no longer use), to close.
+    public mutating func takeIdle(where unwanted: (Server) -> Bool) -> [Server] {
+        var taken: [Server] = []
+        idle.removeAll { entry in
+            guard unwanted(entry.server) else { return false }
+            taken.append(entry.server)
+            return true
+        }
+        return taken
+    }
+
     public mutating func drainWaiters() -> [Waiter] {
         var all: [WaitingClient] = []
         for loop in queues.indices { all += queues[loop].drain() }

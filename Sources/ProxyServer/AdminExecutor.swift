@@ -91,6 +91,9 @@ struct AdminExecutor {
             return loop.makeSucceededFuture(.table(ResultTable("peer_id:i host port:i pool_size:i")))
         case "peer_pools":
             return loop.makeSucceededFuture(.table(ResultTable("peer_id:i cl_active_cancel_req:i cl_waiting_cancel_req:i sv_active_cancel:i sv_login:i")))
+        case "hosts":
+            let known = runtime.hosts.snapshot()
+            return loop.makeSucceededFuture(.table(ShowTables.hosts(known.hosts, connections: runtime.budget.connections(to:))))
         case "dns_hosts":
             return loop.makeSucceededFuture(.table(ResultTable("hostname ttl:I addrs")))
         case "dns_zones":

@@ -234,7 +234,7 @@ extension ClientConnection {
         if let refusal = runtime.lifecycle.withLockedValue({ $0.loginRefusal(database: databaseName) }) {
             return fatal(refusal)
         }
-        let pool = runtime.pool(for: PoolKey(database: databaseName, user: database.user ?? user), database: database)
+        let pool = runtime.pool(for: PoolKey(database: databaseName, user: database.user ?? user, readOnly: readOnlyRoute), database: database)
         self.pool = pool
         statsShard = pool.shards[loopIndex]
         statsShard!.counters.clientLogins &+= 1

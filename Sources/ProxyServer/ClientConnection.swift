@@ -106,6 +106,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     // Named prepared statements across server connections (transaction/statement modes, max_prepared_statements).
     var tracksPrepared = false
     var preparedCapacity = 0
+    /// Accepted on readonly_listen_port: served by replicas.
+    let readOnlyRoute: Bool
     var statements = ClientStatements()
     /// Client bytes held back because they end in an incomplete Query/Parse/Bind/Describe/Close.
     var clientCarry: ByteBuffer?
@@ -144,8 +146,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     deinit { Self.alive.withLockedValue { $0 -= 1 } }
 
-    init(runtime: ShoalRuntime, eventLoop: EventLoop) {
+    init(runtime: ShoalRuntime, eventLoop: EventLoop, readOnlyRoute: Bool = false) {
         Self.alive.withLockedValue { $0 += 1 }
+        self.readOnlyRoute = readOnlyRoute
         self.id = runtime.makeConnectionID()
         self.runtime = runtime
         self.eventLoop = eventLoop
@@ -596,11 +599,33 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// The linked server went away under this client.
+    ///
+    /// In transaction and statement pooling, a client whose statement ran outside a transaction block loses
+    /// nothing but that statement: it gets an error (08006; a FATAL the server sent first, such as 57P01 at a
+    /// shutdown, has already reached it) and a ReadyForQuery for each answer it awaited, and its next statement
+    /// gets another server. The statement is never replayed. A client inside a transaction block, holding
+    /// session state, or in session pooling is disconnected as in PgBouncer: its transaction or session is
+    /// gone and it must know.
     func linkedServerClosed(_ closed: ServerConnection) {
         guard server === closed else { return }
         server = nil
         closed.lentServerGone()
-        fatal("server conn crashed?")
+        let owed = tracker.pendingReadyForQuery
+        guard mode != .session, pinned.isEmpty, !probing, swallowReadyForQuery == 0, tracker.transactionStatus == .idle,
+              owed > 0, let context else {
+            return fatal("server conn crashed?")
+        }
+        flushToClient()
+        var out = context.channel.allocator.buffer(capacity: 160)
+        out.writeErrorResponse(severity: "ERROR", code: "08006", message: "server conn crashed?",
+                               detail: "The server connection was lost before the statement finished; Shoal did not retry it.")
+        for _ in 0..<owed { out.writeReadyForQuery(.idle) }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        logger.warning("server connection lost under a statement outside a transaction: error sent, client kept")
+        tracker = TransactionTracker()
+        expectations.reset()
+        state = .idle
+        resumeReadingIfPaused()
     }
 
     /// The pool could not log in to a server for this waiting client.

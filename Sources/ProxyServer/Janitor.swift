@@ -12,22 +12,25 @@ final class Janitor: @unchecked Sendable {
     func start() {
         task = runtime.loops[0].scheduleRepeatedTask(initialDelay: .milliseconds(333), delay: .milliseconds(333)) { [runtime] _ in
             let now = NIODeadline.now().uptimeNanoseconds
-            for pool in runtime.allPools {
-                let work = pool.withState { $0.maintain(now: now) }
-                for waiter in work.timedOut {
-                    waiter.eventLoop.execute { waiter.waitTimedOut() }
-                }
-                for server in work.close {
-                    server.close(reason: "server idle timeout or lifetime")
-                }
-                let checkQuery = pool.settings.serverCheckQuery
-                for server in work.check {
-                    server.resetAndRelease(query: checkQuery)
-                }
-                for loop in work.connect {
-                    ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
-                }
-            }
+            for pool in runtime.allPools { Janitor.maintain(pool, runtime: runtime, now: now) }
+        }
+    }
+
+    /// One pool's look: also run at once when routing changes, so waiters get a dial to the host that now fits.
+    static func maintain(_ pool: Pool, runtime: ShoalRuntime, now: UInt64) {
+        let work = pool.withState { $0.maintain(now: now) }
+        for waiter in work.timedOut {
+            waiter.eventLoop.execute { waiter.waitTimedOut() }
+        }
+        for server in work.close {
+            server.close(reason: "server idle timeout or lifetime")
+        }
+        let checkQuery = pool.settings.serverCheckQuery
+        for server in work.check {
+            server.resetAndRelease(query: checkQuery)
+        }
+        for loop in work.connect {
+            ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
         }
     }
 

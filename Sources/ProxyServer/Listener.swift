@@ -10,7 +10,7 @@ public enum Listener {
     public static func bind(runtime: ShoalRuntime) async throws -> [Channel] {
         let config = runtime.config
         // A function, not one value: ServerBootstrap is a class and its options accumulate.
-        @Sendable func makeBootstrap(ipv6: Bool = false) -> ServerBootstrap {
+        @Sendable func makeBootstrap(ipv6: Bool = false, readOnly: Bool = false) -> ServerBootstrap {
             let bootstrap = ServerBootstrap(group: runtime.group)
                 .serverChannelOption(.backlog, value: Int32(config.listenBacklog))
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -27,36 +27,42 @@ public enum Listener {
                             try? channel.syncOptions?.setOption(.tcpOption(.tcp_nodelay), value: 1)
                             if config.tcpKeepalive { try? channel.syncOptions?.setOption(.socketOption(.so_keepalive), value: 1) }
                         }
-                        try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop))
+                        try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop, readOnlyRoute: readOnly))
                     }
                 }
             // An IPv6 wildcard would otherwise take the IPv4 port too, and `*` could not bind both.
             return ipv6 ? bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1) : bootstrap
         }
         var channels: [Channel] = []
-        for address in config.listenAddr {
-            let hosts = address == "*" ? ["0.0.0.0", "::"] : [address]
-            for host in hosts {
-                let shown = host.contains(":") ? "[\(host)]" : host
-                do {
-                    let channel = try await makeBootstrap(ipv6: host.contains(":")).bind(host: host, port: config.listenPort).get()
-                    runtime.logger.info("listening on \(shown):\(config.listenPort)")
-                    channels.append(channel)
-                } catch {
-                    runtime.logger.warning("cannot listen on \(shown):\(config.listenPort): \(error)")
+        // The main port, and readonly_listen_port whose clients are served by replicas under the same names.
+        var ports = [(config.listenPort, false)]
+        if config.readonlyListenPort > 0 { ports.append((config.readonlyListenPort, true)) }
+        for (port, readOnly) in ports {
+            let what = readOnly ? " (read-only route)" : ""
+            for address in config.listenAddr {
+                let hosts = address == "*" ? ["0.0.0.0", "::"] : [address]
+                for host in hosts {
+                    let shown = host.contains(":") ? "[\(host)]" : host
+                    do {
+                        let channel = try await makeBootstrap(ipv6: host.contains(":"), readOnly: readOnly).bind(host: host, port: port).get()
+                        runtime.logger.info("listening on \(shown):\(port)\(what)")
+                        channels.append(channel)
+                    } catch {
+                        runtime.logger.warning("cannot listen on \(shown):\(port): \(error)")
+                    }
                 }
             }
-        }
-        if !config.unixSocketDir.isEmpty {
-            let path = "\(config.unixSocketDir)/.s.PGSQL.\(config.listenPort)"
-            try? FileManager.default.removeItem(atPath: path)
-            do {
-                let channel = try await makeBootstrap().bind(unixDomainSocketPath: path).get()
-                chmod(path, 0o777)
-                runtime.logger.info("listening on unix:\(path)")
-                channels.append(channel)
-            } catch {
-                runtime.logger.warning("cannot listen on unix:\(path): \(error)")
+            if !config.unixSocketDir.isEmpty {
+                let path = "\(config.unixSocketDir)/.s.PGSQL.\(port)"
+                try? FileManager.default.removeItem(atPath: path)
+                do {
+                    let channel = try await makeBootstrap(readOnly: readOnly).bind(unixDomainSocketPath: path).get()
+                    chmod(path, 0o777)
+                    runtime.logger.info("listening on unix:\(path)\(what)")
+                    channels.append(channel)
+                } catch {
+                    runtime.logger.warning("cannot listen on unix:\(path): \(error)")
+                }
             }
         }
         if channels.isEmpty {

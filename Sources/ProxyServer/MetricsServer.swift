@@ -77,7 +77,10 @@ private final class MetricsHTTPHandler: ChannelInboundHandler, @unchecked Sendab
                     let process = PrometheusText.Process(
                         ready: runtime.ready, paused: state.pausedAll || state.suspended, clients: runtime.clientCount,
                         maxClientConnections: runtime.config.maxClientConn, authFailures: snapshot.authFailures)
-                    self.respond(context: context, status: .ok, body: PrometheusText.render(pools: pools, process: process),
+                    let known = runtime.hosts.snapshot()
+                    let hosts = known.hosts.map { PrometheusText.Host(status: $0, connections: runtime.budget.connections(to: $0.address)) }
+                    let body = PrometheusText.render(pools: pools, process: process, hosts: hosts, failovers: known.failovers)
+                    self.respond(context: context, status: .ok, body: body,
                                  contentType: "text/plain; version=0.0.4; charset=utf-8")
                 case .failure(let error):
                     self.respond(context: context, status: .internalServerError, body: "\(error)\n")

@@ -15,12 +15,16 @@ final class Pool: @unchecked Sendable {
     private var _welcome: [(String, String)]? = nil
     private var _database: DatabaseEntry
     private var _serverSecret: ServerLoginSecret = .unknown
+    private var _turn = 0
     /// Traffic counters, one per EventLoop (same index as the runtime's loops), each written on its loop only.
     let shards: [PoolStatsShard]
 
-    init(key: PoolKey, database: DatabaseEntry, settings: PoolSettings, loopCount: Int) {
+    private var _routed: Bool
+
+    init(key: PoolKey, database: DatabaseEntry, settings: PoolSettings, loopCount: Int, routed: Bool) {
         self.key = key
         self._database = database
+        self._routed = routed
         self.state = PoolState(settings: settings)
         self.shards = (0..<max(1, loopCount)).map { _ in PoolStatsShard() }
     }
@@ -32,9 +36,28 @@ final class Pool: @unchecked Sendable {
     var settings: PoolSettings { lock.withLock { state.settings } }
     var database: DatabaseEntry { lock.withLock { _database } }
 
-    /// Applies a reloaded config to this pool.
-    func update(database: DatabaseEntry, settings: PoolSettings) {
+    /// Which hosts this pool's servers may be on: the read-only listener's pools prefer replicas, other pools
+    /// follow their entry's target_session_attrs (nil: `any`).
+    var target: TargetSessionAttrs {
+        if key.readOnly { return .preferStandby }
+        return database.targetSessionAttrs ?? .any
+    }
+
+    /// Whether this pool chooses among hosts by health and role (several hosts, a target, or Aurora).
+    var routed: Bool { lock.withLock { _routed } }
+
+    /// Rotation among equally good hosts (load_balance_hosts=round-robin).
+    func nextTurn() -> Int {
         lock.withLock {
+            _turn &+= 1
+            return _turn
+        }
+    }
+
+    /// Applies a reloaded config to this pool.
+    func update(database: DatabaseEntry, settings: PoolSettings, routed: Bool) {
+        lock.withLock {
+            _routed = routed
             _database = database
             state.settings = settings
         }

@@ -14,6 +14,8 @@ public final class ShoalRuntime: @unchecked Sendable {
     let logger: Logger
     let cancelRegistry = CancelRegistry()
     let budget = ConnectionBudget()
+    /// Health, role and lag of the hosts of routed databases; created with the runtime, started by the server.
+    private(set) var hosts: HostMonitor!
     private let configBox: NIOLockedValueBox<ConfigSnapshot>
     private let userListBox: NIOLockedValueBox<UserList>
     private let poolsLock = NIOLock()
@@ -59,6 +61,7 @@ public final class ShoalRuntime: @unchecked Sendable {
         self.logger = logger
         self.configBox = NIOLockedValueBox(ConfigSnapshot(config))
         self.userListBox = NIOLockedValueBox(userList)
+        self.hosts = HostMonitor(runtime: self, eventLoop: loops[0])
     }
 
     /// The current snapshot: one lock and one retain. Read fields through it (`snapshot.config.x`) rather than
@@ -120,7 +123,7 @@ public final class ShoalRuntime: @unchecked Sendable {
             if let pool = pools[key] { return pool }
             let config = self.config
             let pool = Pool(key: key, database: database, settings: PoolSettings(config: config, database: database, user: key.user),
-                            loopCount: loops.count)
+                            loopCount: loops.count, routed: hosts.isRouted(database, config))
             pool.serverSecret = initialServerSecret(database: database, user: key.user)
             if lifecycle.withLockedValue({ $0.isPaused(database: key.database) }) {
                 _ = pool.withState { $0.pause() }
@@ -181,12 +184,48 @@ public final class ShoalRuntime: @unchecked Sendable {
                 continue
             }
             let old = pool.database
-            pool.update(database: database, settings: PoolSettings(config: config, database: database, user: pool.key.user))
+            pool.update(database: database, settings: PoolSettings(config: config, database: database, user: pool.key.user),
+                        routed: hosts.isRouted(database, config))
             if old.hosts != database.hosts || old.ports != database.ports || old.dbname != database.dbname
+                || old.targetSessionAttrs != database.targetSessionAttrs
                 || old.user != database.user || old.password != database.password {
                 // Where or as whom to connect changed: servers of the old entry close as they come back.
                 reconnect(pool: pool)
             }
+        }
+        hosts.configure(config)
+    }
+
+    /// A host changed health, role or lag: idle servers on hosts their pool may no longer use close now (busy
+    /// ones close when released), and pools with waiters dial the host that fits now.
+    func routingChanged() {
+        loops[0].execute { [self] in
+            let config = snapshot.config
+            let now = NIODeadline.now().uptimeNanoseconds
+            for pool in allPools where pool.routed {
+                let usable = hosts.usableHosts(for: pool, config: config)
+                let stale = pool.withState { state in state.takeIdle { !usable.contains($0.hostAddress) } }
+                for server in stale { server.close(reason: "host left the pool's rotation") }
+                Janitor.maintain(pool, runtime: self, now: now)
+            }
+        }
+    }
+
+    /// Closes one idle server on `host` of the first of `keys`' pools that has one: max_host_connections makes
+    /// room for a pool holding fewer connections there (the pool that asked dials again on the janitor's round).
+    func evictIdleServer(ofOneOf keys: [PoolKey], on host: HostAddress) {
+        for key in keys {
+            guard let pool = poolsLock.withLock({ pools[key] }) else { continue }
+            var found = false
+            let taken = pool.withState { state in
+                state.takeIdle { server in
+                    guard !found, server.hostAddress == host else { return false }
+                    found = true
+                    return true
+                }
+            }
+            for server in taken { server.close(reason: "evicted for max_host_connections") }
+            if found { return }
         }
     }
 

@@ -1,3 +1,4 @@
+import Configuration
 import AdminConsole
 import Foundation
 import Logging
@@ -59,8 +60,10 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     var statements = ServerStatements()
     private(set) var backendKey: (processID: Int32, secretKey: Int32)?
     let address: String
-    private let remoteHost: String
-    private let remotePort: Int
+    /// The backend this server is on (one of its database entry's hosts).
+    let hostAddress: HostAddress
+    private var remoteHost: String { hostAddress.host }
+    private var remotePort: Int { hostAddress.port }
     private var localHost = "unix"
     private var localPort = 0
     // TLS towards the server: the context and mode chosen at connect, what was negotiated.
@@ -69,18 +72,17 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var tlsDescription: String?
     private var tlsServerEndPoint: [UInt8]?
 
-    init(pool: Pool, runtime: ShoalRuntime, eventLoop: EventLoop, host: String, port: Int, address: String) {
-        self.remoteHost = host
-        self.remotePort = port
+    init(pool: Pool, runtime: ShoalRuntime, eventLoop: EventLoop, hostAddress: HostAddress) {
+        self.hostAddress = hostAddress
         self.id = runtime.makeConnectionID()
         self.pool = pool
         self.runtime = runtime
         self.eventLoop = eventLoop
         self.loopIndex = runtime.loopIndex(of: eventLoop)
         self.createdAt = NIODeadline.now().uptimeNanoseconds
-        self.address = address
+        self.address = hostAddress.description
         var logger = runtime.logger
-        logger[metadataKey: "prefix"] = "S-\(id): \(pool.key.database)/\(pool.key.user)@\(address)"
+        logger[metadataKey: "prefix"] = "S-\(id): \(pool.key.displayDatabase)/\(pool.key.user)@\(address)"
         logger[metadataKey: "server"] = "\(id)"
         logger[metadataKey: "addr"] = "\(address)"
         logger[metadataKey: "pool"] = "\(pool.key)"
@@ -93,20 +95,37 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     static func dial(pool: Pool, runtime: ShoalRuntime, on eventLoop: EventLoop) {
         let config = runtime.snapshot.config
         let database = pool.database
-        let maxDatabase = database.maxDbConnections ?? config.maxDbConnections
-        let maxUser = config.users[pool.key.user]?.maxUserConnections ?? config.maxUserConnections
-        guard runtime.budget.tryAcquire(database: pool.key.database, user: pool.key.user, maxDatabase: maxDatabase, maxUser: maxUser) else {
-            // Make room by closing an idle server of another pool on the same database or user, as PgBouncer
-            // evicts; the janitor retries this pool's dial shortly.
+        let hostAddress: HostAddress
+        if pool.routed {
+            // No host fits yet (no writer known during a failover, no healthy replica): the waiters stay queued up
+            // to query_wait_timeout; the next routing change or janitor round dials again.
+            guard let chosen = runtime.hosts.choose(for: pool, config: config) else {
+                pool.withState { $0.connectDeferred() }
+                return
+            }
+            hostAddress = chosen
+        } else {
+            hostAddress = database.addresses(socketDirectory: config.unixSocketDir)[0]
+        }
+        let limits = ConnectionBudget.Limits(
+            database: database.maxDbConnections ?? config.maxDbConnections,
+            user: config.users[pool.key.user]?.maxUserConnections ?? config.maxUserConnections,
+            host: config.maxHostConnections)
+        if let refusal = runtime.budget.tryAcquire(pool: pool.key, host: hostAddress, limits: limits) {
+            // Make room by closing an idle server of another pool sharing the limit, as PgBouncer evicts; the
+            // janitor retries this pool's dial shortly.
             pool.withState { $0.connectDeferred() }
-            runtime.evictIdleServer(sharingWith: pool)
+            switch refusal {
+            case .databaseOrUser: runtime.evictIdleServer(sharingWith: pool)
+            case .host(let larger): runtime.evictIdleServer(ofOneOf: larger, on: hostAddress)
+            }
             return
         }
-        let host = database.hosts.first ?? config.unixSocketDir
-        let port = database.ports.first ?? 5432
-        let isUnix = host.hasPrefix("/")
-        let address = isUnix ? "unix:\(host)/.s.PGSQL.\(port)" : "\(host):\(port)"
-        let server = ServerConnection(pool: pool, runtime: runtime, eventLoop: eventLoop, host: host, port: port, address: address)
+        let host = hostAddress.host
+        let port = hostAddress.port
+        let isUnix = hostAddress.isUnixSocket
+        let address = hostAddress.description
+        let server = ServerConnection(pool: pool, runtime: runtime, eventLoop: eventLoop, hostAddress: hostAddress)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(Int64(config.serverConnectTimeout * 1000)))
             .channelOption(.autoRead, value: true)
@@ -335,6 +354,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             } else {
                 pool.withState { $0.idleServerClosed(self) }
             }
+            if pool.routed { runtime.hosts.serverFailed(hostAddress, reason: "server connection closed by the server") }
             if runtime.snapshot.config.logDisconnections {
                 logger.info("closing because: server conn crashed? (age=\(ageSeconds)s)")
             }
@@ -407,7 +427,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     private func releaseBudget() {
         guard holdsBudget else { return }
         holdsBudget = false
-        runtime.budget.release(database: pool.key.database, user: pool.key.user)
+        runtime.budget.release(pool: pool.key, host: hostAddress)
     }
 
     func loginFailed(message: String, code: String, logLine: String) {
@@ -417,6 +437,13 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         state = .closed
         onLoop { server in server.pool.shards[server.loopIndex].counters.serverConnectFailures &+= 1 }
         logger.warning("\(logLine)")
+        if pool.routed && code == "08006" {
+            // The host is unreachable: it is marked down and the waiters wait for another host that fits
+            // (a failover in progress) rather than getting this host's error.
+            pool.withState { $0.connectDeferred() }
+            runtime.hosts.serverFailed(hostAddress, reason: logLine)
+            return
+        }
         let waiters = pool.withState { $0.connectFailed(message: message, code: code, now: NIODeadline.now().uptimeNanoseconds) }
         for waiter in waiters {
             waiter.eventLoop.execute { waiter.serverLoginFailed(message: message, code: code) }
@@ -540,6 +567,11 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     /// Gives a server back after its client is done with it.
     func returnToPool(reusable: Bool) {
+        var reusable = reusable
+        if reusable && pool.routed && !runtime.hosts.isUsable(hostAddress, for: pool, config: runtime.snapshot.config) {
+            // Its host left this pool's rotation (down, demoted, lagging): nobody gets this server again.
+            reusable = false
+        }
         let now = NIODeadline.now().uptimeNanoseconds
         let action = pool.withState { $0.released(self, loop: loopIndex, createdAt: createdAt, reusable: reusable, now: now) }
         runtime.perform(action, pool: pool)

@@ -29,6 +29,9 @@ public final class ShoalServer: @unchecked Sendable {
         let contexts = try TLSContexts.build(runtime.config)
         runtime.tls.withLockedValue { $0 = contexts }
         channels.withLockedValue { $0 = [] }
+        // Routed databases: checks start before clients arrive, so the first writer is usually known by then.
+        runtime.hosts.configure(runtime.config)
+        runtime.hosts.start()
         let bound = try await Listener.bind(runtime: runtime)
         channels.withLockedValue { $0 = bound }
         janitor.start()
@@ -187,6 +190,7 @@ public final class ShoalServer: @unchecked Sendable {
     public func shutdown() async {
         runtime.ready = false
         janitor.stop()
+        runtime.hosts.stop()
         statsReporter.stop()
         for sweeper in runtime.sweepers { sweeper.stop() }
         closeListeners(tcpOnly: false)

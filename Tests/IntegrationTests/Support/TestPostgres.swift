@@ -14,6 +14,8 @@ final class TestPostgres: @unchecked Sendable {
 
     let directory: String
     let port: Int
+    /// The loopback address it listens on (replicated clusters put each node on its own 127.0.0.x).
+    let address: String
     private let runAsOther: Bool
 
     /// Every cluster started by this process, stopped at exit whatever happened.
@@ -21,25 +23,37 @@ final class TestPostgres: @unchecked Sendable {
     nonisolated(unsafe) private static var directories: [String] = []
 
     /// `settings` are extra `-c` options; `hba`, when given, replaces pg_hba.conf (for a TLS-only server).
-    init(name: String = "main", settings: [String] = [], hba: String? = nil, prepare: (String) throws -> Void = { _ in }) throws {
+    /// `baseBackupFrom`, when given, makes this node a streaming replica of that one (pg_basebackup -R) instead
+    /// of running initdb; `applicationName` is how the primary sees it (pg_stat_replication, synchronous_standby_names).
+    init(name: String = "main", address: String = "127.0.0.1", port: Int? = nil, settings: [String] = [], hba: String? = nil,
+         baseBackupFrom primary: TestPostgres? = nil, applicationName: String? = nil,
+         prepare: (String) throws -> Void = { _ in }) throws {
         directory = "/tmp/shoal-test-pg-\(getpid())-\(name)"
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        port = freePort()
+        self.port = port ?? freePort()
+        self.address = address
         runAsOther = getuid() == 0
+        options = (["-p \(self.port) -k \(directory) -c listen_addresses=\(address) -c max_connections=200 -c fsync=off"]
+            + settings.map { "-c \($0)" }).joined(separator: " ")
         try "\(Self.password)\n".write(toFile: "\(directory)/pwfile", atomically: true, encoding: .utf8)
         try prepare(directory)
         if runAsOther {
             try ProcessRunner.run("chown", ["-R", "postgres", directory])
         }
-        try asPostgres(["initdb", "-D", "\(directory)/data", "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
-                        "--pwfile=\(directory)/pwfile", "-E", "UTF8", "--locale=C"])
+        if let primary {
+            let source = "host=\(primary.address) port=\(primary.port) user=postgres password=\(Self.password)"
+            try asPostgres(["pg_basebackup", "-d", source, "-D", "\(directory)/data", "-R", "-X", "stream", "-c", "fast"])
+            // Named so the primary can list it and require it (synchronous_standby_names); the last value wins.
+            try asPostgres(["sh", "-c", "echo \"primary_conninfo = '\(source) application_name=\(applicationName ?? name)'\" >> \(directory)/data/postgresql.auto.conf"])
+        } else {
+            try asPostgres(["initdb", "-D", "\(directory)/data", "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
+                            "--pwfile=\(directory)/pwfile", "-E", "UTF8", "--locale=C"])
+        }
         if let hba {
             try hba.write(toFile: "\(directory)/data/pg_hba.conf", atomically: true, encoding: .utf8)
             if runAsOther { try ProcessRunner.run("chown", ["postgres", "\(directory)/data/pg_hba.conf"]) }
         }
-        let options = (["-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"]
-            + settings.map { "-c \($0)" }).joined(separator: " ")
         Self.started.lock()
         let first = Self.directories.isEmpty
         Self.directories.append(directory)
@@ -60,7 +74,22 @@ final class TestPostgres: @unchecked Sendable {
                 }
             }
         }
+        try start()
+    }
+
+    private let options: String
+
+    func start() throws {
         try asPostgres(["pg_ctl", "-D", "\(directory)/data", "-l", "\(directory)/log", "-w", "-o", options, "start"])
+    }
+
+    /// `mode`: fast (clients disconnected, clean shutdown) or immediate (a crash, as far as clients can tell).
+    func stop(mode: String = "fast") throws {
+        try asPostgres(["pg_ctl", "-D", "\(directory)/data", "-m", mode, "-w", "stop"])
+    }
+
+    func promote() throws {
+        try asPostgres(["pg_ctl", "-D", "\(directory)/data", "-w", "promote"])
     }
 
     @discardableResult
@@ -78,7 +107,7 @@ final class TestPostgres: @unchecked Sendable {
     /// Runs SQL directly against PostgreSQL (not through Shoal) and returns unaligned output.
     @discardableResult
     func psql(_ sql: String, database: String = "postgres") throws -> String {
-        let result = try ProcessRunner.run("psql", ["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", database, "-c", sql],
+        let result = try ProcessRunner.run("psql", ["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", address, "-p", "\(port)", "-U", "postgres", "-d", database, "-c", sql],
                                            environment: ["PGPASSWORD": Self.password])
         guard result.status == 0 else { throw TestFailure("psql failed: \(result.stderr)") }
         return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -1,0 +1,283 @@
+import Configuration
+import Foundation
+import Testing
+
+/// Several hosts per database against a real primary and streaming replicas: health checks, the read-only
+/// route, lag, failover under write load, Aurora's topology function, and max_host_connections.
+@Suite(.serialized) struct RoutingTests {
+    /// Shoal in front of `cluster`: one `postgres` entry naming every node, checks every second.
+    static func shoal(for hosts: [String], port: Int, target: TargetSessionAttrs?, readonlyPort: Int = 0,
+                      _ more: @escaping (inout ShoalConfig) -> Void = { _ in }) async throws -> ShoalInstance {
+        try await ShoalInstance { config in
+            var entry = DatabaseEntry(name: "postgres")
+            entry.hosts = hosts
+            entry.ports = [port]
+            entry.dbname = "postgres"
+            entry.targetSessionAttrs = target
+            config.databases = ["postgres": entry]
+            config.defaultPoolSize = 4
+            config.readonlyListenPort = readonlyPort
+            config.healthCheckPeriod = 1
+            config.healthCheckTimeout = 1
+            config.healthCheckFailures = 2
+            config.healthCheckUser = "postgres"
+            config.adminUsers = ["postgres"]
+            config.queryWaitTimeout = 30
+            more(&config)
+        }
+    }
+
+    /// SHOW HOSTS as host → (role, state, in_rotation).
+    static func hosts(_ shoal: ShoalInstance) throws -> [String: (role: String, state: String, inRotation: Bool)] {
+        let lines = try shoal.console("SHOW HOSTS").stdout.split(separator: "\n").dropFirst().filter { !$0.hasPrefix("(") }
+        var table: [String: (String, String, Bool)] = [:]
+        for line in lines {
+            let fields = line.split(separator: "|", omittingEmptySubsequences: false).map(String.init)
+            guard fields.count >= 6 else { continue }
+            table[fields[0]] = (fields[2], fields[3], fields[5] == "1")
+        }
+        return table
+    }
+
+    /// Which node answered each of `clients` × `rounds` reads made at once through `port`.
+    static func readAddresses(port: Int, clients: Int = 4, rounds: Int = 5) async throws -> (addresses: [String], errors: [String]) {
+        let calls = (0..<clients).map { _ in
+            background { () -> ([String], [String]) in
+                var seen: [String] = []
+                var errors: [String] = []
+                let connection = try PQConnection("host=127.0.0.1 port=\(port) user=postgres dbname=postgres password=\(TestPostgres.password)")
+                for _ in 0..<rounds {
+                    do {
+                        if let address = try connection.scalar("SELECT host(inet_server_addr()) FROM pg_sleep(0.05)") { seen.append(address) }
+                    } catch {
+                        errors.append("\(error)")
+                    }
+                }
+                return (seen, errors)
+            }
+        }
+        var addresses: [String] = []
+        var errors: [String] = []
+        for call in calls {
+            let (seen, failed) = try await call.value()
+            addresses += seen
+            errors += failed
+        }
+        return (addresses, errors)
+    }
+
+    @Test func readOnlyRouteSpreadsOverHealthyReplicasAndLeavesLaggingOnes() async throws {
+        let cluster = try ReplicatedCluster(name: "reads", firstOctet: 11)
+        defer { cluster.stopAll() }
+        let readonlyPort = freePort()
+        let shoal = try await Self.shoal(for: cluster.hosts, port: cluster.port, target: .readWrite, readonlyPort: readonlyPort) {
+            $0.maxReplicaLag = 1
+        }
+        defer { Task { await shoal.stop() } }
+        try waitUntil("all three hosts are up") {
+            let hosts = try Self.hosts(shoal)
+            return hosts["127.0.0.11"]?.role == "primary" && hosts["127.0.0.12"]?.state == "up" && hosts["127.0.0.13"]?.state == "up"
+        }
+        // Writes go to the writer; the read-only listener serves the same database name from both replicas.
+        let writer = try PQConnection(shoal.conninfo)
+        #expect(try writer.scalar("SELECT host(inet_server_addr())") == "127.0.0.11")
+        try writer.query("CREATE TABLE marks (n int)")
+        let spread = try await Self.readAddresses(port: readonlyPort)
+        #expect(spread.errors.isEmpty, "\(spread.errors)")
+        #expect(Set(spread.addresses) == ["127.0.0.12", "127.0.0.13"], "\(spread.addresses)")
+
+        // One replica stops: reads go on on the other; only statements in flight may fail.
+        try cluster.replicas[0].stop()
+        try waitUntil("the stopped replica is marked down") { try Self.hosts(shoal)["127.0.0.12"]?.state == "down" }
+        let afterStop = try await Self.readAddresses(port: readonlyPort)
+        #expect(afterStop.errors.isEmpty, "\(afterStop.errors)")
+        #expect(Set(afterStop.addresses) == ["127.0.0.13"], "\(afterStop.addresses)")
+
+        // Back, then made to lag: out of the read rotation past max_replica_lag, back in once it replays again.
+        try cluster.replicas[0].start()
+        try waitUntil("the replica is back") { try Self.hosts(shoal)["127.0.0.12"]?.inRotation == true }
+        try cluster.replicas[0].psql("SELECT pg_wal_replay_pause()")
+        try waitUntil("the paused replica lags past max_replica_lag") {
+            try writer.query("INSERT INTO marks VALUES (1)")
+            return try Self.hosts(shoal)["127.0.0.12"]?.inRotation == false
+        }
+        let whileLagging = try await Self.readAddresses(port: readonlyPort)
+        #expect(whileLagging.errors.isEmpty, "\(whileLagging.errors)")
+        #expect(Set(whileLagging.addresses) == ["127.0.0.13"], "\(whileLagging.addresses)")
+        try cluster.replicas[0].psql("SELECT pg_wal_replay_resume()")
+        try waitUntil("the replica catches up") { try Self.hosts(shoal)["127.0.0.12"]?.inRotation == true }
+        #expect(try String(contentsOfFile: shoal.logPath, encoding: .utf8).contains("host 127.0.0.12:\(cluster.port) leaves the read rotation"))
+    }
+
+    /// What the writers saw during a failover.
+    struct FailoverOutcome {
+        var acknowledged: Set<Int> = []
+        var failed: [Int: String] = [:]
+        var firstWriteAfterPromotion: TimeInterval?
+        var onNewPrimary: [Int] = []
+    }
+
+    /// Numbered inserts through Shoal from four clients while the primary stops (`stopMode`) and the first
+    /// replica is promoted.
+    static func failover(_ cluster: ReplicatedCluster, stopMode: String) async throws -> FailoverOutcome {
+        let shoal = try await shoal(for: cluster.hosts, port: cluster.port, target: .readWrite)
+        defer { Task { await shoal.stop() } }
+        try cluster.primary.psql("CREATE TABLE numbered (n int PRIMARY KEY)")
+        try waitUntil("the writer is known") { try Self.hosts(shoal)[cluster.primary.address]?.role == "primary" }
+        let lock = NSLock()
+        var outcome = FailoverOutcome()
+        var next = 0
+        var stop = false
+        var promotedAt: Date?
+        let writers = (0..<4).map { _ in
+            background {
+                var connection = try PQConnection(shoal.conninfo)
+                while true {
+                    lock.lock()
+                    if stop { lock.unlock(); return }
+                    next += 1
+                    let n = next
+                    lock.unlock()
+                    do {
+                        try connection.query("INSERT INTO numbered VALUES (\(n))")
+                        let now = Date()
+                        lock.lock()
+                        outcome.acknowledged.insert(n)
+                        if let promotedAt, outcome.firstWriteAfterPromotion == nil {
+                            outcome.firstWriteAfterPromotion = now.timeIntervalSince(promotedAt)
+                        }
+                        lock.unlock()
+                    } catch {
+                        lock.lock()
+                        outcome.failed[n] = "\(error)"
+                        lock.unlock()
+                        if let reconnected = try? PQConnection(shoal.conninfo) { connection = reconnected }
+                        usleep(20_000)
+                    }
+                }
+            }
+        }
+        usleep(700_000)
+        try cluster.primary.stop(mode: stopMode)
+        try cluster.replicas[0].promote()
+        lock.withLock { promotedAt = Date() }
+        try waitUntil("writes flow again", timeout: 60) {
+            lock.withLock { outcome.firstWriteAfterPromotion != nil }
+        }
+        usleep(500_000)
+        lock.withLock { stop = true }
+        for writer in writers { try await writer.value() }
+        let rows = try cluster.replicas[0].psql("SELECT n FROM numbered ORDER BY n")
+        outcome.onNewPrimary = rows.split(separator: "\n").compactMap { Int($0) }
+        let log = (try? String(contentsOfFile: shoal.logPath, encoding: .utf8)) ?? ""
+        #expect(log.contains("failover: writer is now \(cluster.replicas[0].address):\(cluster.port)"), "\(log.suffix(3000))")
+        return outcome
+    }
+
+    static func check(_ outcome: FailoverOutcome, _ label: String) {
+        let onNew = Set(outcome.onNewPrimary)
+        let lost = outcome.acknowledged.subtracting(onNew)
+        #expect(lost.isEmpty, "\(label): acknowledged commits missing on the new primary: \(lost.sorted())")
+        #expect(onNew.count == outcome.onNewPrimary.count, "\(label): duplicated rows")
+        // Every attempt was either acknowledged or reported as an error to its client, never both.
+        #expect(outcome.acknowledged.isDisjoint(with: outcome.failed.keys), "\(label)")
+        let committedButReportedFailed = onNew.intersection(outcome.failed.keys)
+        let codes = Dictionary(grouping: outcome.failed.values.map { message in
+            message.range(of: "SQLSTATE [0-9A-Z]{5}", options: .regularExpression).map { String(message[$0]) } ?? "no SQLSTATE"
+        }, by: { $0 }).mapValues(\.count)
+        print("""
+            \(label): first write \(String(format: "%.2f", outcome.firstWriteAfterPromotion ?? -1)) s after promotion; \
+            \(outcome.acknowledged.count) acknowledged, \(lost.count) lost, \(outcome.failed.count) errors \(codes), \
+            \(committedButReportedFailed.count) committed but reported failed
+            """)
+        #expect(outcome.firstWriteAfterPromotion != nil)
+    }
+
+    @Test func writesFollowThePromotedReplica() async throws {
+        let cluster = try ReplicatedCluster(name: "failover", firstOctet: 21)
+        defer { cluster.stopAll() }
+        Self.check(try await Self.failover(cluster, stopMode: "fast"), "failover (fast stop, async replication)")
+    }
+
+    @Test func synchronousReplicationLosesNoCommitOnACrash() async throws {
+        let cluster = try ReplicatedCluster(name: "syncfail", firstOctet: 41, synchronous: true)
+        defer { cluster.stopAll() }
+        Self.check(try await Self.failover(cluster, stopMode: "immediate"), "failover (immediate stop, synchronous replication)")
+    }
+
+    @Test func auroraTopologyFindsInstancesAndFollowsANewReader() async throws {
+        let cluster = try ReplicatedCluster(name: "aurora", replicas: 1, firstOctet: 31)
+        defer { cluster.stopAll() }
+        let readonlyPort = freePort()
+        // The entry names only the "cluster endpoint" (here the writer); the instances come from the topology.
+        let shoal = try await Self.shoal(for: [cluster.primary.address], port: cluster.port, target: .readWrite, readonlyPort: readonlyPort) {
+            $0.auroraTopology = true
+            $0.auroraInstanceHostPattern = "127.0.0.?"
+        }
+        defer { Task { await shoal.stop() } }
+        try waitUntil("the topology's reader is found and up") { try Self.hosts(shoal)["127.0.0.32"]?.state == "up" }
+        #expect(try Self.hosts(shoal)["127.0.0.31"]?.role == "primary")
+        let before = try await Self.readAddresses(port: readonlyPort)
+        #expect(Set(before.addresses) == ["127.0.0.32"] && before.errors.isEmpty, "\(before)")
+
+        try cluster.addReplica()
+        try waitUntil("the new reader is found without a reload") { try Self.hosts(shoal)["127.0.0.33"]?.inRotation == true }
+        _ = try shoal.console("RECONNECT postgres")
+        var reached = false
+        for _ in 0..<30 where !reached {
+            reached = Set(try await Self.readAddresses(port: readonlyPort).addresses).contains("127.0.0.33")
+        }
+        #expect(reached, "reads never reached the new reader")
+        let after = try await Self.readAddresses(port: readonlyPort, clients: 4, rounds: 6)
+        #expect(Set(after.addresses).isSubset(of: ["127.0.0.32", "127.0.0.33"]) && after.errors.isEmpty, "\(after)")
+        #expect(try String(contentsOfFile: shoal.logPath, encoding: .utf8).contains("aurora_topology for postgres: instances"))
+    }
+
+    @Test func maxHostConnectionsHoldsAcrossDatabasesAsLoadShifts() async throws {
+        let postgres = try TestPostgres(name: "hostcap")
+        let shoal = try await ShoalInstance { config in
+            config.databases = [:]
+            for index in 1...6 {
+                var entry = DatabaseEntry(name: "dept\(index)")
+                entry.hosts = ["127.0.0.1"]
+                entry.ports = [postgres.port]
+                entry.dbname = "postgres"
+                config.databases[entry.name] = entry
+            }
+            config.defaultPoolSize = 4
+            config.maxHostConnections = 4
+            config.adminUsers = ["postgres"]
+            config.queryWaitTimeout = 60
+        }
+        defer { Task { await shoal.stop() } }
+        var peak = 0
+        let sampling = background { () -> Int in
+            var highest = 0
+            for _ in 0..<60 {
+                let count = Int((try? postgres.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name <> 'psql'")) ?? "0") ?? 0
+                highest = max(highest, count)
+                usleep(100_000)
+            }
+            return highest
+        }
+        for phase in [[1, 2, 3], [4, 5, 6]] {
+            let loads = phase.flatMap { index in
+                (0..<3).map { _ in
+                    background { () -> Int in
+                        let connection = try PQConnection("host=127.0.0.1 port=\(shoal.port) user=postgres dbname=dept\(index) password=\(TestPostgres.password)")
+                        for _ in 0..<10 { _ = try connection.scalar("SELECT pg_sleep(0.02)") }
+                        return 10
+                    }
+                }
+            }
+            var done = 0
+            for load in loads { done += try await load.value() }
+            #expect(done == phase.count * 30)
+        }
+        peak = try await sampling.value()
+        #expect(peak > 0 && peak <= 4, "peak server connections \(peak)")
+        let hosts = try shoal.console("SHOW SERVERS").stdout
+        #expect(hosts.split(separator: "\n").filter { $0.hasPrefix("S|") }.count <= 4, "\(hosts)")
+    }
+}
+
