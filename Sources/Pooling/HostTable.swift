@@ -187,6 +187,11 @@ public struct HostTable: Sendable {
         return newest.address
     }
 
+    /// A writer was known and is gone (down or demoted) with no successor yet: a failover is under way.
+    public var writerLost: Bool {
+        writer == nil && hosts.values.contains { $0.writerSequence > 0 }
+    }
+
     /// Whether a pool with `target` may keep a server on `address` (checked when servers are released).
     public func isUsable(_ address: HostAddress, for target: TargetSessionAttrs, among candidates: [HostAddress]) -> Bool {
         guard let status = hosts[address] else { return target == .any }

@@ -147,9 +147,11 @@ final class HostMonitor: @unchecked Sendable {
 
     // MARK: Checks (on `eventLoop`)
 
+    /// Role, and replay lag: none while the replica has replayed all it received (an idle primary sends
+    /// nothing, so the last replayed commit's age alone would read as lag), else the age of that commit.
     private static let checkQuery = """
         SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN NOT pg_catalog.pg_is_in_recovery() \
-        OR pg_catalog.pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_catalog.pg_last_wal_replay_lsn() THEN 0 \
+        OR COALESCE(pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn(), true) THEN 0 \
         ELSE COALESCE(EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()), 0) END
         """
     /// Aurora's view of its instances; stale rows of deleted instances are skipped as AWS's drivers do.
@@ -161,7 +163,10 @@ final class HostMonitor: @unchecked Sendable {
     private func tick() {
         let config = runtime.snapshot.config
         let now = NIODeadline.now().uptimeNanoseconds
-        let period = UInt64(config.healthCheckPeriod * 1e9)
+        // While the writer is lost every host is checked on every tick, so the promoted one is found within
+        // a quarter second rather than a whole period.
+        let hunting = lock.withLock { table.writerLost }
+        let period = hunting ? 200_000_000 : UInt64(config.healthCheckPeriod * 1e9)
         let timeout = UInt64(max(0.1, config.healthCheckTimeout) * 1e9)
         let topologySources = chooseTopologySources(config)
         for address in Array(slots.keys) {

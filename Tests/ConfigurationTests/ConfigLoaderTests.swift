@@ -1,4 +1,4 @@
-import Configuration
+@testable import Configuration
 import Testing
 
 @Suite struct ConfigLoaderTests {
@@ -98,5 +98,30 @@ import Testing
         #expect(result.userList.secrets["after"] == nil)
         #expect(result.problem?.line == 4)
         #expect(result.problem?.message == "broken auth file")
+    }
+}
+
+@Suite struct RoutedEntryTests {
+    @Test func hostListsPairWithPortsAsInLibpq() throws {
+        let one = try DatabaseEntry.parse(name: "m", value: "host=w,r1,r2 port=6000 target_session_attrs=read-write")
+        #expect(one.addresses(socketDirectory: "/tmp").map(\.description) == ["w:6000", "r1:6000", "r2:6000"])
+        #expect(one.targetSessionAttrs == .readWrite && one.isRouted)
+        let each = try DatabaseEntry.parse(name: "m", value: "host=w,r1 port=5432,5433 aurora_topology=on load_balance_hosts=disable")
+        #expect(each.addresses(socketDirectory: "/tmp").map(\.port) == [5432, 5433])
+        #expect(each.auroraTopology == true && each.loadBalanceHosts == "disable")
+        #expect(try DatabaseEntry.parse(name: "m", value: "host=/var/run/postgresql").addresses(socketDirectory: "/tmp").first?.isUnixSocket == true)
+        #expect(!(try DatabaseEntry.parse(name: "m", value: "host=one")).isRouted)
+    }
+
+    @Test func badRoutingValuesAreRefusedWithTheirName() {
+        #expect(throws: ConnectionString.SyntaxError(message: "invalid target_session_attrs: writer")) {
+            try DatabaseEntry.parse(name: "m", value: "host=a,b target_session_attrs=writer")
+        }
+        #expect(throws: ConnectionString.SyntaxError(message: "could not match 3 port numbers to 2 hosts")) {
+            try DatabaseEntry.parse(name: "m", value: "host=a,b port=1,2,3")
+        }
+        #expect(throws: ConnectionString.SyntaxError(message: "invalid load_balance_hosts: random")) {
+            try DatabaseEntry.parse(name: "m", value: "host=a,b load_balance_hosts=random")
+        }
     }
 }

@@ -149,7 +149,8 @@ import Testing
                         lock.unlock()
                     } catch {
                         lock.lock()
-                        outcome.failed[n] = "\(error)"
+                        let state = (error as? PQError)?.sqlState ?? "none"
+                        outcome.failed[n] = "SQLSTATE \(state): \(error)"
                         lock.unlock()
                         if let reconnected = try? PQConnection(shoal.conninfo) { connection = reconnected }
                         usleep(20_000)
@@ -183,13 +184,14 @@ import Testing
         #expect(outcome.acknowledged.isDisjoint(with: outcome.failed.keys), "\(label)")
         let committedButReportedFailed = onNew.intersection(outcome.failed.keys)
         let codes = Dictionary(grouping: outcome.failed.values.map { message in
-            message.range(of: "SQLSTATE [0-9A-Z]{5}", options: .regularExpression).map { String(message[$0]) } ?? "no SQLSTATE"
+            String(message.prefix(while: { $0 != ":" }))
         }, by: { $0 }).mapValues(\.count)
         print("""
             \(label): first write \(String(format: "%.2f", outcome.firstWriteAfterPromotion ?? -1)) s after promotion; \
             \(outcome.acknowledged.count) acknowledged, \(lost.count) lost, \(outcome.failed.count) errors \(codes), \
             \(committedButReportedFailed.count) committed but reported failed
             """)
+        for (n, message) in outcome.failed.sorted(by: { $0.key < $1.key }).prefix(6) { print("  row \(n): \(message.prefix(300))") }
         #expect(outcome.firstWriteAfterPromotion != nil)
     }
 
