@@ -31,13 +31,16 @@ enum ConfigCheck {
         let listen = (config.listenAddr.isEmpty ? [] : config.listenAddr.map { "\($0):\(config.listenPort)" })
             + (config.unixSocketDir.isEmpty ? [] : ["unix:\(config.unixSocketDir)/.s.PGSQL.\(config.listenPort)"])
         print("config \(path): ok")
-        print("listen: \(listen.joined(separator: ", "))\(config.metricsPort > 0 ? "; metrics on \(config.metricsAddr):\(config.metricsPort)" : "")")
+        let readonly = config.readonlyListenPort > 0 ? " (read-only route on port \(config.readonlyListenPort))" : ""
+        print("listen: \(listen.joined(separator: ", "))\(readonly)\(config.metricsPort > 0 ? "; metrics on \(config.metricsAddr):\(config.metricsPort)" : "")")
         print("pool_mode \(config.poolMode.rawValue), default_pool_size \(config.defaultPoolSize), max_client_conn \(config.maxClientConn), auth_type \(config.authType.rawValue)")
         for name in config.databases.keys.sorted() {
             let entry = config.databases[name]!
             let host = entry.hosts.isEmpty ? "unix:\(config.unixSocketDir)" : entry.hosts.joined(separator: ",")
             print("database \(name): \(host):\(entry.ports.map(String.init).joined(separator: ",")) dbname=\(entry.dbname ?? name)"
-                  + (entry.poolSize.map { " pool_size=\($0)" } ?? "") + (entry.poolMode.map { " pool_mode=\($0.rawValue)" } ?? ""))
+                  + (entry.poolSize.map { " pool_size=\($0)" } ?? "") + (entry.poolMode.map { " pool_mode=\($0.rawValue)" } ?? "")
+                  + (entry.targetSessionAttrs.map { " target_session_attrs=\($0.rawValue)" } ?? "")
+                  + ((entry.auroraTopology ?? config.auroraTopology) ? " aurora_topology (instances \(config.auroraInstanceHostPattern))" : ""))
         }
         print("auth_file: \(config.authFile ?? "(none)") with \(users) users; TLS to clients \(config.clientTLSSSLMode), to servers \(config.serverTLSSSLMode)")
         for problem in problems { FileHandle.standardError.write(Data("\(problem)\n".utf8)) }

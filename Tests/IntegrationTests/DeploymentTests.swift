@@ -8,7 +8,7 @@ import Testing
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static let shoal = root.appendingPathComponent(".build/debug/shoal").path
 
-    @Test(arguments: ["base", "overlays/moodle-azure"])
+    @Test(arguments: ["base", "overlays/moodle-azure", "overlays/aurora-departments"])
     func kustomizationRendersValidatesAndItsConfigPassesCheck(_ directory: String) throws {
         let scratch = "/tmp/shoal-k8s-\(getpid())-\(directory.replacingOccurrences(of: "/", with: "-"))"
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
