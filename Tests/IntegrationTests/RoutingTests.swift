@@ -113,7 +113,10 @@ import Testing
     struct FailoverOutcome {
         var acknowledged: Set<Int> = []
         var failed: [Int: String] = [:]
+        /// From the `pg_ctl promote` command to the first write acknowledged through Shoal.
         var firstWriteAfterPromotion: TimeInterval?
+        /// From the primary's stop command to that write: the outage clients saw.
+        var outage: TimeInterval?
         var onNewPrimary: [Int] = []
     }
 
@@ -129,6 +132,7 @@ import Testing
         var next = 0
         var stop = false
         var promotedAt: Date?
+        var stoppedAt = Date()
         let writers = (0..<4).map { _ in
             background {
                 var connection = try PQConnection(shoal.conninfo)
@@ -145,6 +149,7 @@ import Testing
                         outcome.acknowledged.insert(n)
                         if let promotedAt, outcome.firstWriteAfterPromotion == nil {
                             outcome.firstWriteAfterPromotion = now.timeIntervalSince(promotedAt)
+                            outcome.outage = now.timeIntervalSince(stoppedAt)
                         }
                         lock.unlock()
                     } catch {
@@ -159,9 +164,10 @@ import Testing
             }
         }
         usleep(700_000)
+        lock.withLock { stoppedAt = Date() }
         try cluster.primary.stop(mode: stopMode)
-        try cluster.replicas[0].promote()
         lock.withLock { promotedAt = Date() }
+        try cluster.replicas[0].promote()
         try waitUntil("writes flow again", timeout: 60) {
             lock.withLock { outcome.firstWriteAfterPromotion != nil }
         }
@@ -187,7 +193,8 @@ import Testing
             String(message.prefix(while: { $0 != ":" }))
         }, by: { $0 }).mapValues(\.count)
         print("""
-            \(label): first write \(String(format: "%.2f", outcome.firstWriteAfterPromotion ?? -1)) s after promotion; \
+            \(label): first write \(String(format: "%.2f", outcome.firstWriteAfterPromotion ?? -1)) s after the promote command \
+            (\(String(format: "%.2f", outcome.outage ?? -1)) s after the stop command); \
             \(outcome.acknowledged.count) acknowledged, \(lost.count) lost, \(outcome.failed.count) errors \(codes), \
             \(committedButReportedFailed.count) committed but reported failed
             """)

@@ -43,7 +43,9 @@ final class ReplicatedCluster: @unchecked Sendable {
         if synchronous {
             // Set once the replicas stream: before, every commit (the function above too) would wait for them.
             let names = (1...replicas).map { "\"\(firstOctet + $0)\"" }.joined(separator: ",")
-            try primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (\(names))'")
+            // FIRST 1: the first replica is the synchronous one, the one a failover promotes. (With ANY 1 a
+            // commit may be on the other replica only, and promoting the first would lose it.)
+            try primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (\(names))'")
             try primary.psql("SELECT pg_reload_conf()")
         }
     }
