@@ -242,6 +242,7 @@ extension ClientConnection {
         detectsSessionState = mode != .session && config.pinSessionState
         preparedCapacity = config.maxPreparedStatements
         tracksPrepared = mode != .session && preparedCapacity > 0
+        watchesReadOnly = pool.routed && pool.target.wantsWriterOnly
         if !config.serverResetQuery.isEmpty {
             if config.serverResetQueryAlways { resetQueryOnRelease = config.serverResetQuery }
             if config.serverResetQueryAlways || mode == .session { resetQueryOnDisconnect = config.serverResetQuery }

@@ -105,6 +105,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     // Named prepared statements across server connections (transaction/statement modes, max_prepared_statements).
     var tracksPrepared = false
+    /// In a writer pool of a routed database: a 25006 from the server gets its host checked at once.
+    var watchesReadOnly = false
     var preparedCapacity = 0
     /// Accepted on readonly_listen_port: served by replicas.
     let readOnlyRoute: Bool
@@ -453,13 +455,14 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         guard state == .linked, origin === server, let context else { return }
         var visitor = ServerVisitor(tracker: tracker, swallow: swallowReadyForQuery, currentSwallowed: currentSwallowed,
                                     position: serverStreamPosition, mode: mode, probing: probing,
-                                    expectations: tracksPrepared ? expectations : nil)
+                                    expectations: tracksPrepared ? expectations : nil, watchesReadOnly: watchesReadOnly)
         do {
             _ = try serverScanner.scan(buffer, visitor: &visitor)
         } catch {
             origin.close(reason: "bad packet from server")
             return fatal("server conn crashed?")
         }
+        if visitor.readOnlyRefusal { runtime.hosts.readOnlyRefusal(at: origin.hostAddress) }
         tracker = visitor.tracker
         if let settled = visitor.expectations {
             expectations = settled

@@ -140,6 +140,17 @@ final class HostMonitor: @unchecked Sendable {
         }
     }
 
+    /// A server of a writer pool answered 25006 (read-only transaction). A client's own `SET TRANSACTION READ
+    /// ONLY` does that too, so the host is not marked down on the word of one error: it is checked now, and a
+    /// demoted writer is found within a round trip.
+    func readOnlyRefusal(at address: HostAddress) {
+        runtime.logger.info("host \(address) refused a write with 25006: checking its role now")
+        eventLoop.execute {
+            self.slots[address]?.requested = true
+            self.tick()
+        }
+    }
+
     /// SHOW HOSTS and /metrics.
     func snapshot() -> (hosts: [HostStatus], failovers: Int) {
         lock.withLock { (table.hosts.values.sorted { $0.address < $1.address }, table.failovers) }

@@ -90,9 +90,13 @@ struct ServerVisitor: FrameVisitor {
     var setFailed = false
     var statementModeViolation = false
     var parameterUpdates: [ParameterUpdate]?
+    /// Writer pools of routed databases read their errors' SQLSTATE: 25006 from the "writer" means it is not.
+    let watchesReadOnly: Bool
+    var readOnlyRefusal = false
 
     init(tracker: TransactionTracker, swallow: Int, currentSwallowed: Bool, position: Int, mode: PoolMode, probing: Bool = false,
-         expectations: ResponseExpectations? = nil) {
+         expectations: ResponseExpectations? = nil, watchesReadOnly: Bool = false) {
+        self.watchesReadOnly = watchesReadOnly
         self.probing = probing
         self.expectations = expectations
         self.tracker = tracker
@@ -104,6 +108,7 @@ struct ServerVisitor: FrameVisitor {
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
         type == BackendMessage.readyForQuery || type == BackendMessage.parameterStatus || (probing && type == BackendMessage.dataRow)
+            || (watchesReadOnly && type == BackendMessage.errorResponse)
     }
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
@@ -140,6 +145,10 @@ struct ServerVisitor: FrameVisitor {
 
     mutating func messageBody(type: UInt8, body: ByteBuffer) {
         var body = body
+        if type == BackendMessage.errorResponse {
+            if ErrorFields(body: body).code == "25006" { readOnlyRefusal = true }
+            return
+        }
         if type == BackendMessage.dataRow {
             if currentSwallowed && probing { probeKinds = SessionStateProbe.kinds(fromDataRow: body) }
             return

@@ -184,10 +184,11 @@ public final class ShoalRuntime: @unchecked Sendable {
                 continue
             }
             let old = pool.database
+            let wasRouted = pool.routed
             pool.update(database: database, settings: PoolSettings(config: config, database: database, user: pool.key.user),
                         routed: hosts.isRouted(database, config))
             if old.hosts != database.hosts || old.ports != database.ports || old.dbname != database.dbname
-                || old.targetSessionAttrs != database.targetSessionAttrs
+                || old.targetSessionAttrs != database.targetSessionAttrs || wasRouted != pool.routed
                 || old.user != database.user || old.password != database.password {
                 // Where or as whom to connect changed: servers of the old entry close as they come back.
                 reconnect(pool: pool)

@@ -62,6 +62,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     let address: String
     /// The backend this server is on (one of its database entry's hosts).
     let hostAddress: HostAddress
+    /// Its pool routes by host health and role (read once: a reload that changes routing reconnects servers).
+    private let routed: Bool
     private var remoteHost: String { hostAddress.host }
     private var remotePort: Int { hostAddress.port }
     private var localHost = "unix"
@@ -74,6 +76,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     init(pool: Pool, runtime: ShoalRuntime, eventLoop: EventLoop, hostAddress: HostAddress) {
         self.hostAddress = hostAddress
+        self.routed = pool.routed
         self.id = runtime.makeConnectionID()
         self.pool = pool
         self.runtime = runtime
@@ -354,7 +357,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             } else {
                 pool.withState { $0.idleServerClosed(self) }
             }
-            if pool.routed { runtime.hosts.serverFailed(hostAddress, reason: "server connection closed by the server") }
+            if routed { runtime.hosts.serverFailed(hostAddress, reason: "server connection closed by the server") }
             if runtime.snapshot.config.logDisconnections {
                 logger.info("closing because: server conn crashed? (age=\(ageSeconds)s)")
             }
@@ -437,7 +440,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         state = .closed
         onLoop { server in server.pool.shards[server.loopIndex].counters.serverConnectFailures &+= 1 }
         logger.warning("\(logLine)")
-        if pool.routed && (code.hasPrefix("08") || code.hasPrefix("57")) {
+        if routed && (code.hasPrefix("08") || code.hasPrefix("57")) {
             // The host is unreachable, shutting down or starting up (57P03): it is marked down and the waiters
             // wait for another host that fits (a failover in progress) rather than getting this host's error —
             // and the pool is not held back by server_login_retry for a fault of one host.
@@ -569,7 +572,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// Gives a server back after its client is done with it.
     func returnToPool(reusable: Bool) {
         var reusable = reusable
-        if reusable && pool.routed && !runtime.hosts.isUsable(hostAddress, for: pool, config: runtime.snapshot.config) {
+        if reusable && routed && !runtime.hosts.isUsable(hostAddress, for: pool, config: runtime.snapshot.config) {
             // Its host left this pool's rotation (down, demoted, lagging): nobody gets this server again.
             reusable = false
         }

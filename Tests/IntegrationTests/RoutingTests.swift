@@ -214,6 +214,35 @@ import Testing
         Self.check(try await Self.failover(cluster, stopMode: "immediate"), "failover (immediate stop, synchronous replication)")
     }
 
+    @Test func aReplicaPromotedBesideARunningPrimaryTakesTheWrites() async throws {
+        let cluster = try ReplicatedCluster(name: "splitbrain", replicas: 1, firstOctet: 51)
+        defer { cluster.stopAll() }
+        let shoal = try await Self.shoal(for: cluster.hosts, port: cluster.port, target: .readWrite)
+        defer { Task { await shoal.stop() } }
+        try waitUntil("the writer is known") { try Self.hosts(shoal)["127.0.0.51"]?.role == "primary" }
+        let client = try PQConnection(shoal.conninfo)
+        #expect(try client.scalar("SELECT host(inet_server_addr())") == "127.0.0.51")
+        // The old primary keeps running (a demotion not yet done, or a split brain): once Shoal sees the
+        // promotion, nobody writes to it, and its idle servers close.
+        try cluster.replicas[0].promote()
+        try waitUntil("the promotion is seen") { try Self.hosts(shoal)["127.0.0.52"]?.role == "primary" }
+        #expect(try client.scalar("SELECT host(inet_server_addr())") == "127.0.0.52")
+        let fresh = try PQConnection(shoal.conninfo)
+        #expect(try fresh.scalar("SELECT host(inet_server_addr())") == "127.0.0.52")
+        try waitUntil("no server left on the old primary", timeout: 5) {
+            !(try shoal.console("SHOW SERVERS").stdout.contains("|127.0.0.51|"))
+        }
+        let log = try String(contentsOfFile: shoal.logPath, encoding: .utf8)
+        #expect(log.contains("failover: writer is now 127.0.0.52:\(cluster.port) (was 127.0.0.51:\(cluster.port))"), "\(log.suffix(2000))")
+        // A write refused as read-only (25006) makes Shoal check that host's role at once.
+        try fresh.query("SET default_transaction_read_only = on")
+        #expect(throws: PQError.self) { try fresh.query("CREATE TABLE refused (n int)") }
+        try waitUntil("the refusal is logged", timeout: 5) {
+            (try String(contentsOfFile: shoal.logPath, encoding: .utf8)).contains("refused a write with 25006: checking its role now")
+        }
+        #expect(try Self.hosts(shoal)["127.0.0.52"]?.role == "primary")
+    }
+
     @Test func auroraTopologyFindsInstancesAndFollowsANewReader() async throws {
         let cluster = try ReplicatedCluster(name: "aurora", replicas: 1, firstOctet: 31)
         defer { cluster.stopAll() }
