@@ -18,7 +18,8 @@ final class HostMonitor: @unchecked Sendable {
     private let lock = NIOLock()
     /// Guarded by `lock`.
     private var table = HostTable()
-    /// Aurora instances discovered per database entry name. Guarded by `lock`.
+    /// Aurora instances discovered per cluster (keyed by the entry's seed hosts, so that `*` and the databases
+    /// it stands for share one topology). Guarded by `lock`.
     private var discovered: [String: [HostAddress]] = [:]
     /// Hosts whose lag comes from a topology rather than from their own replay position. Guarded by `lock`.
     private var topologyLagged: Set<HostAddress> = []
@@ -53,7 +54,7 @@ final class HostMonitor: @unchecked Sendable {
             table.maxReplicaLag = config.maxReplicaLag
             for entry in config.databases.values.sorted(by: { $0.name < $1.name }) where isRouted(entry, config) {
                 var addresses = entry.addresses(socketDirectory: config.unixSocketDir)
-                if usesAurora(entry, config) { addresses += discovered[entry.name] ?? [] }
+                if usesAurora(entry, config) { addresses += discovered[clusterKey(entry, config)] ?? [] }
                 for address in addresses where wanted[address] == nil {
                     wanted[address] = entry
                     order.append(address)
@@ -71,6 +72,10 @@ final class HostMonitor: @unchecked Sendable {
             for address in order where self.slots[address] == nil { self.slots[address] = CheckSlot() }
             self.tick()
         }
+    }
+
+    private func clusterKey(_ entry: DatabaseEntry, _ config: ShoalConfig) -> String {
+        entry.addresses(socketDirectory: config.unixSocketDir).map(\.description).joined(separator: ",")
     }
 
     func isRouted(_ entry: DatabaseEntry, _ config: ShoalConfig) -> Bool {
@@ -101,7 +106,8 @@ final class HostMonitor: @unchecked Sendable {
     func candidates(for entry: DatabaseEntry, config: ShoalConfig) -> [HostAddress] {
         let configured = entry.addresses(socketDirectory: config.unixSocketDir)
         guard usesAurora(entry, config) else { return configured }
-        let instances = lock.withLock { discovered[entry.name] ?? [] }
+        let key = clusterKey(entry, config)
+        let instances = lock.withLock { discovered[key] ?? [] }
         // Once the instances are known, the seed (a cluster endpoint) is not used for pools: it would count
         // the writer twice under two names.
         return instances.isEmpty ? configured : instances
@@ -200,17 +206,18 @@ final class HostMonitor: @unchecked Sendable {
         }
     }
 
-    /// For each Aurora entry, the host that reads the topology this round: the writer if known, else any up host,
+    /// For each Aurora cluster, the host that reads the topology this round: the writer if known, else any up host,
     /// else the first seed.
     private func chooseTopologySources(_ config: ShoalConfig) -> [HostAddress: String] {
         var sources: [HostAddress: String] = [:]
         for entry in config.databases.values where usesAurora(entry, config) {
-            let candidates = entry.addresses(socketDirectory: config.unixSocketDir) + lock.withLock { discovered[entry.name] ?? [] }
+            let key = clusterKey(entry, config)
+            let candidates = entry.addresses(socketDirectory: config.unixSocketDir) + lock.withLock { discovered[key] ?? [] }
             let source = lock.withLock { () -> HostAddress? in
                 if let writer = table.writer, candidates.contains(writer) { return writer }
                 return candidates.first { table.hosts[$0]?.health == .up } ?? candidates.first
             }
-            if let source, sources[source] == nil { sources[source] = entry.name }
+            if let source, sources[source] == nil { sources[source] = key }
         }
         return sources
     }
@@ -237,7 +244,9 @@ final class HostMonitor: @unchecked Sendable {
         var secret = ServerLoginSecret(authFileSecret: runtime.userList.secrets[user]).loginSecret
         if case .none = secret, user == entry.user, let password = entry.password { secret = .password(password) }
         let tls = runtime.tls.withLockedValue { $0 }
-        return HostCheckConnection.Login(user: user, database: entry.dbname ?? entry.name, secret: secret,
+        // `*` stands for every database: its checks log in to `postgres`.
+        let database = entry.dbname ?? (entry.name == "*" ? "postgres" : entry.name)
+        return HostCheckConnection.Login(user: user, database: database, secret: secret,
                                          tls: tls.forServers, tlsRequired: tls.serverMode != "prefer" && tls.serverMode != "allow",
                                          connectTimeout: min(config.serverConnectTimeout, max(0.1, config.healthCheckTimeout)))
     }
@@ -266,12 +275,12 @@ final class HostMonitor: @unchecked Sendable {
                 table.checkSucceeded(address, inRecovery: inRecovery, lag: topologyLagged.contains(address) ? nil : lag,
                                      latency: latency, now: wallNow)
             }
-            if let entryName = topologyFor {
+            if let cluster = topologyFor {
                 if answer.results.count >= 2 {
-                    events += topologyReceived(answer.results[1], entryName: entryName, port: address.port, config: config)
-                } else if let error = answer.error, !warnedTopology.contains(entryName) {
-                    warnedTopology.insert(entryName)
-                    runtime.logger.warning("aurora_topology for \(entryName): cannot read aurora_replica_status() on \(address): \(error.message)")
+                    events += topologyReceived(answer.results[1], cluster: cluster, port: address.port, config: config)
+                } else if let error = answer.error, !warnedTopology.contains(cluster) {
+                    warnedTopology.insert(cluster)
+                    runtime.logger.warning("aurora_topology for \(cluster): cannot read aurora_replica_status() on \(address): \(error.message)")
                 }
             }
         }
@@ -280,7 +289,7 @@ final class HostMonitor: @unchecked Sendable {
 
     /// Rows of aurora_replica_status(): (server_id, is writer, lag ms). New instances are tracked and checked
     /// at once; instances gone from the topology are dropped.
-    private func topologyReceived(_ rows: [[String?]], entryName: String, port: Int, config: ShoalConfig) -> [HostEvent] {
+    private func topologyReceived(_ rows: [[String?]], cluster: String, port: Int, config: ShoalConfig) -> [HostEvent] {
         var instances: [(HostAddress, Double)] = []
         for row in rows where row.count >= 3 {
             guard let id = row[0], !id.isEmpty else { continue }
@@ -290,15 +299,16 @@ final class HostMonitor: @unchecked Sendable {
         guard !instances.isEmpty else { return [] }
         let addresses = instances.map(\.0).sorted()
         let changed = lock.withLock { () -> Bool in
-            let before = discovered[entryName] ?? []
-            discovered[entryName] = addresses
+            let before = discovered[cluster] ?? []
+            discovered[cluster] = addresses
             topologyLagged.formUnion(addresses)
             return before != addresses
         }
         var events: [HostEvent] = []
         if changed {
-            runtime.logger.info("aurora_topology for \(entryName): instances \(addresses.map(\.description).joined(separator: ", "))")
+            runtime.logger.info("aurora_topology for \(cluster): instances \(addresses.map(\.description).joined(separator: ", "))")
             configure(config)
+            runtime.routingChanged()
         }
         lock.withLock {
             for (address, lag) in instances { events += table.lagReported(address, lag: lag) }

@@ -1,3 +1,4 @@
+import Foundation
 import Configuration
 import NIOSSL
 
@@ -17,6 +18,19 @@ struct TLSContexts: @unchecked Sendable {
     }
 
     static func build(_ config: ShoalConfig) throws(Failure) -> TLSContexts {
+        // A missing file is named with its key (BoringSSL's own error would only say "no such file").
+        var files: [(String, String?)] = []
+        if config.clientTLSSSLMode != "disable" {
+            files += [("client_tls_cert_file", config.clientTLSCertFile), ("client_tls_key_file", config.clientTLSKeyFile),
+                      ("client_tls_ca_file", config.clientTLSCAFile)]
+        }
+        if config.serverTLSSSLMode != "disable" {
+            files += [("server_tls_ca_file", config.serverTLSCAFile), ("server_tls_cert_file", config.serverTLSCertFile),
+                      ("server_tls_key_file", config.serverTLSKeyFile)]
+        }
+        for case let (key, path?) in files where !FileManager.default.isReadableFile(atPath: path) {
+            throw Failure(description: "\(key) \(path): cannot read")
+        }
         var forClients: NIOSSLContext?
         if config.clientTLSSSLMode != "disable" {
             guard let certFile = config.clientTLSCertFile, let keyFile = config.clientTLSKeyFile else {

@@ -44,11 +44,11 @@ import Testing
         let check = try ProcessRunner.run(Self.shoal, ["--check", file])
         #expect(check.status == 1)
         #expect(check.stderr.contains("\(file):6") && check.stderr.contains("default_pool_size"), "\(check.stderr)")
-        for example in ["minimal.ini", "moodle-transaction.ini", "per-department.ini"] {
-            // The examples parse (their auth files are not on this machine: that is the only complaint allowed).
+        for example in ["minimal.ini", "moodle-transaction.ini", "per-department.ini", "aurora-replicas.ini"] {
+            // The examples parse (their auth files and certificates are not on this machine: the only complaints allowed).
             let run = try ProcessRunner.run(Self.shoal, ["--check", Self.root.appendingPathComponent("conf/examples/\(example)").path])
             #expect(run.stdout.contains(": ok"), "\(example): \(run.stderr)")
-            #expect(run.stderr.split(separator: "\n").allSatisfy { $0.contains("cannot read auth_file") }, "\(example): \(run.stderr)")
+            #expect(run.stderr.split(separator: "\n").allSatisfy { $0.contains("cannot read") }, "\(example): \(run.stderr)")
         }
     }
 

@@ -268,7 +268,7 @@ import Testing
         #expect(reached, "reads never reached the new reader")
         let after = try await Self.readAddresses(port: readonlyPort, clients: 4, rounds: 6)
         #expect(Set(after.addresses).isSubset(of: ["127.0.0.32", "127.0.0.33"]) && after.errors.isEmpty, "\(after)")
-        #expect(try String(contentsOfFile: shoal.logPath, encoding: .utf8).contains("aurora_topology for postgres: instances"))
+        #expect(try String(contentsOfFile: shoal.logPath, encoding: .utf8).contains("aurora_topology for 127.0.0.31:\(cluster.port): instances"))
     }
 
     @Test func maxHostConnectionsHoldsAcrossDatabasesAsLoadShifts() async throws {
