@@ -25,6 +25,13 @@ if [ ${#missing[@]} -gt 0 ]; then
         (systemctl stop pgbouncer || service pgbouncer stop || /etc/init.d/pgbouncer stop) >/dev/null 2>&1 || true
     fi
 fi
+# The image test builds the runtime image with buildah (vfs storage, chroot isolation: no daemon, no registry).
+if ! command -v buildah >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq buildah >/dev/null
+fi
 # The Kubernetes manifests are checked against the API schema with kubernetes-validate (PyPI; Debian has none).
 if ! /usr/bin/python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
     /usr/bin/python3 -m pip install --quiet --break-system-packages kubernetes-validate >/dev/null 2>&1 \

@@ -108,6 +108,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// In a writer pool of a routed database: a 25006 from the server gets its host checked at once.
     var watchesReadOnly = false
     var preparedCapacity = 0
+    /// A transaction block whose server was lost, answered by Shoal until the client ends it.
+    var lostTransaction: LostTransaction?
     /// Accepted on readonly_listen_port: served by replicas.
     let readOnlyRoute: Bool
     var statements = ClientStatements()
@@ -249,6 +251,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func queryBytesReceived(_ incoming: ByteBuffer) {
         var buffer = incoming
+        if lostTransaction != nil && state == .idle {
+            guard let rest = answerLostTransaction(incoming) else { return }
+            buffer = rest
+        }
         // Bytes that continue a message begun in an earlier read (only complete statement messages get rewritten).
         var continuing = scanner.continuingBodyBytes ?? 0
         if tracksPrepared {
@@ -603,32 +609,53 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// The linked server went away under this client.
     ///
-    /// In transaction and statement pooling, a client whose statement ran outside a transaction block loses
-    /// nothing but that statement: it gets an error (08006; a FATAL the server sent first, such as 57P01 at a
-    /// shutdown, has already reached it) and a ReadyForQuery for each answer it awaited, and its next statement
-    /// gets another server. The statement is never replayed. A client inside a transaction block, holding
-    /// session state, or in session pooling is disconnected as in PgBouncer: its transaction or session is
-    /// gone and it must know.
+    /// In transaction and statement pooling the client keeps its connection to Shoal: what it awaited is
+    /// answered with an error (08006; a FATAL the server sent first, such as 57P01 at a shutdown, has already
+    /// reached it) and ReadyForQuery, and a transaction block it was in stays failed, answered by Shoal
+    /// (`LostTransaction`) until the client ends it with ROLLBACK or COMMIT, as PostgreSQL would answer a
+    /// failed transaction. Nothing is replayed; a COMMIT in flight is reported as an error, its outcome unknown
+    /// as with any lost connection. A client holding session state, in session pooling, or caught mid-message
+    /// is disconnected as in PgBouncer: what it had on that server is gone and it must know.
     func linkedServerClosed(_ closed: ServerConnection) {
         guard server === closed else { return }
         server = nil
         closed.lentServerGone()
         let owed = tracker.pendingReadyForQuery
-        guard mode != .session, pinned.isEmpty, !probing, swallowReadyForQuery == 0, tracker.transactionStatus == .idle,
-              owed > 0, let context else {
+        let inBlock = tracker.transactionStatus != .idle
+        let openBatch = tracker.openExtendedBatch
+        guard mode != .session, pinned.isEmpty, !probing, swallowReadyForQuery == 0, scanner.atBoundary, clientCarry == nil,
+              owed > 0 || inBlock || openBatch, let context else {
             return fatal("server conn crashed?")
         }
         flushToClient()
-        var out = context.channel.allocator.buffer(capacity: 160)
-        out.writeErrorResponse(severity: "ERROR", code: "08006", message: "server conn crashed?",
-                               detail: "The server connection was lost before the statement finished; Shoal did not retry it.")
-        for _ in 0..<owed { out.writeReadyForQuery(.idle) }
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        logger.warning("server connection lost under a statement outside a transaction: error sent, client kept")
+        let message = "server conn crashed?"
+        let detail = "The server connection was lost before the statement finished; Shoal did not retry it."
+        if owed > 0 {
+            var out = context.channel.allocator.buffer(capacity: 160)
+            out.writeErrorResponse(severity: "ERROR", code: "08006", message: message, detail: detail)
+            for _ in 0..<owed { out.writeReadyForQuery(inBlock ? .failed : .idle) }
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        }
+        let lost = LostTransaction(inBlock: inBlock, errorSent: owed > 0, openBatch: openBatch, message: message, detail: detail)
+        lostTransaction = lost.ended ? nil : lost
+        logger.warning(inBlock ? "server connection lost inside a transaction: error sent, transaction failed, client kept"
+                               : "server connection lost under a statement outside a transaction: error sent, client kept")
         tracker = TransactionTracker()
         expectations.reset()
         state = .idle
         resumeReadingIfPaused()
+    }
+
+    /// Answers a client whose transaction was lost with its server, until it ends it; returns what is left of
+    /// `incoming` for a server (nil when nothing is).
+    func answerLostTransaction(_ incoming: ByteBuffer) -> ByteBuffer? {
+        guard var lost = lostTransaction, let context else { return incoming }
+        var out = context.channel.allocator.buffer(capacity: 128)
+        let used = lost.respond(to: incoming, into: &out)
+        lostTransaction = lost.ended ? nil : lost
+        if out.readableBytes > 0 { context.writeAndFlush(wrapOutboundOut(out), promise: nil) }
+        guard used < incoming.readableBytes else { return nil }
+        return incoming.getSlice(at: incoming.readerIndex + used, length: incoming.readableBytes - used)
     }
 
     /// The pool could not log in to a server for this waiting client.

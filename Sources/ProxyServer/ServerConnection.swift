@@ -1,11 +1,11 @@
-import Configuration
 import AdminConsole
+import Configuration
 import Foundation
 import Logging
 import NIOCore
 import NIOPosix
-import NIOTLS
 import NIOSSL
+import NIOTLS
 import Pooling
 import PostgresWire
 

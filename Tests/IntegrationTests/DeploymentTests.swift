@@ -37,6 +37,69 @@ import Testing
         #expect(check.stdout.contains("pool_mode transaction"))
     }
 
+    /// The runtime image built here as docker/Dockerfile lays it out (no registry to pull a base image from):
+    /// FROM scratch with the release binary and its libraries, run by buildah as uid 10001 on the host network,
+    /// serving psql.
+    @Test func scratchImageBuiltWithBuildahServesPsql() async throws {
+        guard getuid() == 0 else { throw TestFailure("buildah with vfs storage runs as root here (CI runs as root)") }
+        let release = Self.root.appendingPathComponent(".build/release/shoal").path
+        if !FileManager.default.fileExists(atPath: release) {
+            // scripts/test.sh builds it first; alone, this test builds it (minutes on two cores).
+            let build = try ProcessRunner.run("swift", ["build", "--package-path", Self.root.path, "-c", "release", "--static-swift-stdlib",
+                                                        "--product", "shoal"], timeout: 1800)
+            #expect(build.status == 0, "\(build.stderr)")
+        }
+        let image = "localhost/shoal-test:\(getpid())"
+        let built = try ProcessRunner.run("bash", [Self.root.appendingPathComponent("docker/build-scratch-image.sh").path, release, image], timeout: 300)
+        #expect(built.status == 0, "\(built.stdout)\(built.stderr)")
+        print("image: \(built.stdout.split(separator: "\n").last ?? "")")
+        defer { _ = try? ProcessRunner.run("buildah", ["--storage-driver", "vfs", "rmi", "-f", image]) }
+        let inspect = try ProcessRunner.run("buildah", ["--storage-driver", "vfs", "inspect", "--type", "image", "--format",
+                                                        "{{.OCIv1.Config.User}} {{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}} {{.Docker.Config.StopSignal}}", image])
+        #expect(inspect.stdout.contains("10001:10001 [/usr/bin/shoal] [/etc/shoal/pgbouncer.ini] SIGTERM"), "\(inspect.stdout)\(inspect.stderr)")
+
+        let config = "/tmp/shoal-image-\(getpid())"
+        try FileManager.default.createDirectory(atPath: config, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: config) }
+        let port = freePort()
+        try """
+            [databases]
+            postgres = host=127.0.0.1 port=\(TestPostgres.shared.port) dbname=postgres
+            [pgbouncer]
+            listen_addr = 127.0.0.1
+            listen_port = \(port)
+            unix_socket_dir = /tmp
+            auth_type = scram-sha-256
+            auth_file = /etc/shoal/userlist.txt
+            pool_mode = transaction
+            """.write(toFile: "\(config)/pgbouncer.ini", atomically: true, encoding: .utf8)
+        try "\"postgres\" \"\(TestPostgres.password)\"\n".write(toFile: "\(config)/userlist.txt", atomically: true, encoding: .utf8)
+        chmod(config, 0o755)
+        let container = try ProcessRunner.run("buildah", ["--storage-driver", "vfs", "from", image]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = try? ProcessRunner.run("buildah", ["--storage-driver", "vfs", "rm", container]) }
+        let pid = try ProcessRunner.spawn(try ProcessRunner.which("buildah"),
+                                          ["--storage-driver", "vfs", "run", "--isolation", "chroot", "--network", "host",
+                                           "-v", "\(config):/etc/shoal:ro", container, "--", "/usr/bin/shoal", "/etc/shoal/pgbouncer.ini"],
+                                          stdout: "\(config)/run.log", stderr: "\(config)/run.log")
+        defer {
+            kill(pid, SIGTERM)
+            _ = ProcessRunner.exitCode(of: pid, within: 10)
+        }
+        try waitUntil("the containerised Shoal listens", timeout: 30) {
+            (try? PQConnection("host=127.0.0.1 port=\(port) user=postgres dbname=postgres password=\(TestPostgres.password)")) != nil
+        }
+        let psql = try ProcessRunner.run("psql", ["-X", "-At", "-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", "postgres",
+                                                  "-c", "SELECT 'served through the image', current_setting('server_version_num')::int >= 150000"],
+                                         environment: ["PGPASSWORD": TestPostgres.password])
+        #expect(psql.status == 0 && psql.stdout.contains("served through the image|t"), "\(psql.stdout)\(psql.stderr)")
+        // Not root inside: the Unix socket Shoal made in the container's /tmp belongs to uid 10001.
+        let mount = try ProcessRunner.run("buildah", ["--storage-driver", "vfs", "mount", container]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let owner = try FileManager.default.attributesOfItem(atPath: "\(mount)/tmp/.s.PGSQL.\(port)")[.ownerAccountID] as? Int
+        #expect(owner == 10001, "socket owner \(String(describing: owner)); log: \((try? String(contentsOfFile: "\(config)/run.log", encoding: .utf8)) ?? "")")
+    }
+
     @Test func checkReportsFileLineAndKey() throws {
         let file = "/tmp/shoal-check-\(getpid()).ini"
         defer { unlink(file) }

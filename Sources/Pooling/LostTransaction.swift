@@ -1,0 +1,150 @@
+import NIOCore
+import PostgresWire
+
+/// Answers, without a server, a client whose server connection died inside its transaction block (a failover,
+/// a crash): PostgreSQL would keep that transaction failed until the client ends it, and so does Shoal, so the
+/// client's own error handling (ROLLBACK, or COMMIT answered ROLLBACK) runs as it would against a failed
+/// transaction, and its connection to Shoal survives. Nothing is replayed.
+///
+/// Fed the client's bytes from a message boundary on; `respond` writes PostgreSQL's answers and stops right
+/// after the message that ends the transaction (or before a Terminate), so what follows goes to a server.
+public struct LostTransaction: Sendable {
+    /// The error the client has not seen yet (the lost connection), sent in place of the first 25P02.
+    private var pendingError: (code: String, message: String, detail: String)?
+    /// An error was sent in the current extended-protocol batch: the rest up to Sync is skipped, as PostgreSQL does.
+    private var failedInBatch: Bool
+    /// The transaction status to report: `.failed` in the block, `.idle` once only the current batch remains.
+    private var status: TransactionStatus
+    private var scanner = FrameScanner(maxMessageLength: 1 << 30)
+    /// An extended batch that is a ROLLBACK/COMMIT (PostgreSQL runs it in a failed transaction).
+    private var batchEndsTransaction = false
+    public private(set) var ended = false
+
+    /// `inBlock`: the client was inside BEGIN … (status T or E). `errorSent`: the client was told already (an
+    /// answer it awaited carried the error). `openBatch`: it had sent extended messages without their Sync.
+    public init(inBlock: Bool, errorSent: Bool, openBatch: Bool, code: String = "08006", message: String, detail: String) {
+        pendingError = errorSent ? nil : (code, message, detail)
+        failedInBatch = openBatch && errorSent
+        status = inBlock ? .failed : .idle
+        ended = !inBlock && !openBatch
+    }
+
+    /// Answers the messages in `bytes`; returns how many bytes it consumed (all unless the transaction ended
+    /// or a Terminate came).
+    public mutating func respond(to bytes: ByteBuffer, into out: inout ByteBuffer) -> Int {
+        guard !ended else { return 0 }
+        var visitor = Visitor(state: self, out: out)
+        let consumed = (try? scanner.scan(bytes, visitor: &visitor)) ?? bytes.readableBytes
+        let scannerState = scanner
+        self = visitor.state
+        scanner = scannerState
+        out = visitor.out
+        return consumed
+    }
+
+    private mutating func error(into out: inout ByteBuffer) {
+        if let pending = pendingError {
+            pendingError = nil
+            out.writeErrorResponse(severity: "ERROR", code: pending.code, message: pending.message, detail: pending.detail)
+        } else {
+            out.writeErrorResponse(severity: "ERROR", code: "25P02",
+                                   message: "current transaction is aborted, commands ignored until end of transaction block")
+        }
+    }
+
+    /// ROLLBACK, ABORT, COMMIT, END (not ROLLBACK TO SAVEPOINT, not ROLLBACK/COMMIT PREPARED): what ends a failed
+    /// transaction. The savepoints were on the lost server.
+    static func endsTransaction(_ sql: ByteBuffer) -> Bool {
+        var words: [String] = []
+        var current = ""
+        for byte in sql.readableBytesView {
+            let char = Character(Unicode.Scalar(byte))
+            if char.isLetter || char == "_" {
+                current.append(char)
+            } else {
+                if !current.isEmpty { words.append(current.lowercased()); current = "" }
+                if char == ";" || byte == 0 || words.count >= 2 { break }
+            }
+            if words.count >= 2 { break }
+        }
+        if !current.isEmpty && words.count < 2 { words.append(current.lowercased()) }
+        guard let first = words.first, ["rollback", "abort", "commit", "end"].contains(first) else { return false }
+        let second = words.count > 1 ? words[1] : ""
+        return !["to", "prepared"].contains(second)
+    }
+
+    private struct Visitor: FrameVisitor {
+        var state: LostTransaction
+        var out: ByteBuffer
+
+        func wantsBody(type: UInt8) -> Bool { type == FrontendMessage.query || type == FrontendMessage.parse }
+
+        mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
+            if state.ended || type == FrontendMessage.terminate { return false }
+            switch type {
+            case FrontendMessage.query, FrontendMessage.parse:
+                break // answered with the body
+            case FrontendMessage.bind:
+                if state.batchEndsTransaction && !state.failedInBatch { out.writePostgresMessage(UInt8(ascii: "2")) { _ in } }
+                else { batchError() }
+            case FrontendMessage.describe:
+                if state.batchEndsTransaction && !state.failedInBatch { out.writePostgresMessage(UInt8(ascii: "n")) { _ in } }
+                else { batchError() }
+            case FrontendMessage.execute:
+                if state.batchEndsTransaction && !state.failedInBatch { out.writeCommandComplete("ROLLBACK") }
+                else { batchError() }
+            case FrontendMessage.close:
+                if state.batchEndsTransaction && !state.failedInBatch { out.writePostgresMessage(UInt8(ascii: "3")) { _ in } }
+                else { batchError() }
+            case FrontendMessage.sync:
+                let endsNow = state.batchEndsTransaction && !state.failedInBatch
+                if endsNow || state.status == .idle {
+                    out.writeReadyForQuery(.idle)
+                    state.ended = true
+                } else {
+                    out.writeReadyForQuery(.failed)
+                }
+                state.failedInBatch = false
+                state.batchEndsTransaction = false
+            case FrontendMessage.functionCall:
+                state.error(into: &out)
+                out.writeReadyForQuery(state.status == .failed ? .failed : .idle)
+                if state.status == .idle { state.ended = true }
+            default:
+                break // Flush, CopyData/CopyDone/CopyFail of a COPY the lost server was in: nothing to answer
+            }
+            return true
+        }
+
+        mutating func messageBody(type: UInt8, body: ByteBuffer) {
+            var body = body
+            if type == FrontendMessage.query {
+                if state.status == .failed && LostTransaction.endsTransaction(body) {
+                    out.writeCommandComplete("ROLLBACK")
+                    out.writeReadyForQuery(.idle)
+                    state.ended = true
+                } else {
+                    state.error(into: &out)
+                    out.writeReadyForQuery(state.status == .failed ? .failed : .idle)
+                    if state.status == .idle { state.ended = true }
+                }
+                return
+            }
+            // Parse: a ROLLBACK/COMMIT batch is answered as PostgreSQL answers it in a failed transaction.
+            _ = body.readNullTerminatedString()
+            if state.status == .failed && !state.failedInBatch && LostTransaction.endsTransaction(body) {
+                state.batchEndsTransaction = true
+                out.writePostgresMessage(UInt8(ascii: "1")) { _ in }
+            } else {
+                batchError()
+            }
+        }
+
+        private mutating func batchError() {
+            guard !state.failedInBatch else { return }
+            state.failedInBatch = true
+            state.batchEndsTransaction = false
+            state.error(into: &out)
+        }
+    }
+}
