@@ -10,7 +10,8 @@ image=${2:-localhost/shoal:scratch}
 bah() { buildah --storage-driver vfs "$@"; }
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-install -D -m 0755 "$binary" "$root/usr/bin/shoal"
+# Stripped as in the Dockerfile (symbols are most of a static Swift binary's size).
+install -D -m 0755 -s "$binary" "$root/usr/bin/shoal"
 # The loader and every library the binary links (with --static-swift-stdlib: libc, libm, libstdc++, libgcc_s).
 for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
     cp --parents -L "$lib" "$root"
