@@ -64,6 +64,9 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     let hostAddress: HostAddress
     /// Its pool routes by host health and role (read once: a reload that changes routing reconnects servers).
     private let routed: Bool
+    /// The host table's generation when `hostUsable` was decided (same threading rule as `parameters`).
+    private var routingGeneration = -1
+    private var hostUsable = true
     private var remoteHost: String { hostAddress.host }
     private var remotePort: Int { hostAddress.port }
     private var localHost = "unix"
@@ -572,9 +575,15 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// Gives a server back after its client is done with it.
     func returnToPool(reusable: Bool) {
         var reusable = reusable
-        if reusable && routed && !runtime.hosts.isUsable(hostAddress, for: pool, config: runtime.snapshot.config) {
-            // Its host left this pool's rotation (down, demoted, lagging): nobody gets this server again.
-            reusable = false
+        if reusable && routed {
+            // Its host may have left this pool's rotation (down, demoted, lagging): then nobody gets this server
+            // again. Decided again only when the host table changed since the last release.
+            let generation = runtime.hosts.generation
+            if generation != routingGeneration {
+                routingGeneration = generation
+                hostUsable = runtime.hosts.isUsable(hostAddress, for: pool, config: runtime.snapshot.config)
+            }
+            reusable = hostUsable
         }
         let now = NIODeadline.now().uptimeNanoseconds
         let action = pool.withState { $0.released(self, loop: loopIndex, createdAt: createdAt, reusable: reusable, now: now) }
