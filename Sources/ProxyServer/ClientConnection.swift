@@ -108,8 +108,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// In a writer pool of a routed database: a 25006 from the server gets its host checked at once.
     var watchesReadOnly = false
     var preparedCapacity = 0
-    /// A transaction block whose server was lost, answered by Shoal until the client ends it.
-    var lostTransaction: LostTransaction?
+    /// A transaction block whose server was lost, answered by Shoal until the client ends it. Boxed: rare, and
+    /// every client would otherwise carry its ~140 bytes inline.
+    var lostTransaction: LostTransactionBox?
     /// Accepted on readonly_listen_port: served by replicas.
     let readOnlyRoute: Bool
     var statements = ClientStatements()
@@ -637,7 +638,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         }
         let lost = LostTransaction(inBlock: inBlock, errorSent: owed > 0, openBatch: openBatch, message: message, detail: detail)
-        lostTransaction = lost.ended ? nil : lost
+        lostTransaction = lost.ended ? nil : LostTransactionBox(lost)
         logger.warning(inBlock ? "server connection lost inside a transaction: error sent, transaction failed, client kept"
                                : "server connection lost under a statement outside a transaction: error sent, client kept")
         tracker = TransactionTracker()
@@ -649,10 +650,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Answers a client whose transaction was lost with its server, until it ends it; returns what is left of
     /// `incoming` for a server (nil when nothing is).
     func answerLostTransaction(_ incoming: ByteBuffer) -> ByteBuffer? {
-        guard var lost = lostTransaction, let context else { return incoming }
+        guard let lost = lostTransaction, let context else { return incoming }
         var out = context.channel.allocator.buffer(capacity: 128)
-        let used = lost.respond(to: incoming, into: &out)
-        lostTransaction = lost.ended ? nil : lost
+        let used = lost.state.respond(to: incoming, into: &out)
+        if lost.state.ended { lostTransaction = nil }
         if out.readableBytes > 0 { context.writeAndFlush(wrapOutboundOut(out), promise: nil) }
         guard used < incoming.readableBytes else { return nil }
         return incoming.getSlice(at: incoming.readerIndex + used, length: incoming.readableBytes - used)
@@ -803,4 +804,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         logger[metadataKey: "addr"] = "\(peerDescription)"
         logger[metadataKey: "pool"] = "\(db)/\(name)"
     }
+}
+
+/// Holds a client's `LostTransaction` out of line.
+final class LostTransactionBox {
+    var state: LostTransaction
+    init(_ state: LostTransaction) { self.state = state }
 }

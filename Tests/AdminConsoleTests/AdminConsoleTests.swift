@@ -99,4 +99,26 @@ import Testing
         #expect(text.contains("shoal_query_duration_seconds_bucket{database=\"a\\\"b\",user=\"web\",le=\"0.001\"} 1"))
         #expect(text.contains("shoal_client_auth_failures_total 2"))
     }
+
+    @Test func hostsTableAndSeriesCarryRoleStateAndLag() {
+        var replica = HostStatus(address: HostAddress(host: "r1", port: 5432))
+        replica.role = .replica
+        replica.health = .up
+        replica.lag = 7.25
+        replica.lagging = true
+        replica.reason = "check succeeded"
+        let table = ShowTables.hosts([replica], connections: { _ in 3 })
+        #expect(table.columns.map(\.name) == ["host", "port", "role", "state", "lag_ms", "in_rotation", "last_check", "check_ms",
+                                               "failures", "promotions", "server_connections", "reason"])
+        #expect(table.rows == [["r1", "5432", "replica", "up", "7250", "0", nil, nil, "0", "0", "3", "check succeeded"]])
+        let text = PrometheusText.render(pools: [read], process: .init(ready: true, paused: false, clients: 0, maxClientConnections: 1, authFailures: 0),
+                                         hosts: [.init(status: replica, connections: 3)], failovers: 2)
+        #expect(text.contains("shoal_host_replica_lag_seconds{host=\"r1\",port=\"5432\",role=\"replica\"} 7.25"))
+        #expect(text.contains("shoal_host_in_rotation{host=\"r1\",port=\"5432\",role=\"replica\"} 0"))
+        #expect(text.contains("shoal_failovers_total 2"))
+        // Read-only pools are labelled apart from the writer's pool of the same database and user.
+        #expect(text.contains("shoal_pools_client_waiting_connections{database=\"moodle (read-only)\",user=\"web\"} 0"))
+    }
+
+    private var read: PoolInfo { PoolInfo(key: PoolKey(database: "moodle", user: "web", readOnly: true), mode: "transaction") }
 }
