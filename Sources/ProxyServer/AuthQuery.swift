@@ -46,8 +46,10 @@ final class AuthQueryConnection: ChannelInboundHandler, @unchecked Sendable {
         let handler = AuthQueryConnection(
             query: database.authQuery ?? config.authQuery, user: user, authUser: authUser, secret: secret,
             database: database.authDbname ?? config.authDbname ?? database.dbname ?? database.name, completion: completion)
-        let host = database.hosts.first ?? config.unixSocketDir
-        let port = database.ports.first ?? 5432
+        // Several hosts: the writer, or any host up (a down first host must not stop logins during a failover).
+        let address = runtime.hosts.lookupHost(for: database, config: config)
+        let host = address.host
+        let port = address.port
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(Int64(config.serverConnectTimeout * 1000)))
             .channelInitializer { channel in

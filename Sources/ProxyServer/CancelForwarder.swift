@@ -3,12 +3,13 @@ import NIOCore
 import NIOPosix
 import PostgresWire
 
-/// Opens a short connection to the server and sends it a CancelRequest with the server's own key.
+/// Opens a short connection to the server and sends it a CancelRequest with the server's own key — to the
+/// host that server connection is on (a database may name several).
 enum CancelForwarder {
-    static func send(processID: Int32, secretKey: Int32, database: DatabaseEntry, runtime: ShoalRuntime, on eventLoop: EventLoop) {
+    static func send(processID: Int32, secretKey: Int32, to address: HostAddress, runtime: ShoalRuntime, on eventLoop: EventLoop) {
         let config = runtime.config
-        let host = database.hosts.first ?? config.unixSocketDir
-        let port = database.ports.first ?? 5432
+        let host = address.host
+        let port = address.port
         let bootstrap = ClientBootstrap(group: eventLoop).connectTimeout(.seconds(5))
         let connected = host.hasPrefix("/")
             ? bootstrap.connect(unixDomainSocketPath: "\(host)/.s.PGSQL.\(port)")

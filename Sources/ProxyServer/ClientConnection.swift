@@ -732,8 +732,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             runtime.controller?.resumeAll()
             return
         }
-        guard state == .linked, let server, let key = server.backendKey, let pool else { return }
-        CancelForwarder.send(processID: key.processID, secretKey: key.secretKey, database: pool.database, runtime: runtime, on: eventLoop)
+        guard state == .linked, let server, let key = server.backendKey else { return }
+        CancelForwarder.send(processID: key.processID, secretKey: key.secretKey, to: server.hostAddress, runtime: runtime, on: eventLoop)
     }
 
     // MARK: Closing

@@ -124,6 +124,17 @@ final class HostMonitor: @unchecked Sendable {
         return lock.withLock { table.isUsable(address, for: pool.target, among: candidates) }
     }
 
+    /// Where a one-off lookup (auth_query) for `entry` goes: the writer if it is one of the entry's hosts, else
+    /// the first host up, else the first host.
+    func lookupHost(for entry: DatabaseEntry, config: ShoalConfig) -> HostAddress {
+        let candidates = candidates(for: entry, config: config)
+        guard isRouted(entry, config) else { return candidates[0] }
+        return lock.withLock {
+            if let writer = table.writer, candidates.contains(writer) { return writer }
+            return candidates.first { table.hosts[$0]?.health == .up } ?? candidates[0]
+        }
+    }
+
     /// The hosts a pool may keep servers on right now (for closing its idle servers elsewhere without holding
     /// this lock under the pool's).
     func usableHosts(for pool: Pool, config: ShoalConfig) -> Set<HostAddress> {

@@ -86,6 +86,15 @@ import Testing
         #expect(spread.errors.isEmpty, "\(spread.errors)")
         #expect(Set(spread.addresses) == ["127.0.0.12", "127.0.0.13"], "\(spread.addresses)")
 
+        // A cancel goes to the host the statement runs on (a replica here, not the first host of the entry).
+        let sleeper = try PQConnection("host=127.0.0.1 port=\(readonlyPort) user=postgres dbname=postgres password=\(TestPostgres.password)")
+        let sleeping = background { () -> String? in
+            do { _ = try sleeper.query("SELECT pg_sleep(20)"); return nil } catch let error as PQError { return error.sqlState }
+        }
+        usleep(500_000)
+        #expect(sleeper.cancel())
+        #expect(try await sleeping.value() == "57014")
+
         // One replica stops: reads go on on the other; only statements in flight may fail.
         try cluster.replicas[0].stop()
         try waitUntil("the stopped replica is marked down") { try Self.hosts(shoal)["127.0.0.12"]?.state == "down" }

@@ -52,6 +52,28 @@ import Testing
         #expect(shoal.log.contains("tls=TLSv1.3"))
     }
 
+    @Test func healthChecksSpeakTLSAndVerifyTheHost() async throws {
+        // Two names for the TLS-only server; the certificate covers localhost, not 127.0.0.2. Checks that did
+        // not speak TLS would find both down (hostssl only); checks that did not verify would find both up.
+        let shoal = try await ShoalInstance {
+            self.configureTLS(&$0, serverMode: "verify-full")
+            var entry = self.tlsDatabase(host: "localhost")
+            entry.hosts = ["localhost", "127.0.0.2"]
+            entry.targetSessionAttrs = .readWrite
+            $0.databases = ["postgres": entry]
+            $0.healthCheckPeriod = 1
+            $0.healthCheckFailures = 1
+            $0.healthCheckUser = "postgres"
+        }
+        defer { Task { await shoal.stop() } }
+        try waitUntil("both hosts are judged") {
+            let rows = try shoal.console("SHOW HOSTS").stdout
+            return rows.contains("localhost|\(TLSPostgres.shared.port)|primary|up") && rows.contains("127.0.0.2|\(TLSPostgres.shared.port)|unknown|down")
+        }
+        let client = try PQConnection(shoal.conninfo)
+        #expect(try client.scalar("select ssl from pg_stat_ssl where pid = pg_backend_pid()") == "t")
+    }
+
     @Test func aCertificateForAnotherHostFailsVerifyFullButPassesRequire() async throws {
         // 127.0.0.2 is the same server, but its certificate names localhost and 127.0.0.1 only.
         let strict = try await ShoalInstance { self.configureTLS(&$0, serverMode: "verify-full", host: "127.0.0.2") }
