@@ -108,10 +108,13 @@ public struct ShoalConfig: Sendable {
     public var maxReplicaLag = 0.0
     /// Server connections all pools together may open to one host; 0 = no limit.
     public var maxHostConnections = 0
-    /// Read the cluster's instances from `aurora_replica_status()` (per entry: `aurora_topology=on`).
+    /// Read the cluster's instances from `aurora_replica_status()` (per entry: `aurora_topology=on`). Off, a
+    /// routed entry whose hosts have `aurora_version()` is found to be Aurora anyway (`aurora_topology=off` on
+    /// the entry prevents that).
     public var auroraTopology = false
-    /// An Aurora instance's host name, `?` standing for its `server_id`.
-    public var auroraInstanceHostPattern = "?"
+    /// An Aurora instance's host name, `?` standing for its `server_id`. Empty: derived from the entry's
+    /// cluster endpoint (`x.cluster-ID.region.rds.amazonaws.com` → `?.ID.region.rds.amazonaws.com`).
+    public var auroraInstanceHostPattern = ""
 
     /// `text` (PgBouncer's line format) or `json` (one object per line with the structured metadata).
     public var logFormat = "text"

@@ -21,6 +21,9 @@ final class HostMonitor: @unchecked Sendable {
     /// Aurora instances discovered per cluster (keyed by the entry's seed hosts, so that `*` and the databases
     /// it stands for share one topology). Guarded by `lock`.
     private var discovered: [String: [HostAddress]] = [:]
+    /// Clusters found to be Aurora by their hosts having `aurora_version()` (entries that leave
+    /// aurora_topology unset). Guarded by `lock`.
+    private var detected: Set<String> = []
     /// Hosts whose lag comes from a topology rather than from their own replay position. Guarded by `lock`.
     private var topologyLagged: Set<HostAddress> = []
     /// The database entry each host's checks log in with. Guarded by `lock`.
@@ -36,7 +39,13 @@ final class HostMonitor: @unchecked Sendable {
         var inFlight = false
         var lastStarted: UInt64 = 0
         var requested = true
-        var topologyFor: String?
+        var topologyFor: TopologySource?
+    }
+
+    /// A cluster whose topology a check reads: its key and how its instances are named.
+    private struct TopologySource {
+        var cluster: String
+        var pattern: String
     }
 
     init(runtime: ShoalRuntime, eventLoop: EventLoop) {
@@ -50,16 +59,19 @@ final class HostMonitor: @unchecked Sendable {
     func configure(_ config: ShoalConfig) {
         var wanted: [HostAddress: DatabaseEntry] = [:]
         var order: [HostAddress] = []
+        for entry in config.databases.values.sorted(by: { $0.name < $1.name }) where isRouted(entry, config) {
+            var addresses = entry.addresses(socketDirectory: config.unixSocketDir)
+            if usesAurora(entry, config) {
+                let key = clusterKey(entry, config)
+                addresses += lock.withLock { discovered[key] ?? [] }
+            }
+            for address in addresses where wanted[address] == nil {
+                wanted[address] = entry
+                order.append(address)
+            }
+        }
         lock.withLock {
             table.maxReplicaLag = config.maxReplicaLag
-            for entry in config.databases.values.sorted(by: { $0.name < $1.name }) where isRouted(entry, config) {
-                var addresses = entry.addresses(socketDirectory: config.unixSocketDir)
-                if usesAurora(entry, config) { addresses += discovered[clusterKey(entry, config)] ?? [] }
-                for address in addresses where wanted[address] == nil {
-                    wanted[address] = entry
-                    order.append(address)
-                }
-            }
             loginEntry = wanted
             table.retain(only: Set(order))
             _ = table.track(order)
@@ -83,7 +95,17 @@ final class HostMonitor: @unchecked Sendable {
     }
 
     private func usesAurora(_ entry: DatabaseEntry, _ config: ShoalConfig) -> Bool {
-        entry.auroraTopology ?? config.auroraTopology
+        if let setting = entry.auroraTopology { return setting }
+        if config.auroraTopology { return true }
+        guard entry.isRouted else { return false }
+        let key = clusterKey(entry, config)
+        return lock.withLock { detected.contains(key) }
+    }
+
+    /// The instance host pattern of `entry`'s cluster: the configured one, else derived from its endpoint.
+    private func instancePattern(_ entry: DatabaseEntry, _ config: ShoalConfig) -> String {
+        if !config.auroraInstanceHostPattern.isEmpty { return config.auroraInstanceHostPattern }
+        return entry.hosts.first.flatMap(AuroraEndpoints.instancePattern(forClusterHost:)) ?? "?"
     }
 
     func start() {
@@ -175,12 +197,14 @@ final class HostMonitor: @unchecked Sendable {
 
     // MARK: Checks (on `eventLoop`)
 
-    /// Role, and replay lag: none while the replica has replayed all it received (an idle primary sends
-    /// nothing, so the last replayed commit's age alone would read as lag), else the age of that commit.
+    /// Role; replay lag: none while the replica has replayed all it received (an idle primary sends
+    /// nothing, so the last replayed commit's age alone would read as lag), else the age of that commit; and
+    /// whether this is Aurora (`aurora_version()` exists).
     private static let checkQuery = """
         SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN NOT pg_catalog.pg_is_in_recovery() \
         OR COALESCE(pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn(), true) THEN 0 \
-        ELSE COALESCE(EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()), 0) END
+        ELSE COALESCE(EXTRACT(EPOCH FROM pg_catalog.now() - pg_catalog.pg_last_xact_replay_timestamp()), 0) END, \
+        pg_catalog.to_regproc('aurora_version') IS NOT NULL
         """
     /// Aurora's view of its instances; stale rows of deleted instances are skipped as AWS's drivers do.
     private static let topologyQuery = """
@@ -219,8 +243,8 @@ final class HostMonitor: @unchecked Sendable {
 
     /// For each Aurora cluster, the host that reads the topology this round: the writer if known, else any up host,
     /// else the first seed.
-    private func chooseTopologySources(_ config: ShoalConfig) -> [HostAddress: String] {
-        var sources: [HostAddress: String] = [:]
+    private func chooseTopologySources(_ config: ShoalConfig) -> [HostAddress: TopologySource] {
+        var sources: [HostAddress: TopologySource] = [:]
         for entry in config.databases.values where usesAurora(entry, config) {
             let key = clusterKey(entry, config)
             let candidates = entry.addresses(socketDirectory: config.unixSocketDir) + lock.withLock { discovered[key] ?? [] }
@@ -228,12 +252,12 @@ final class HostMonitor: @unchecked Sendable {
                 if let writer = table.writer, candidates.contains(writer) { return writer }
                 return candidates.first { table.hosts[$0]?.health == .up } ?? candidates.first
             }
-            if let source, sources[source] == nil { sources[source] = key }
+            if let source, sources[source] == nil { sources[source] = TopologySource(cluster: key, pattern: instancePattern(entry, config)) }
         }
         return sources
     }
 
-    private func startCheck(_ address: HostAddress, topologyFor: String?, config: ShoalConfig) {
+    private func startCheck(_ address: HostAddress, topologyFor: TopologySource?, config: ShoalConfig) {
         let query = topologyFor == nil ? Self.checkQuery : Self.checkQuery + ";" + Self.topologyQuery
         let started = NIODeadline.now().uptimeNanoseconds
         let finish: (Result<HostCheckConnection.Answer, HostCheckConnection.CheckFailure>) -> Void = { [weak self] result in
@@ -263,7 +287,7 @@ final class HostMonitor: @unchecked Sendable {
     }
 
     private func checkFinished(_ address: HostAddress, result: Result<HostCheckConnection.Answer, HostCheckConnection.CheckFailure>,
-                               started: UInt64, topologyFor: String?) {
+                               started: UInt64, topologyFor: TopologySource?) {
         guard slots[address]?.inFlight == true else { return }
         slots[address]?.inFlight = false
         let config = runtime.snapshot.config
@@ -286,25 +310,41 @@ final class HostMonitor: @unchecked Sendable {
                 table.checkSucceeded(address, inRecovery: inRecovery, lag: topologyLagged.contains(address) ? nil : lag,
                                      latency: latency, now: wallNow)
             }
-            if let cluster = topologyFor {
+            if row.count >= 3 && row[2] == "t" { auroraFound(on: address, config: config) }
+            if let source = topologyFor {
                 if answer.results.count >= 2 {
-                    events += topologyReceived(answer.results[1], cluster: cluster, port: address.port, config: config)
-                } else if let error = answer.error, !warnedTopology.contains(cluster) {
-                    warnedTopology.insert(cluster)
-                    runtime.logger.warning("aurora_topology for \(cluster): cannot read aurora_replica_status() on \(address): \(error.message)")
+                    events += topologyReceived(answer.results[1], cluster: source.cluster, pattern: source.pattern, port: address.port, config: config)
+                } else if let error = answer.error, !warnedTopology.contains(source.cluster) {
+                    warnedTopology.insert(source.cluster)
+                    runtime.logger.warning("aurora_topology for \(source.cluster): cannot read aurora_replica_status() on \(address): \(error.message)")
                 }
             }
         }
         report(events)
     }
 
+    /// A host has `aurora_version()`: the routed entries naming it that leave aurora_topology unset read the
+    /// cluster's topology from now on.
+    private func auroraFound(on address: HostAddress, config: ShoalConfig) {
+        guard !config.auroraTopology else { return }
+        var found: [String] = []
+        for entry in config.databases.values where entry.auroraTopology == nil && entry.isRouted
+            && entry.addresses(socketDirectory: config.unixSocketDir).contains(address) {
+            let key = clusterKey(entry, config)
+            if lock.withLock({ detected.insert(key).inserted }) { found.append(key) }
+        }
+        guard !found.isEmpty else { return }
+        for key in found { runtime.logger.info("aurora_topology detected for \(key): aurora_version() exists on \(address)") }
+        configure(config)
+    }
+
     /// Rows of aurora_replica_status(): (server_id, is writer, lag ms). New instances are tracked and checked
     /// at once; instances gone from the topology are dropped.
-    private func topologyReceived(_ rows: [[String?]], cluster: String, port: Int, config: ShoalConfig) -> [HostEvent] {
+    private func topologyReceived(_ rows: [[String?]], cluster: String, pattern: String, port: Int, config: ShoalConfig) -> [HostEvent] {
         var instances: [(HostAddress, Double)] = []
         for row in rows where row.count >= 3 {
             guard let id = row[0], !id.isEmpty else { continue }
-            let host = config.auroraInstanceHostPattern.replacingOccurrences(of: "?", with: id)
+            let host = pattern.replacingOccurrences(of: "?", with: id)
             instances.append((HostAddress(host: host, port: port), (row[2].flatMap(Double.init) ?? 0) / 1000))
         }
         guard !instances.isEmpty else { return [] }

@@ -40,10 +40,16 @@ enum ConfigCheck {
             print("database \(name): \(host):\(entry.ports.map(String.init).joined(separator: ",")) dbname=\(entry.dbname ?? name)"
                   + (entry.poolSize.map { " pool_size=\($0)" } ?? "") + (entry.poolMode.map { " pool_mode=\($0.rawValue)" } ?? "")
                   + (entry.targetSessionAttrs.map { " target_session_attrs=\($0.rawValue)" } ?? "")
-                  + ((entry.auroraTopology ?? config.auroraTopology) ? " aurora_topology (instances \(config.auroraInstanceHostPattern))" : ""))
+                  + ((entry.auroraTopology ?? config.auroraTopology) ? " aurora_topology (instances \(auroraPattern(entry, config)))" : ""))
         }
         print("auth_file: \(config.authFile ?? "(none)") with \(users) users; TLS to clients \(config.clientTLSSSLMode), to servers \(config.serverTLSSSLMode)")
         for problem in problems { FileHandle.standardError.write(Data("\(problem)\n".utf8)) }
         return problems.isEmpty ? 0 : 1
+    }
+
+    /// How an Aurora entry's instances will be named (the configured pattern, or derived from its endpoint).
+    static func auroraPattern(_ entry: DatabaseEntry, _ config: ShoalConfig) -> String {
+        if !config.auroraInstanceHostPattern.isEmpty { return config.auroraInstanceHostPattern }
+        return entry.hosts.first.flatMap(AuroraEndpoints.instancePattern(forClusterHost:)) ?? "? (set aurora_instance_host_pattern)"
     }
 }

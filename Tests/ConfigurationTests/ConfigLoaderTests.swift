@@ -125,3 +125,16 @@ import Testing
         }
     }
 }
+
+@Suite struct AuroraEndpointTests {
+    @Test func instancePatternsComeFromClusterEndpoints() {
+        #expect(AuroraEndpoints.instancePattern(forClusterHost: "moodle.cluster-abc123.eu-west-1.rds.amazonaws.com")
+                == "?.abc123.eu-west-1.rds.amazonaws.com")
+        #expect(AuroraEndpoints.instancePattern(forClusterHost: "moodle.cluster-ro-abc123.eu-west-1.rds.amazonaws.com")
+                == "?.abc123.eu-west-1.rds.amazonaws.com")
+        #expect(AuroraEndpoints.instancePattern(forClusterHost: "reports.cluster-custom-abc123.us-east-1.rds.amazonaws.com")
+                == "?.abc123.us-east-1.rds.amazonaws.com")
+        #expect(AuroraEndpoints.instancePattern(forClusterHost: "db.internal") == nil)
+        #expect(AuroraEndpoints.instancePattern(forClusterHost: "10.0.0.5") == nil)
+    }
+}

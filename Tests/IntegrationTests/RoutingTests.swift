@@ -256,9 +256,10 @@ import Testing
         let cluster = try ReplicatedCluster(name: "aurora", replicas: 1, firstOctet: 31)
         defer { cluster.stopAll() }
         let readonlyPort = freePort()
+        // Aurora has aurora_version(): with it, aurora_topology need not be switched on (it is detected).
+        try cluster.primary.psql("CREATE FUNCTION aurora_version() RETURNS text LANGUAGE sql AS $$ SELECT '15.4.0' $$")
         // The entry names only the "cluster endpoint" (here the writer); the instances come from the topology.
         let shoal = try await Self.shoal(for: [cluster.primary.address], port: cluster.port, target: .readWrite, readonlyPort: readonlyPort) {
-            $0.auroraTopology = true
             $0.auroraInstanceHostPattern = "127.0.0.?"
         }
         defer { Task { await shoal.stop() } }
@@ -277,7 +278,9 @@ import Testing
         #expect(reached, "reads never reached the new reader")
         let after = try await Self.readAddresses(port: readonlyPort, clients: 4, rounds: 6)
         #expect(Set(after.addresses).isSubset(of: ["127.0.0.32", "127.0.0.33"]) && after.errors.isEmpty, "\(after)")
-        #expect(try String(contentsOfFile: shoal.logPath, encoding: .utf8).contains("aurora_topology for 127.0.0.31:\(cluster.port): instances"))
+        let log = try String(contentsOfFile: shoal.logPath, encoding: .utf8)
+        #expect(log.contains("aurora_topology detected for 127.0.0.31:\(cluster.port): aurora_version() exists"), "\(log.suffix(2000))")
+        #expect(log.contains("aurora_topology for 127.0.0.31:\(cluster.port): instances"))
     }
 
     @Test func maxHostConnectionsHoldsAcrossDatabasesAsLoadShifts() async throws {
