@@ -47,9 +47,6 @@ public enum HostEvent: Sendable, Equatable, CustomStringConvertible {
         case .caughtUp(let address, let lag): return "host \(address) is back in the read rotation: replica lag \(formatSeconds(lag))"
         }
     }
-
-    /// Whether pools must look again at their servers and waiters.
-    public var changesRouting: Bool { true }
 }
 
 private func formatSeconds(_ value: Double) -> String {

@@ -195,6 +195,13 @@ public final class ShoalServer: @unchecked Sendable {
         for sweeper in runtime.sweepers { sweeper.stop() }
         closeListeners(tcpOnly: false)
         if let metricsServer { await metricsServer.stop() }
+        // Close every connection while the loops still run: a closing connection tells its pool and its peer on
+        // other loops, and those hops must not land on loops already shut down.
+        _ = try? await runtime.visitLoops { registry, _ in
+            for client in registry.clients.values { client.close(reason: "shutting down") }
+            for server in registry.servers.values { server.close(reason: "shutting down") }
+        }.get()
+        try? await Task.sleep(nanoseconds: 100_000_000)
         try? await runtime.group.shutdownGracefully()
     }
 }
