@@ -215,12 +215,12 @@ final class HostMonitor: @unchecked Sendable {
     private func tick() {
         let config = runtime.snapshot.config
         let now = NIODeadline.now().uptimeNanoseconds
-        // While the writer is lost every host is checked on every tick, so the promoted one is found within
-        // a quarter second rather than a whole period.
+        // While the writer is lost every host is checked on every tick (four a second), so the promoted one is
+        // found within a quarter second rather than a whole period.
         let hunting = lock.withLock { table.writerLost }
         let period = hunting ? 200_000_000 : UInt64(config.healthCheckPeriod * 1e9)
         let timeout = UInt64(max(0.1, config.healthCheckTimeout) * 1e9)
-        let topologySources = chooseTopologySources(config)
+        var topologySources: [HostAddress: TopologySource]?
         for address in Array(slots.keys) {
             guard var slot = slots[address] else { continue }
             if slot.inFlight {
@@ -235,7 +235,8 @@ final class HostMonitor: @unchecked Sendable {
             slot.inFlight = true
             slot.startedAt = now
             slot.lastStarted = now
-            slot.topologyFor = topologySources[address]
+            if topologySources == nil { topologySources = chooseTopologySources(config) }
+            slot.topologyFor = topologySources?[address]
             slots[address] = slot
             startCheck(address, topologyFor: slot.topologyFor, config: config)
         }
