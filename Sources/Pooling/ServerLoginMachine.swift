@@ -33,6 +33,15 @@ public struct ServerLoginMachine {
     public private(set) var parameters: [(String, String)] = []
     public private(set) var backendKey: (processID: Int32, secretKey: Int32)? = nil
 
+    /// Whether a failed login (or connect) says the host is unavailable — unreachable, shutting down, starting
+    /// up, speaking garbage — rather than that this login was refused or lacks a usable password (08P01
+    /// "wrong password type" is Shoal's own word for the latter, as PgBouncer's).
+    public static func isHostFailure(code: String, message: String) -> Bool {
+        if code.hasPrefix("57") { return true }
+        if code == "08P01" { return message.contains("bad packet") || message.contains("unknown pkt") || message.contains("bad SSL") }
+        return code.hasPrefix("08")
+    }
+
     public init(user: String, secret: Secret, tlsServerEndPoint: [UInt8]? = nil) {
         self.user = user
         self.secret = secret

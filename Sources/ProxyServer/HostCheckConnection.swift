@@ -42,7 +42,12 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
     private var answer = Answer()
     private var completion: ((Result<Answer, CheckFailure>) -> Void)?
 
-    struct CheckFailure: Error { var reason: String }
+    struct CheckFailure: Error {
+        var reason: String
+        /// The server answered but refused the check's login (wrong health_check_user or password, no such
+        /// database): a configuration problem, not a sign that the host is down.
+        var refusedLogin = false
+    }
 
     private init(address: HostAddress, eventLoop: EventLoop, login: Login) {
         self.address = address
@@ -129,7 +134,9 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
                 case .send(let bytes):
                     state = .loggingIn(machine)
                     context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
-                case .fail(let message, _): return fail("login failed: \(message)")
+                case .fail(let message, let code):
+                    // Refused by the server itself (28xxx, 3D000…) vs. the server going away during login.
+                    return fail("login failed: \(message)", refusedLogin: !ServerLoginMachine.isHostFailure(code: code, message: message))
                 case .ready:
                     state = .idle
                     if let query = pendingQuery {
@@ -212,7 +219,10 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
         fail("\(error)")
     }
 
-    private func fail(_ reason: String) {
+    private func fail(_ reason: String, refusedLogin: Bool = false) {
+        // Taken first: closing runs channelInactive at once, which would report its own reason instead.
+        let done = completion
+        completion = nil
         let wasOpen = isOpen
         state = .closed
         if wasOpen, let context {
@@ -221,8 +231,6 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
             context.writeAndFlush(wrapOutboundOut(terminate), promise: nil)
             context.close(promise: nil)
         }
-        let done = completion
-        completion = nil
-        done?(.failure(CheckFailure(reason: reason)))
+        done?(.failure(CheckFailure(reason: reason, refusedLogin: refusedLogin)))
     }
 }

@@ -32,6 +32,7 @@ final class HostMonitor: @unchecked Sendable {
     private var slots: [HostAddress: CheckSlot] = [:]
     private var task: RepeatedTask?
     private var warnedTopology: Set<String> = []
+    private var warnedLogin: Set<HostAddress> = []
 
     private struct CheckSlot {
         var connection: HostCheckConnection?
@@ -268,7 +269,7 @@ final class HostMonitor: @unchecked Sendable {
             return
         }
         guard let login = checkLogin(for: address, config: config) else {
-            return checkFinished(address, result: .failure(.init(reason: "no user to check with (set health_check_user)")),
+            return checkFinished(address, result: .failure(.init(reason: "no user to check with (set health_check_user)", refusedLogin: true)),
                                  started: started, topologyFor: nil)
         }
         slots[address]?.connection = HostCheckConnection.open(address: address, login: login, on: eventLoop, query: query, completion: finish)
@@ -296,6 +297,13 @@ final class HostMonitor: @unchecked Sendable {
         let wallNow = Date().timeIntervalSince1970
         var events: [HostEvent] = []
         switch result {
+        case .failure(let failure) where failure.refusedLogin:
+            // The checks cannot run: the host keeps the state it had (hosts never checked stay usable by `any`
+            // pools, as PgBouncer would use them; writer and replica targets wait for a role). Said once per host.
+            slots[address]?.connection = nil
+            if warnedLogin.insert(address).inserted {
+                runtime.logger.warning("health checks of \(address) cannot run: \(failure.reason)")
+            }
         case .failure(let failure):
             if slots[address]?.connection?.isOpen == false { slots[address]?.connection = nil }
             events = lock.withLock { table.checkFailed(address, reason: failure.reason, limit: config.healthCheckFailures, now: wallNow) }
@@ -305,6 +313,7 @@ final class HostMonitor: @unchecked Sendable {
                 events = lock.withLock { table.checkFailed(address, reason: reason, limit: config.healthCheckFailures, now: wallNow) }
                 break
             }
+            warnedLogin.remove(address)
             let inRecovery = row[0] == "t"
             let lag = row[1].flatMap(Double.init)
             events = lock.withLock {

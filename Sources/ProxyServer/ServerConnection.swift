@@ -443,7 +443,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         state = .closed
         onLoop { server in server.pool.shards[server.loopIndex].counters.serverConnectFailures &+= 1 }
         logger.warning("\(logLine)")
-        if routed && (code.hasPrefix("08") || code.hasPrefix("57")) {
+        if routed && ServerLoginMachine.isHostFailure(code: code, message: message) {
             // The host is unreachable, shutting down or starting up (57P03): it is marked down and the waiters
             // wait for another host that fits (a failover in progress) rather than getting this host's error —
             // and the pool is not held back by server_login_retry for a fault of one host.

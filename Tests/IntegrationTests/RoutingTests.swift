@@ -283,6 +283,31 @@ import Testing
         #expect(log.contains("aurora_topology for 127.0.0.31:\(cluster.port): instances"))
     }
 
+    @Test func aPgBouncerHostListWithoutACheckUserStillServes() async throws {
+        // PgBouncer's own multi-host entry (round-robin, no user= in it): the checks have nobody to log in as, or
+        // a login the server refuses. That must not take the hosts out: they are used as PgBouncer uses them.
+        for checkUser in [nil, "nosuch_user"] {
+            let shoal = try await ShoalInstance { config in
+                var entry = DatabaseEntry(name: "postgres")
+                entry.hosts = ["127.0.0.1", "localhost"]
+                entry.ports = [TestPostgres.shared.port]
+                entry.dbname = "postgres"
+                config.databases = ["postgres": entry]
+                config.healthCheckPeriod = 0.2
+                config.healthCheckFailures = 1
+                config.healthCheckUser = checkUser
+                config.adminUsers = ["postgres"]
+            }
+            usleep(1_000_000)
+            let client = try PQConnection(shoal.conninfo)
+            #expect(try client.scalar("SELECT 'served'") == "served")
+            let log = try String(contentsOfFile: shoal.logPath, encoding: .utf8)
+            #expect(log.contains("health checks of 127.0.0.1:\(TestPostgres.shared.port) cannot run"), "\(log.suffix(1500))")
+            #expect(!log.contains("is down"), "\(log.suffix(1500))")
+            await shoal.stop()
+        }
+    }
+
     @Test func maxHostConnectionsHoldsAcrossDatabasesAsLoadShifts() async throws {
         let postgres = try TestPostgres(name: "hostcap")
         let shoal = try await ShoalInstance { config in

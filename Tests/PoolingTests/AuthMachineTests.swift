@@ -89,3 +89,14 @@ import Testing
         #expect(message == "server login failed: wrong password type")
     }
 }
+
+@Suite struct HostFailureClassificationTests {
+    @Test func unreachableOrShuttingDownIsTheHostsFaultARefusedLoginIsNot() {
+        #expect(ServerLoginMachine.isHostFailure(code: "08006", message: "connect failed"))
+        #expect(ServerLoginMachine.isHostFailure(code: "57P03", message: "the database system is shutting down"))
+        #expect(ServerLoginMachine.isHostFailure(code: "08P01", message: "server login failed: bad packet"))
+        #expect(!ServerLoginMachine.isHostFailure(code: "08P01", message: "server login failed: wrong password type"))
+        #expect(!ServerLoginMachine.isHostFailure(code: "28P01", message: "password authentication failed for user \"x\""))
+        #expect(!ServerLoginMachine.isHostFailure(code: "3D000", message: "database \"x\" does not exist"))
+    }
+}
