@@ -205,10 +205,17 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         return drainWaiters()
     }
 
-    /// A dial the pool asked for could not start (max_db_connections / max_user_connections reached).
-    /// The waiters stay queued; the janitor asks again.
-    public mutating func connectDeferred() {
+    /// A dial the pool asked for could not start (max_db_connections / max_user_connections /
+    /// max_host_connections reached, or no host fits). The waiters stay queued and the janitor asks again —
+    /// but idle servers on other loops serve them now: a lease prefers dialing on its own loop to taking a
+    /// server from another, and with the dial refused that server would otherwise sit idle while they wait.
+    public mutating func connectDeferred() -> [(server: Server, waiter: Waiter)] {
         connectingCount -= 1
+        var matches: [(server: Server, waiter: Waiter)] = []
+        while !paused, let last = idle.last, let next = dequeueWaiter(preferringLoop: last.loop) {
+            matches.append((takeIdle(at: idle.count - 1), next.waiter))
+        }
+        return matches
     }
 
     /// An idle server died or was closed by the janitor.

@@ -105,10 +105,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         if pool.routed {
             // No host fits yet (no writer known during a failover, no healthy replica): the waiters stay queued up
             // to query_wait_timeout; the next routing change or janitor round dials again.
-            guard let chosen = runtime.hosts.choose(for: pool, config: config) else {
-                pool.withState { $0.connectDeferred() }
-                return
-            }
+            guard let chosen = runtime.hosts.choose(for: pool, config: config) else { return deferDial(pool: pool) }
             hostAddress = chosen
         } else {
             hostAddress = database.addresses(socketDirectory: config.unixSocketDir)[0]
@@ -120,7 +117,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         if let refusal = runtime.budget.tryAcquire(pool: pool.key, host: hostAddress, limits: limits) {
             // Make room by closing an idle server of another pool sharing the limit, as PgBouncer evicts; the
             // janitor retries this pool's dial shortly.
-            pool.withState { $0.connectDeferred() }
+            deferDial(pool: pool)
             switch refusal {
             case .databaseOrUser: runtime.evictIdleServer(sharingWith: pool)
             case .host(let larger): runtime.evictIdleServer(ofOneOf: larger, on: hostAddress)
@@ -161,6 +158,12 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                 break
             }
         }
+    }
+
+    /// The pool's dial did not happen now: its waiters stay queued, and idle servers it has on other loops
+    /// serve them meanwhile.
+    static func deferDial(pool: Pool) {
+        for (server, waiter) in pool.withState({ $0.connectDeferred() }) { waiter.assign(server) }
     }
 
     // MARK: Channel events
@@ -447,7 +450,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             // The host is unreachable, shutting down or starting up (57P03): it is marked down and the waiters
             // wait for another host that fits (a failover in progress) rather than getting this host's error —
             // and the pool is not held back by server_login_retry for a fault of one host.
-            pool.withState { $0.connectDeferred() }
+            Self.deferDial(pool: pool)
             runtime.hosts.serverFailed(hostAddress, reason: logLine)
             return
         }

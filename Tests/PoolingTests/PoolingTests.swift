@@ -90,6 +90,21 @@ final class FakeClient {}
         #expect(pool.waitingCount == 1)
     }
 
+    @Test func aRefusedDialLetsAnIdleServerOnAnotherLoopServeTheWaiter() {
+        // The lease prefers dialing on its own loop; when a shared limit refuses that dial, the idle server on
+        // the other loop must serve the client now (it used to wait for server_check_delay to free it).
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 4))
+        let a = FakeServer()
+        _ = pool.leaseRequested(by: FakeClient(), loop: 1, now: 0)
+        _ = pool.connected(a, loop: 1, createdAt: 0, now: 0)
+        _ = pool.released(a, loop: 1, createdAt: 0, reusable: true, now: 1)
+        let client = FakeClient()
+        guard case .connectAndWait(loop: 0) = pool.leaseRequested(by: client, loop: 0, now: 2) else { Issue.record("want dial"); return }
+        let served = pool.connectDeferred()
+        #expect(served.count == 1 && served.first?.server === a && served.first?.waiter === client)
+        #expect(pool.waitingCount == 0)
+    }
+
     @Test func prefersAnIdleServerOnTheClientsLoop() {
         var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 2))
         let a = FakeServer(), b = FakeServer()
