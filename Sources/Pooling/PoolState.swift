@@ -137,7 +137,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
                 return .use(takeIdle(at: index))
             }
             if totalServers < settings.poolSize {
-                if let failure = loginFailure, now &- failure.at < seconds(settings.serverLoginRetry), activeCount == 0, idle.isEmpty {
+                if let failure = loginFailure, elapsed(since: failure.at, now: now) < seconds(settings.serverLoginRetry), activeCount == 0, idle.isEmpty {
                     return .fail(message: "server login has been failing, cached error: \(failure.message) (server_login_retry)", code: "08P01")
                 }
                 enqueue(waiter, loop: loop, now: now)
@@ -160,7 +160,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     /// A client is done with its server. `reusable` is false when the server's state is unknown or dirty.
     public mutating func released(_ server: Server, loop: Int, createdAt: UInt64, reusable: Bool, now: UInt64) -> ReleaseAction {
         activeCount -= 1
-        let expired = settings.serverLifetime > 0 && now &- createdAt >= seconds(settings.serverLifetime)
+        let expired = settings.serverLifetime > 0 && elapsed(since: createdAt, now: now) >= seconds(settings.serverLifetime)
         if !reusable || expired || paused || createdAt < closeBefore || totalServers >= settings.poolSize + settings.reservePoolSize + 1 {
             var connectFor: Int? = nil
             if !paused, let next = peekWaiter(), totalServers < settings.poolSize {
@@ -260,7 +260,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         var result = Maintenance()
         if settings.queryWaitTimeout > 0 {
             let limit = seconds(settings.queryWaitTimeout)
-            while let first = peekWaiter(), now &- first.since >= limit {
+            while let first = peekWaiter(), elapsed(since: first.since, now: now) >= limit {
                 result.timedOut.append(dequeueWaiter(preferringLoop: first.loop)!.waiter)
             }
         }
@@ -272,7 +272,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         }
         // Reserve pool: the oldest waiter has waited past reserve_pool_timeout.
         if let first = peekWaiter(), settings.reservePoolSize > 0,
-           now &- first.since >= seconds(settings.reservePoolTimeout),
+           elapsed(since: first.since, now: now) >= seconds(settings.reservePoolTimeout),
            totalServers < settings.poolSize + settings.reservePoolSize, connectingCount < waitingCount {
             connectingCount += 1
             result.connect.append(first.loop)
@@ -280,12 +280,12 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         var kept: [IdleServer] = []
         let checking = !settings.serverCheckQuery.isEmpty
         for entry in idle {
-            let tooOld = settings.serverLifetime > 0 && now &- entry.createdAt >= seconds(settings.serverLifetime)
-            let idleTooLong = settings.serverIdleTimeout > 0 && now &- entry.idleSince >= seconds(settings.serverIdleTimeout)
+            let tooOld = settings.serverLifetime > 0 && elapsed(since: entry.createdAt, now: now) >= seconds(settings.serverLifetime)
+            let idleTooLong = settings.serverIdleTimeout > 0 && elapsed(since: entry.idleSince, now: now) >= seconds(settings.serverIdleTimeout)
                 && idle.count - result.close.count + activeCount > settings.minPoolSize
             if tooOld || idleTooLong {
                 result.close.append(entry.server)
-            } else if checking && now &- entry.idleSince >= seconds(settings.serverCheckDelay) {
+            } else if checking && elapsed(since: entry.idleSince, now: now) >= seconds(settings.serverCheckDelay) {
                 // Lent to the checker: it comes back through released() (or dies).
                 activeCount += 1
                 result.check.append(entry.server)
@@ -299,7 +299,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             result.connect.append(0)
         }
         // Waiters with room in the pool but no dial under way (a dial was deferred by a shared limit).
-        let retryAllowed = loginFailure.map { now &- $0.at >= seconds(settings.serverLoginRetry) } ?? true
+        let retryAllowed = loginFailure.map { elapsed(since: $0.at, now: now) >= seconds(settings.serverLoginRetry) } ?? true
         if let first = peekWaiter(), totalServers < settings.poolSize, connectingCount == 0, retryAllowed {
             connectingCount += 1
             result.connect.append(first.loop)
@@ -346,7 +346,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
 
     /// How long the longest-waiting client has waited, in nanoseconds (0 when nobody waits).
     public func longestWait(now: UInt64) -> UInt64 {
-        peekWaiter().map { now &- $0.since } ?? 0
+        peekWaiter().map { elapsed(since: $0.since, now: now) } ?? 0
     }
 
     /// The idle server unused longest, to close for another pool's sake.
@@ -409,6 +409,14 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         }
         waitingCount -= 1
         return queues[chosen].popFirst()
+    }
+
+    /// Time from `start` to `now`, 0 if `start` is later: callers read the clock before taking the pool's lock,
+    /// so an event recorded by another thread meanwhile (a client queued after the janitor read the clock) may
+    /// carry a later time. Wrapping around would make it look ancient — a waiter timed out at once, an idle
+    /// server closed at once.
+    private func elapsed(since start: UInt64, now: UInt64) -> UInt64 {
+        now > start ? now - start : 0
     }
 
     private func seconds(_ value: Double) -> UInt64 {

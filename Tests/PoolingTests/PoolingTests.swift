@@ -105,6 +105,15 @@ final class FakeClient {}
         #expect(pool.waitingCount == 0)
     }
 
+    @Test func aClockReadBeforeAWaiterQueuedDoesNotTimeItOut() {
+        // The janitor reads the clock, then takes each pool's lock; a client may queue in between.
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1, queryWaitTimeout: 60))
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 10 * second)
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 10 * second)
+        #expect(pool.maintain(now: 10 * second - 1).timedOut.isEmpty)
+        #expect(pool.maintain(now: 71 * second).timedOut.count == 2)
+    }
+
     @Test func prefersAnIdleServerOnTheClientsLoop() {
         var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 2))
         let a = FakeServer(), b = FakeServer()
