@@ -532,6 +532,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             probing = false
             probeAnswered(visitor.probeFailed ? nil : visitor.probeKinds)
         }
+        if visitor.transactionsEnded > 0 && (mode == .session || !pinned.isEmpty) && !probing {
+            // A session (or a pinned client) that was mid-transaction when its host left the rotation ends here.
+            if endSessionIfHostLeft() { return }
+        }
         guard (visitor.releasable || visitor.probeFinished) && mode != .session && tracker.isReleasable && scanner.atBoundary,
               !probing, state == .linked else { return }
         if probeNeeded {
@@ -606,6 +610,22 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         } else {
             server.returnToPool(reusable: true)
         }
+    }
+
+    /// A client that keeps its server between transactions (session pooling, or pinned by session state) and
+    /// sits idle on a host its pool may no longer use — the old side of a failover, a lagging replica — is
+    /// disconnected, so nobody writes to an old primary once the new one is known. Its session state lives on
+    /// that server, so it cannot move; it reconnects and lands on a host that fits. Returns whether it ended.
+    @discardableResult
+    func endSessionIfHostLeft() -> Bool {
+        guard state == .linked, let server, mode == .session || !pinned.isEmpty, tracker.isReleasable, !probing,
+              swallowReadyForQuery == 0, !server.hostStillFits() else { return false }
+        flushToClient()
+        self.server = nil
+        server.detach(self)
+        server.closeLent(reason: "host left the pool's rotation")
+        fatal("terminating connection because its server's host left the pool's rotation (failover or lag)", code: "57P01")
+        return true
     }
 
     /// The linked server went away under this client.

@@ -209,6 +209,10 @@ public final class ShoalRuntime: @unchecked Sendable {
                 for server in stale { server.close(reason: "host left the pool's rotation") }
                 Janitor.maintain(pool, runtime: self, now: now)
             }
+            // Servers kept by sessions and pinned clients between their transactions.
+            _ = visitLoops { registry, _ in
+                for client in registry.clients.values { client.endSessionIfHostLeft() }
+            }
         }
     }
 

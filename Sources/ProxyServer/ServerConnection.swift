@@ -575,19 +575,22 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
+    /// Whether this server's host still fits its pool's target (always, for pools that do not route). Decided
+    /// again only when the host table changed since the last call; same threading rule as `parameters`.
+    func hostStillFits() -> Bool {
+        guard routed else { return true }
+        let generation = runtime.hosts.generation
+        if generation != routingGeneration {
+            routingGeneration = generation
+            hostUsable = runtime.hosts.isUsable(hostAddress, for: pool, config: runtime.snapshot.config)
+        }
+        return hostUsable
+    }
+
     /// Gives a server back after its client is done with it.
     func returnToPool(reusable: Bool) {
-        var reusable = reusable
-        if reusable && routed {
-            // Its host may have left this pool's rotation (down, demoted, lagging): then nobody gets this server
-            // again. Decided again only when the host table changed since the last release.
-            let generation = runtime.hosts.generation
-            if generation != routingGeneration {
-                routingGeneration = generation
-                hostUsable = runtime.hosts.isUsable(hostAddress, for: pool, config: runtime.snapshot.config)
-            }
-            reusable = hostUsable
-        }
+        // Its host may have left this pool's rotation (down, demoted, lagging): then nobody gets this server again.
+        let reusable = reusable && hostStillFits()
         let now = NIODeadline.now().uptimeNanoseconds
         let action = pool.withState { $0.released(self, loop: loopIndex, createdAt: createdAt, reusable: reusable, now: now) }
         runtime.perform(action, pool: pool)

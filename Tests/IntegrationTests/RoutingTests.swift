@@ -231,10 +231,23 @@ import Testing
         try waitUntil("the writer is known") { try Self.hosts(shoal)["127.0.0.51"]?.role == "primary" }
         let client = try PQConnection(shoal.conninfo)
         #expect(try client.scalar("SELECT host(inet_server_addr())") == "127.0.0.51")
+        // A session-pooling Shoal too: a session keeps its server between transactions.
+        let sessions = try await Self.shoal(for: cluster.hosts, port: cluster.port, target: .readWrite) { $0.poolMode = .session }
+        defer { Task { await sessions.stop() } }
+        try waitUntil("the session Shoal knows the writer") { try Self.hosts(sessions)["127.0.0.51"]?.role == "primary" }
+        let session = try PQConnection(sessions.conninfo)
+        #expect(try session.scalar("SELECT host(inet_server_addr())") == "127.0.0.51")
         // The old primary keeps running (a demotion not yet done, or a split brain): once Shoal sees the
         // promotion, nobody writes to it, and its idle servers close.
         try cluster.replicas[0].promote()
         try waitUntil("the promotion is seen") { try Self.hosts(shoal)["127.0.0.52"]?.role == "primary" }
+        // The idle session on the old primary was ended; reconnecting lands on the new one.
+        try waitUntil("the session on the old primary is ended", timeout: 5) {
+            !(try sessions.console("SHOW SERVERS").stdout.contains("|127.0.0.51|"))
+        }
+        #expect(throws: PQError.self) { try session.query("CREATE TABLE written_to_the_old_primary (n int)") }
+        #expect(try PQConnection(sessions.conninfo).scalar("SELECT host(inet_server_addr())") == "127.0.0.52")
+        #expect(try cluster.primary.psql("SELECT to_regclass('written_to_the_old_primary') IS NULL") == "t")
         #expect(try client.scalar("SELECT host(inet_server_addr())") == "127.0.0.52")
         let fresh = try PQConnection(shoal.conninfo)
         #expect(try fresh.scalar("SELECT host(inet_server_addr())") == "127.0.0.52")
