@@ -27,6 +27,8 @@ public struct HostAddress: Hashable, Sendable, CustomStringConvertible, Comparab
     }
 
     public var isUnixSocket: Bool { host.hasPrefix("/") }
+    /// An IPv4 or IPv6 literal: TLS checks the certificate's IP addresses then, and sends no SNI.
+    public var isIPLiteral: Bool { host.contains(":") || host.allSatisfy { $0.isNumber || $0 == "." } }
     public var description: String { isUnixSocket ? "unix:\(host)/.s.PGSQL.\(port)" : "\(host):\(port)" }
 
     public static func < (a: HostAddress, b: HostAddress) -> Bool {

@@ -184,6 +184,12 @@ public struct HostTable: Sendable {
         return newest.address
     }
 
+    /// Where a one-off query goes among `candidates`: the writer if it is one, else the first host up, else the first.
+    public func preferredHost(among candidates: [HostAddress]) -> HostAddress? {
+        if let writer, candidates.contains(writer) { return writer }
+        return candidates.first { hosts[$0]?.health == .up } ?? candidates.first
+    }
+
     /// A writer was known and is gone (down or demoted) with no successor yet: a failover is under way.
     public var writerLost: Bool {
         writer == nil && hosts.values.contains { $0.writerSequence > 0 }

@@ -9,72 +9,64 @@ import PostgresWire
 /// Fed the client's bytes from a message boundary on; `respond` writes PostgreSQL's answers and stops right
 /// after the message that ends the transaction (or before a Terminate), so what follows goes to a server.
 public struct LostTransaction: Sendable {
-    /// The error the client has not seen yet (the lost connection), sent in place of the first 25P02.
-    private var pendingError: (code: String, message: String, detail: String)?
-    /// An error was sent in the current extended-protocol batch: the rest up to Sync is skipped, as PostgreSQL does.
-    private var failedInBatch: Bool
-    /// The transaction status to report: `.failed` in the block, `.idle` once only the current batch remains.
-    private var status: TransactionStatus
     private var scanner = FrameScanner(maxMessageLength: 1 << 30)
-    /// An extended batch that is a ROLLBACK/COMMIT (PostgreSQL runs it in a failed transaction).
-    private var batchEndsTransaction = false
-    public private(set) var ended = false
+    private var state: Answers
+    public var ended: Bool { state.ended }
+
+    /// What has been answered so far.
+    private struct Answers: Sendable {
+        /// The error the client has not seen yet (the lost connection), sent in place of the first 25P02.
+        var pendingError: (code: String, message: String, detail: String)?
+        /// An error was sent in the current extended-protocol batch: the rest up to Sync is skipped, as PostgreSQL does.
+        var failedInBatch: Bool
+        /// The transaction status to report: `.failed` in the block, `.idle` once only the current batch remains.
+        var status: TransactionStatus
+        /// An extended batch that is a ROLLBACK/COMMIT (PostgreSQL runs it in a failed transaction).
+        var batchEndsTransaction = false
+        var ended: Bool
+
+        mutating func error(into out: inout ByteBuffer) {
+            if let pending = pendingError {
+                pendingError = nil
+                out.writeErrorResponse(severity: "ERROR", code: pending.code, message: pending.message, detail: pending.detail)
+            } else {
+                out.writeErrorResponse(severity: "ERROR", code: "25P02",
+                                       message: "current transaction is aborted, commands ignored until end of transaction block")
+            }
+        }
+    }
 
     /// `inBlock`: the client was inside BEGIN … (status T or E). `errorSent`: the client was told already (an
     /// answer it awaited carried the error). `openBatch`: it had sent extended messages without their Sync.
     public init(inBlock: Bool, errorSent: Bool, openBatch: Bool, code: String = "08006", message: String, detail: String) {
-        pendingError = errorSent ? nil : (code, message, detail)
-        failedInBatch = openBatch && errorSent
-        status = inBlock ? .failed : .idle
-        ended = !inBlock && !openBatch
+        state = Answers(pendingError: errorSent ? nil : (code, message, detail), failedInBatch: openBatch && errorSent,
+                        status: inBlock ? .failed : .idle, ended: !inBlock && !openBatch)
     }
 
     /// Answers the messages in `bytes`; returns how many bytes it consumed (all unless the transaction ended
     /// or a Terminate came).
     public mutating func respond(to bytes: ByteBuffer, into out: inout ByteBuffer) -> Int {
         guard !ended else { return 0 }
-        var visitor = Visitor(state: self, out: out)
+        var visitor = Visitor(state: state, out: out)
         let consumed = (try? scanner.scan(bytes, visitor: &visitor)) ?? bytes.readableBytes
-        let scannerState = scanner
-        self = visitor.state
-        scanner = scannerState
+        state = visitor.state
         out = visitor.out
         return consumed
-    }
-
-    private mutating func error(into out: inout ByteBuffer) {
-        if let pending = pendingError {
-            pendingError = nil
-            out.writeErrorResponse(severity: "ERROR", code: pending.code, message: pending.message, detail: pending.detail)
-        } else {
-            out.writeErrorResponse(severity: "ERROR", code: "25P02",
-                                   message: "current transaction is aborted, commands ignored until end of transaction block")
-        }
     }
 
     /// ROLLBACK, ABORT, COMMIT, END (not ROLLBACK TO SAVEPOINT, not ROLLBACK/COMMIT PREPARED): what ends a failed
     /// transaction. The savepoints were on the lost server.
     static func endsTransaction(_ sql: ByteBuffer) -> Bool {
-        var words: [String] = []
-        var current = ""
-        for byte in sql.readableBytesView {
-            let char = Character(Unicode.Scalar(byte))
-            if char.isLetter || char == "_" {
-                current.append(char)
-            } else {
-                if !current.isEmpty { words.append(current.lowercased()); current = "" }
-                if char == ";" || byte == 0 || words.count >= 2 { break }
-            }
-            if words.count >= 2 { break }
+        sql.withUnsafeReadableBytes { bytes in
+            var words = SessionStateScanner.Words(bytes, 0, bytes.firstIndex(of: 0) ?? bytes.count)
+            guard let first = words.next(), ["rollback", "abort", "commit", "end"].contains(first) else { return false }
+            let second = words.next()
+            return second != "to" && second != "prepared"
         }
-        if !current.isEmpty && words.count < 2 { words.append(current.lowercased()) }
-        guard let first = words.first, ["rollback", "abort", "commit", "end"].contains(first) else { return false }
-        let second = words.count > 1 ? words[1] : ""
-        return !["to", "prepared"].contains(second)
     }
 
     private struct Visitor: FrameVisitor {
-        var state: LostTransaction
+        var state: Answers
         var out: ByteBuffer
 
         func wantsBody(type: UInt8) -> Bool { type == FrontendMessage.query || type == FrontendMessage.parse }

@@ -349,10 +349,10 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         peekWaiter().map { elapsed(since: $0.since, now: now) } ?? 0
     }
 
-    /// The idle server unused longest, to close for another pool's sake.
-    public mutating func takeOneIdle() -> Server? {
-        guard !idle.isEmpty else { return nil }
-        return idle.removeFirst().server
+    /// The idle server unused longest (of those `matching` picks), to close for another pool's sake.
+    public mutating func takeOneIdle(matching: (Server) -> Bool = { _ in true }) -> Server? {
+        guard let index = idle.firstIndex(where: { matching($0.server) }) else { return nil }
+        return idle.remove(at: index).server
     }
 
     /// Takes out the idle servers `unwanted` picks (e.g. on a host the pool may no longer use), to close.

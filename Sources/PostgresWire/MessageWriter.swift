@@ -166,6 +166,12 @@ extension ByteBuffer {
         writePostgresMessage(FrontendMessage.password) { $0.writeBytes(data) }
     }
 
+    /// SSLRequest: the 8-byte packet that asks the server for TLS before the startup packet.
+    public mutating func writeSSLRequest() {
+        writeInteger(Int32(8))
+        writeInteger(StartupPacket.sslRequestCode)
+    }
+
     public mutating func writeTerminate() {
         writePostgresMessage(FrontendMessage.terminate) { _ in }
     }

@@ -101,8 +101,7 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
         if login.tls != nil && !address.isUnixSocket {
             state = .requestingTLS
             var request = context.channel.allocator.buffer(capacity: 8)
-            request.writeInteger(Int32(8))
-            request.writeInteger(Int32(80877103))
+            request.writeSSLRequest()
             context.writeAndFlush(wrapOutboundOut(request), promise: nil)
         } else {
             startLogin(context: context)
@@ -156,9 +155,8 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
         switch buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) {
         case UInt8(ascii: "S"):
             guard let tls = login.tls else { return fail("TLS setup failed") }
-            let isIP = address.host.contains(":") || address.host.allSatisfy { $0.isNumber || $0 == "." }
             do {
-                let handler = try NIOSSLClientHandler(context: tls, serverHostname: isIP ? nil : address.host)
+                let handler = try NIOSSLClientHandler(context: tls, serverHostname: address.isIPLiteral ? nil : address.host)
                 try context.pipeline.syncOperations.addHandler(handler, position: .first)
                 state = .handshakingTLS
             } catch {

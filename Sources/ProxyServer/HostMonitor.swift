@@ -152,10 +152,7 @@ final class HostMonitor: @unchecked Sendable {
     func lookupHost(for entry: DatabaseEntry, config: ShoalConfig) -> HostAddress {
         let candidates = candidates(for: entry, config: config)
         guard isRouted(entry, config) else { return candidates[0] }
-        return lock.withLock {
-            if let writer = table.writer, candidates.contains(writer) { return writer }
-            return candidates.first { table.hosts[$0]?.health == .up } ?? candidates[0]
-        }
+        return lock.withLock { table.preferredHost(among: candidates) } ?? candidates[0]
     }
 
     /// The hosts a pool may keep servers on right now (for closing its idle servers elsewhere without holding
@@ -250,10 +247,7 @@ final class HostMonitor: @unchecked Sendable {
         for entry in config.databases.values where usesAurora(entry, config) {
             let key = clusterKey(entry, config)
             let candidates = entry.addresses(socketDirectory: config.unixSocketDir) + lock.withLock { discovered[key] ?? [] }
-            let source = lock.withLock { () -> HostAddress? in
-                if let writer = table.writer, candidates.contains(writer) { return writer }
-                return candidates.first { table.hosts[$0]?.health == .up } ?? candidates.first
-            }
+            let source = lock.withLock { table.preferredHost(among: candidates) }
             if let source, sources[source] == nil { sources[source] = TopologySource(cluster: key, pattern: instancePattern(entry, config)) }
         }
         return sources
@@ -278,8 +272,7 @@ final class HostMonitor: @unchecked Sendable {
     private func checkLogin(for address: HostAddress, config: ShoalConfig) -> HostCheckConnection.Login? {
         guard let entry = lock.withLock({ loginEntry[address] }) else { return nil }
         guard let user = config.healthCheckUser ?? entry.user ?? entry.authUser ?? config.authUser else { return nil }
-        var secret = ServerLoginSecret(authFileSecret: runtime.userList.secrets[user]).loginSecret
-        if case .none = secret, user == entry.user, let password = entry.password { secret = .password(password) }
+        let secret = runtime.initialServerSecret(database: entry, user: user).loginSecret
         let tls = runtime.tls.withLockedValue { $0 }
         // `*` stands for every database: its checks log in to `postgres`.
         let database = entry.dbname ?? (entry.name == "*" ? "postgres" : entry.name)

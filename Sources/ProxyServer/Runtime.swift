@@ -135,11 +135,19 @@ public final class ShoalRuntime: @unchecked Sendable {
 
     var allPools: [Pool] { poolsLock.withLock { Array(pools.values) } }
 
+    func existingPool(_ key: PoolKey) -> Pool? { poolsLock.withLock { pools[key] } }
+
     /// Closes one idle server of another pool with the same database or user, to free a shared slot.
     func evictIdleServer(sharingWith pool: Pool) {
-        for other in allPools where other !== pool && (other.key.database == pool.key.database || other.key.user == pool.key.user) {
-            if let victim = other.withState({ $0.takeOneIdle() }) {
-                victim.close(reason: "evicted for max_db_connections/max_user_connections")
+        let others = allPools.filter { $0 !== pool && ($0.key.database == pool.key.database || $0.key.user == pool.key.user) }
+        evictIdleServer(fromFirstOf: others, reason: "evicted for max_db_connections/max_user_connections")
+    }
+
+    /// Closes the idle server unused longest of the first of `pools` that has one (on `host` when given).
+    func evictIdleServer(fromFirstOf pools: [Pool], on host: HostAddress? = nil, reason: String) {
+        for pool in pools {
+            if let victim = pool.withState({ $0.takeOneIdle { host == nil || $0.hostAddress == host } }) {
+                victim.close(reason: reason)
                 return
             }
         }
@@ -213,24 +221,6 @@ public final class ShoalRuntime: @unchecked Sendable {
             _ = visitLoops { registry, _ in
                 for client in registry.clients.values { client.endSessionIfHostLeft() }
             }
-        }
-    }
-
-    /// Closes one idle server on `host` of the first of `keys`' pools that has one: max_host_connections makes
-    /// room for a pool holding fewer connections there (the pool that asked dials again on the janitor's round).
-    func evictIdleServer(ofOneOf keys: [PoolKey], on host: HostAddress) {
-        for key in keys {
-            guard let pool = poolsLock.withLock({ pools[key] }) else { continue }
-            var found = false
-            let taken = pool.withState { state in
-                state.takeIdle { server in
-                    guard !found, server.hostAddress == host else { return false }
-                    found = true
-                    return true
-                }
-            }
-            for server in taken { server.close(reason: "evicted for max_host_connections") }
-            if found { return }
         }
     }
 

@@ -120,15 +120,18 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             deferDial(pool: pool)
             switch refusal {
             case .databaseOrUser: runtime.evictIdleServer(sharingWith: pool)
-            case .host(let larger): runtime.evictIdleServer(ofOneOf: larger, on: hostAddress)
+            case .host(let larger):
+                // max_host_connections: room for a pool holding fewer connections there.
+                let pools = larger.compactMap(runtime.existingPool)
+                runtime.evictIdleServer(fromFirstOf: pools, on: hostAddress, reason: "evicted for max_host_connections")
             }
             return
         }
         let host = hostAddress.host
         let port = hostAddress.port
         let isUnix = hostAddress.isUnixSocket
-        let address = hostAddress.description
         let server = ServerConnection(pool: pool, runtime: runtime, eventLoop: eventLoop, hostAddress: hostAddress)
+        let address = server.address
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(Int64(config.serverConnectTimeout * 1000)))
             .channelOption(.autoRead, value: true)
@@ -185,8 +188,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             tlsMode = tls.serverMode
             state = .requestingTLS
             var request = context.channel.allocator.buffer(capacity: 8)
-            request.writeInteger(Int32(8))
-            request.writeInteger(Int32(80877103))
+            request.writeSSLRequest()
             context.writeAndFlush(wrapOutboundOut(request), promise: nil)
             return
         }
@@ -299,9 +301,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             }
             // SNI and the name check take a host name; for an IP literal NIOSSL checks the certificate's IP
             // addresses against the peer address instead.
-            let isIP = remoteHost.contains(":") || remoteHost.allSatisfy { $0.isNumber || $0 == "." }
             do {
-                let handler = try NIOSSLClientHandler(context: tlsContext, serverHostname: isIP ? nil : remoteHost)
+                let handler = try NIOSSLClientHandler(context: tlsContext, serverHostname: hostAddress.isIPLiteral ? nil : remoteHost)
                 try context.pipeline.syncOperations.addHandler(handler, position: .first)
                 state = .handshakingTLS
             } catch {

@@ -6,9 +6,8 @@ import Testing
     @Test func pgbenchPreparedWithMoreClientsThanServers() async throws {
         let shoal = try await ShoalInstance { $0.defaultPoolSize = 3 }
         defer { Task { await shoal.stop() } }
-        let script = "\(shoal.directory)/prepared.sql"
-        try "\\set n random(1, 100000)\nSELECT :n::int + 1;\nSELECT :n::text || 'x';\n".write(toFile: script, atomically: true, encoding: .utf8)
-        let run = try shoal.pgbench(["-n", "-M", "prepared", "-f", script, "-c", "12", "-j", "2", "-t", "150"])
+        let run = try shoal.pgbench(script: "\\set n random(1, 100000)\nSELECT :n::int + 1;\nSELECT :n::text || 'x';\n",
+                                    ["-n", "-M", "prepared", "-c", "12", "-j", "2", "-t", "150"])
         #expect(run.status == 0, "\(run.stderr)")
         #expect(run.stdout.contains("number of transactions actually processed: 1800"), "\(run.stdout)")
         #expect(run.stdout.contains("number of failed transactions: 0"), "\(run.stdout)")
@@ -20,9 +19,8 @@ import Testing
             $0.maxPreparedStatements = 0
         }
         defer { Task { await shoal.stop() } }
-        let script = "\(shoal.directory)/prepared.sql"
-        try "\\set n random(1, 100000)\nSELECT :n::int + 1;\n".write(toFile: script, atomically: true, encoding: .utf8)
-        let run = try shoal.pgbench(["-n", "-M", "prepared", "-f", script, "-c", "12", "-j", "2", "-t", "50"])
+        let run = try shoal.pgbench(script: "\\set n random(1, 100000)\nSELECT :n::int + 1;\n",
+                                    ["-n", "-M", "prepared", "-c", "12", "-j", "2", "-t", "50"])
         // Twelve clients each prepare P0_0 once on three servers, so at least nine Parses meet a server that has the
         // name already. pgbench only logs that error and goes on (the statement there has the same text), so whether
         // a later Execute also fails with "does not exist" depends on timing; the duplicate never does.

@@ -50,9 +50,7 @@ import Testing
             $0.maxDbConnections = 2
         }
         defer { Task { await shoal.stop() } }
-        let script = "\(shoal.directory)/select.sql"
-        try "SELECT pg_sleep(0.001);\n".write(toFile: script, atomically: true, encoding: .utf8)
-        let run = try shoal.pgbench(["-n", "-f", script, "-c", "10", "-j", "2", "-T", "2"])
+        let run = try shoal.pgbench(script: "SELECT pg_sleep(0.001);\n", ["-n", "-c", "10", "-j", "2", "-T", "2"])
         #expect(run.status == 0, "\(run.stderr)")
         #expect(run.stdout.contains("number of failed transactions: 0"))
         let servers = try TestPostgres.shared.psql("select count(*) from pg_stat_activity where application_name = 'pgbench'")

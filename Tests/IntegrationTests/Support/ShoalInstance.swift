@@ -86,6 +86,13 @@ final class ShoalInstance {
         try ProcessRunner.run("psql", ["-X", "-At", "-v", "ON_ERROR_STOP=1", conninfo ?? self.conninfo] + arguments)
     }
 
+    /// pgbench running `script` (written to a file in this instance's directory) with `arguments`.
+    func pgbench(script: String, _ arguments: [String], timeout: TimeInterval = 60) throws -> ProcessResult {
+        let path = "\(directory)/script-\(UInt32.random(in: 0...UInt32.max)).sql"
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        return try pgbench(["-f", path] + arguments, timeout: timeout)
+    }
+
     func pgbench(_ arguments: [String], timeout: TimeInterval = 60) throws -> ProcessResult {
         try ProcessRunner.run("pgbench", ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres"] + arguments + ["postgres"],
                               environment: ["PGPASSWORD": TestPostgres.password], timeout: timeout)
