@@ -12,6 +12,13 @@ public struct ParameterSet: Sendable, Equatable {
 
     public static let alwaysTracked = ["client_encoding", "DateStyle", "TimeZone", "standard_conforming_strings", "application_name"]
 
+    /// Parameters PostgreSQL reports but no client can SET (or that only `SET SESSION AUTHORIZATION`, tracked as a
+    /// session setting, changes): they describe the server, are passed on as it reports them, and are never
+    /// replayed — `SET in_hot_standby` fails on every server.
+    public static let serverOwned: Set<String> = [
+        "server_version", "server_encoding", "integer_datetimes", "in_hot_standby", "is_superuser", "session_authorization",
+    ]
+
     public init() {}
 
     public static func == (a: ParameterSet, b: ParameterSet) -> Bool {
@@ -33,8 +40,40 @@ public struct ParameterSet: Sendable, Equatable {
     public mutating func setSession(_ name: String, rawValue: String) { session[name.lowercased()] = rawValue }
     public mutating func resetSession(_ name: String) { session[name.lowercased()] = nil }
     public mutating func resetAllSession() { session = [:] }
-    /// Copies the client's session settings onto a server's set once Shoal has applied them there.
+    /// Copies the client's session settings onto a server's set once the server confirmed Shoal's replay.
     public mutating func adoptSession(of other: ParameterSet) { session = other.session }
+
+    /// A value no client ever wants: a server whose setting may or may not have changed (a SET in a unit that
+    /// failed or rolled back) has it set or reset explicitly before anyone uses it again.
+    public static let unknownValue = "\u{1}unknown"
+
+    /// A change PostgreSQL confirmed.
+    public mutating func apply(_ change: StatementEffects.SettingChange) {
+        switch change {
+        case .set(let name, let value): setSession(name, rawValue: value)
+        case .reset(let name): resetSession(name)
+        case .resetAll: resetAllSession()
+        }
+    }
+
+    /// A change that may or may not have taken effect on a server. A RESET ALL that may not have run leaves
+    /// settings Shoal still counts as there, which the next link resets anyway.
+    public mutating func markUncertain(_ change: StatementEffects.SettingChange) {
+        switch change {
+        case .set(let name, _), .reset(let name): session[name.lowercased()] = Self.unknownValue
+        case .resetAll: break
+        }
+    }
+
+    /// Whether some session setting of this server is unknown (it must be reset before another client uses it).
+    public var hasUnknownSession: Bool { session.values.contains(Self.unknownValue) }
+
+    /// After a replay the server refused: the client takes the server's confirmed values, so its next
+    /// statement runs instead of failing again. Unknown settings are dropped.
+    public mutating func adoptConfirmed(of server: ParameterSet) {
+        for (key, entry) in server.values { values[key] = entry }
+        session = server.session.filter { $0.value != Self.unknownValue }
+    }
 
     /// The statement that moves a server whose parameters are `server` to this set's values, or nil if none differ.
     /// Session settings the server has and this client does not are RESET, so none leaks from one client to the next.

@@ -14,13 +14,17 @@ public struct TransactionTracker: Sendable {
     /// Whether the oldest request in flight came from the extended protocol (its unit is a Sync).
     private var extendedUnits: UInt64 = 0 // bit i: unit i (from the oldest) is a Sync
     public private(set) var transactionStatus: TransactionStatus = .idle
+    /// The server is in COPY (in, out or both) until its CommandComplete or ErrorResponse ends it. An
+    /// extended-protocol COPY owes no ReadyForQuery while in copy-in (its Sync is ignored), so the count alone
+    /// would call such a server free.
+    public private(set) var inCopy = false
 
     public init() {}
 
-    /// True when the server owes nothing and no transaction is open.
+    /// True when the server owes nothing, is not in COPY and no transaction is open.
     @inlinable
     public var isReleasable: Bool {
-        pendingReadyForQuery == 0 && !openExtendedBatch && transactionStatus == .idle
+        pendingReadyForQuery == 0 && !openExtendedBatch && transactionStatus == .idle && !inCopy
     }
 
     /// True when the client is waiting for an answer (used for query_timeout and disconnect handling).
@@ -47,15 +51,27 @@ public struct TransactionTracker: Sendable {
     /// A CopyInResponse arrived. If the COPY came from an extended batch whose Sync was already sent, the server
     /// ignores that Sync while in copy-in mode and libpq sends another after CopyDone: forget the first one.
     public mutating func copyInStarted() {
+        inCopy = true
         if pendingReadyForQuery > 0, extendedUnits & 1 == 1 {
             dropOldestUnit()
         }
+    }
+
+    /// A CopyOutResponse or CopyBothResponse arrived.
+    public mutating func copyOutStarted() {
+        inCopy = true
+    }
+
+    /// A CommandComplete or ErrorResponse arrived: whatever COPY was running has ended.
+    public mutating func commandEnded() {
+        inCopy = false
     }
 
     /// A ReadyForQuery arrived; returns whether the server is now releasable.
     @discardableResult
     public mutating func readyForQueryReceived(_ status: TransactionStatus) -> Bool {
         transactionStatus = status
+        inCopy = false
         if pendingReadyForQuery > 0 { dropOldestUnit() }
         return isReleasable
     }

@@ -6,7 +6,10 @@ import PostgresWire
 /// Opens a short connection to the server and sends it a CancelRequest with the server's own key — to the
 /// host that server connection is on (a database may name several).
 enum CancelForwarder {
-    static func send(processID: Int32, secretKey: Int32, to address: HostAddress, runtime: ShoalRuntime, on eventLoop: EventLoop) {
+    /// `finished` runs on `eventLoop` once the server closed the cancel connection (it has signalled the
+    /// backend by then) or the attempt failed.
+    static func send(processID: Int32, secretKey: Int32, to address: HostAddress, runtime: ShoalRuntime, on eventLoop: EventLoop,
+                     finished: @escaping () -> Void = {}) {
         let config = runtime.config
         let host = address.host
         let port = address.port
@@ -15,6 +18,7 @@ enum CancelForwarder {
             ? bootstrap.connect(unixDomainSocketPath: "\(host)/.s.PGSQL.\(port)")
             : bootstrap.connect(host: host, port: port)
         connected.whenSuccess { channel in
+            channel.closeFuture.whenComplete { _ in finished() }
             var request = channel.allocator.buffer(capacity: 16)
             request.writeCancelRequest(processID: processID, secretKey: secretKey)
             // The server closes the connection after reading the request.
@@ -24,6 +28,7 @@ enum CancelForwarder {
         }
         connected.whenFailure { error in
             runtime.logger.warning("cancel request to \(host):\(port) failed: \(error)")
+            finished()
         }
     }
 }

@@ -294,6 +294,7 @@ extension ClientConnection {
         for (name, value) in welcome {
             out.writeParameterStatus(name: name, value: parameters[name] ?? value)
         }
+        facts = pool?.welcomeFacts
         let key = runtime.cancelRegistry.register(self)
         cancelKey = key
         out.writeBackendKeyData(processID: key.processID, secretKey: key.secretKey)

@@ -25,24 +25,49 @@ extension ClientConnection {
             if pinStatement.isEmpty { pinStatement = visitor.stateStatement }
         }
         if !effects.creates.isEmpty || effects.mayRelease { probeNeeded = true }
-        // Session SETs join the client's own parameters: re-applied on whatever server it gets next, and
-        // RESET on a server before another client uses it.
+        // Session SETs join the client's own parameters once PostgreSQL confirms them (SettingsLedger): then
+        // they are re-applied on whatever server it gets next, and RESET on a server before another client uses it.
         let tracked = runtime.snapshot.trackedNames
-        for change in effects.settings {
-            switch change {
-            case .set(let name, let value):
-                guard !tracked.contains(name) else { continue }
-                parameters.setSession(name, rawValue: value)
-                if state == .linked { server?.parameters.setSession(name, rawValue: value) }
-            case .reset(let name):
-                parameters.resetSession(name)
-                if state == .linked { server?.parameters.resetSession(name) }
-            case .resetAll:
-                parameters.resetAllSession()
-                if state == .linked { server?.parameters.resetAllSession() }
-            }
+        for (change, ahead) in visitor.settingChanges {
+            if case .set(let name, _) = change, tracked.contains(name) { continue }
+            ledger.sent(change, unitsAhead: ahead)
         }
         return true
+    }
+
+    /// PostgreSQL refused Shoal's SET replaying this client's settings on a server (a value valid where the
+    /// client set it but not here). The client's queued request is answered with that error instead of running
+    /// with other settings; the client takes the server's values so its next statement runs; the server, whose
+    /// settings may be half-changed, has them reset before anyone uses it again.
+    func replayRefused(_ error: ErrorFields, by server: ServerConnection) {
+        let names = Set(parameters.session.keys).union(server.parameters.session.keys)
+        for name in names where parameters.session[name] != server.parameters.session[name] {
+            server.parameters.markUncertain(.reset(name: name))
+        }
+        parameters.adoptConfirmed(of: server.parameters)
+        let units = tracker.pendingReadyForQuery
+        guard !tracker.openExtendedBatch, scanner.atBoundary, clientCarry == nil, let context else {
+            // Half a request queued: there is no clean point to answer at.
+            self.server = nil
+            server.detach(self)
+            server.closeLent(reason: "client's settings refused")
+            return fatal("could not apply the session's settings on a server connection: \(error.message)")
+        }
+        let message = "could not apply the session's settings on a server connection: \(error.message)"
+        logger.warning("\(message)")
+        pending = nil
+        pendingUnits = 0
+        pendingHasStatements = false
+        tracker = TransactionTracker()
+        ledger.reset()
+        var out = context.channel.allocator.buffer(capacity: 128)
+        for _ in 0..<max(units, 1) {
+            out.writeErrorResponse(severity: "ERROR", code: error.code.isEmpty ? "22023" : error.code, message: message)
+            out.writeReadyForQuery(.idle)
+        }
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        resumeReadingIfPaused()
+        releaseServer()
     }
 
     /// Counts this client as pinned if max_pinned_clients allows. A request that cannot be refused cleanly

@@ -74,9 +74,22 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     var mode: PoolMode = .session
     /// The tracked parameters this client expects on whatever server it uses.
     var parameters = ParameterSet()
+    /// The server facts (in_hot_standby, server_version …) this client was last told.
+    var facts: ServerFacts?
     var scanner = FrameScanner()
     var tracker = TransactionTracker()
+    /// Session SETs sent to the server and not yet confirmed by it.
+    var ledger = SettingsLedger()
     var server: ServerConnection?
+    /// Shoal's SET replaying this client's settings is on the server; the client's bytes wait in `pending`
+    /// until it is confirmed, so no statement runs with settings the server refused.
+    var replayInFlight = false
+    /// Cancel requests forwarded for this client whose connection to the server has not closed yet; the
+    /// server is not released while one could still land on the next client's query.
+    var cancelsInFlight = 0
+    var releaseAfterCancel = false
+    /// The server saw bytes that can never be completed cleanly (half a Terminate): never reuse it.
+    var serverTainted = false
     var pending: ByteBuffer?
     /// server_reset_query when server_reset_query_always is on; read once at login, off the per-transaction path.
     var resetQueryOnRelease: String?
@@ -282,7 +295,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         tracker = visitor.tracker
         if !visitor.effects.isEmpty {
-            guard sessionEffectsReceived(visitor, trackerBefore: trackerBefore) else { return }
+            if detectsSessionState {
+                guard sessionEffectsReceived(visitor, trackerBefore: trackerBefore) else { return }
+            }
             if visitor.effects.deallocatesAll && tracksPrepared {
                 statements.removeAll()
                 if state == .linked { server?.statements.removeAll() } else { clearServerStatementsAtLink = true }
@@ -302,10 +317,16 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         var toForward = buffer
         if visitor.terminated {
-            toForward = buffer.getSlice(at: buffer.readerIndex, length: consumed)!
+            // Half a Terminate already went on with the previous read: that server can never be given back.
+            if visitor.terminateSplit { serverTainted = true }
+            toForward = buffer.getSlice(at: buffer.readerIndex, length: visitor.terminateSplit ? 0 : consumed)!
         }
         if toForward.readableBytes > 0 {
             switch state {
+            case .linked where replayInFlight:
+                pendingUnits += visitor.units
+                pendingHasStatements = pendingHasStatements || visitor.statementMessages > 0
+                appendPending(toForward)
             case .linked:
                 if visitor.statementMessages > 0 {
                     sendRewritten(toForward, continuing: continuing, to: server!)
@@ -341,19 +362,39 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         // A client that keeps sending while it waits for a server is not read further until it has one:
         // what it sends is held here, and holding must stay bounded.
-        if pending!.readableBytes > Self.pendingLimit, !readingPaused, let context {
-            readingPaused = true
-            context.channel.setOption(.autoRead, value: false).whenFailure { _ in }
-        }
+        if pending!.readableBytes > Self.pendingLimit { pauseReading(.pendingFull) }
     }
 
     static let pendingLimit = 1 << 20
-    var readingPaused = false
 
-    func resumeReadingIfPaused() {
-        guard readingPaused, let context else { return }
-        readingPaused = false
+    /// Why this client is not being read: its queued bytes are at their limit, or its server cannot take more.
+    struct ReadPause: OptionSet {
+        let rawValue: UInt8
+        static let pendingFull = ReadPause(rawValue: 1)
+        static let serverBusy = ReadPause(rawValue: 2)
+    }
+    var readPauses: ReadPause = []
+
+    func pauseReading(_ reason: ReadPause) {
+        let wasReading = readPauses.isEmpty
+        readPauses.insert(reason)
+        guard wasReading, let context else { return }
+        context.channel.setOption(.autoRead, value: false).whenFailure { _ in }
+    }
+
+    func resumeReading(_ reason: ReadPause) {
+        guard readPauses.contains(reason) else { return }
+        readPauses.remove(reason)
+        guard readPauses.isEmpty, let context else { return }
         context.channel.setOption(.autoRead, value: true).whenFailure { _ in }
+    }
+
+    func resumeReadingIfPaused() { resumeReading(.pendingFull) }
+
+    /// The linked server's channel became (un)writable: what the client sends would otherwise pile up here.
+    func serverWritabilityChanged(_ writable: Bool, from origin: ServerConnection) {
+        guard origin === server, state == .linked else { return }
+        if writable { resumeReading(.serverBusy) } else { pauseReading(.serverBusy) }
     }
 
     func requestServer() {
@@ -402,6 +443,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             // The queued request would create session state past max_pinned_clients: answer it here.
             pending = nil
             tracker = TransactionTracker()
+            ledger.reset()
             state = .idle
             refuse("too many clients holding session state in this pool (max_pinned_clients)", code: "53400")
             resumeReadingIfPaused()
@@ -429,15 +471,33 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             server.statements.removeAll()
         }
         if let context, !context.channel.isWritable { server.setReadPaused(true) }
+        if let serverFacts = server.facts, serverFacts !== facts {
+            // Another host (a promoted replica, another replica): tell the client what this one reports.
+            let changed = serverFacts.differences(from: facts)
+            facts = serverFacts
+            if !changed.isEmpty, let context {
+                var out = context.channel.allocator.buffer(capacity: 64 * changed.count)
+                for (name, value) in changed { out.writeParameterStatus(name: name, value: value) }
+                context.write(wrapOutboundOut(out), promise: nil)
+                needsFlush = true
+            }
+        }
         if let sql = parameters.setStatement(from: server.parameters) {
             var set = ByteBuffer()
             set.writeQuery(sql)
             swallowReadyForQuery = 1
-            server.send(set, flush: false)
             unitsSent += 1
-            // Session settings are not reported back by PostgreSQL: the server now has the client's.
-            server.parameters.adoptSession(of: parameters)
+            // The server's view changes when PostgreSQL confirms the SET (replayConfirmed); until then the
+            // client's request waits, so it never runs with settings the server refused.
+            replayInFlight = true
+            server.send(set, flush: true)
+            return
         }
+        sendPending(to: server)
+    }
+
+    /// Sends what the client queued while it had no server (or while Shoal's SET replay was on the server).
+    func sendPending(to server: ServerConnection) {
         if let bytes = pending {
             pending = nil
             if pendingHasStatements && tracksPrepared {
@@ -460,7 +520,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Bytes from the linked server. `flush` is set when they came from another loop (no read-complete follows here).
     func serverDataReceived(_ buffer: ByteBuffer, from origin: ServerConnection, flush: Bool) {
         guard state == .linked, origin === server, let context else { return }
-        var visitor = ServerVisitor(tracker: tracker, swallow: swallowReadyForQuery, currentSwallowed: currentSwallowed,
+        var visitor = ServerVisitor(tracker: tracker, ledger: ledger, swallow: swallowReadyForQuery, currentSwallowed: currentSwallowed,
                                     position: serverStreamPosition, mode: mode, probing: probing,
                                     expectations: tracksPrepared ? expectations : nil, watchesReadOnly: watchesReadOnly)
         do {
@@ -471,6 +531,16 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         if visitor.readOnlyRefusal { runtime.hosts.readOnlyRefusal(at: origin.hostAddress) }
         tracker = visitor.tracker
+        ledger = visitor.ledger
+        if !visitor.resolution.isEmpty {
+            // PostgreSQL confirmed these SETs (client and server now agree), or left them uncertain (the client
+            // forgets them; the server's name is marked unknown, so it is set or reset before its next use).
+            for change in visitor.resolution.confirmed {
+                parameters.apply(change)
+                origin.parameters.apply(change)
+            }
+            for change in visitor.resolution.uncertain { origin.parameters.markUncertain(change) }
+        }
         if let settled = visitor.expectations {
             expectations = settled
             if !visitor.cancelled.isEmpty { responsesSettled(visitor.cancelled, on: origin) }
@@ -486,7 +556,15 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         serverStreamPosition += buffer.readableBytes
         var canonical: ByteBuffer?
         if let updates = visitor.parameterUpdates {
+            // Only parameters a client can set are kept per client and replayed; the rest (in_hot_standby,
+            // server_version, is_superuser …) are the server's, passed on as it reports them.
             for update in updates {
+                guard !ParameterSet.serverOwned.contains(update.name.lowercased()) else {
+                    // Forwarded as it came (in_hot_standby turning off at a promotion): the client has seen it.
+                    if let current = origin.facts { origin.facts = current.with(update.name, update.value) }
+                    if !update.fromShoal { facts = origin.facts }
+                    continue
+                }
                 origin.parameters.set(update.name, update.value)
                 if !update.fromShoal {
                     parameters.set(update.name, update.value)
@@ -503,9 +581,15 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             context.write(wrapOutboundOut(canonical), promise: nil)
             needsFlush = true
         }
-        if visitor.setFailed {
-            origin.close(reason: "invalid server parameter")
-            return fatal("invalid server parameter")
+        if replayInFlight && visitor.swallow == 0 {
+            replayInFlight = false
+            if let error = visitor.setError ?? (visitor.setFailed ? ErrorFields(body: ByteBuffer()) : nil) {
+                return replayRefused(error, by: origin)
+            }
+            origin.parameters.adoptSession(of: parameters)
+            if flush { flushToClient() }
+            sendPending(to: origin)
+            return
         }
         if visitor.statementModeViolation {
             // The BEGIN's answer is not forwarded: the client's request gets the FATAL as its answer, as
@@ -595,6 +679,12 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func releaseServer() {
         guard let server else { return }
+        if cancelsInFlight > 0 {
+            // A cancel on its way could land on the next client's query: keep the server until it is delivered.
+            releaseAfterCancel = true
+            return
+        }
+        resumeReading(.serverBusy)
         // Once unlinked, the server's read-complete no longer reaches us: flush what it sent now.
         flushToClient()
         self.server = nil
@@ -640,6 +730,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     func linkedServerClosed(_ closed: ServerConnection) {
         guard server === closed else { return }
         server = nil
+        resumeReading(.serverBusy)
         closed.lentServerGone()
         let owed = tracker.pendingReadyForQuery
         let inBlock = tracker.transactionStatus != .idle
@@ -662,6 +753,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         logger.warning(inBlock ? "server connection lost inside a transaction: error sent, transaction failed, client kept"
                                : "server connection lost under a statement outside a transaction: error sent, client kept")
         tracker = TransactionTracker()
+        ledger.reset()
         expectations.reset()
         state = .idle
         resumeReadingIfPaused()
@@ -753,7 +845,20 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         guard state == .linked, let server, let key = server.backendKey else { return }
-        CancelForwarder.send(processID: key.processID, secretKey: key.secretKey, to: server.hostAddress, runtime: runtime, on: eventLoop)
+        cancelsInFlight += 1
+        CancelForwarder.send(processID: key.processID, secretKey: key.secretKey, to: server.hostAddress, runtime: runtime, on: eventLoop) {
+            [weak self] in self?.cancelFinished()
+        }
+    }
+
+    /// The server closed a cancel connection of this client's (it has signalled the backend), or it failed.
+    func cancelFinished() {
+        cancelsInFlight -= 1
+        guard cancelsInFlight == 0, releaseAfterCancel else { return }
+        releaseAfterCancel = false
+        guard state == .linked, mode != .session, tracker.isReleasable, scanner.atBoundary, !probing, !probeNeeded,
+              !replayInFlight, pinned.isEmpty, swallowReadyForQuery == 0 else { return }
+        releaseServer()
     }
 
     // MARK: Closing
@@ -801,14 +906,14 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             guard let server else { break }
             self.server = nil
             server.detach(self)
-            if tracker.isReleasable && scanner.atBoundary && !probing {
+            if tracker.isReleasable && scanner.atBoundary && !probing && !replayInFlight && cancelsInFlight == 0 && !serverTainted {
                 // A client that held (or may have created) session state leaves a server that DISCARD ALL
                 // cleans: cursors, advisory locks, temp tables, prepared statements, LISTEN, settings.
                 let holdsState = !pinned.isEmpty || probeNeeded || !parameters.session.isEmpty
                 giveBack(server, resetQuery: holdsState ? "DISCARD ALL" : resetQueryOnDisconnect)
             } else {
                 // A transaction or a query in flight: never hand that server to someone else.
-                let why = tracker.awaitingServer ? "client disconnected with query in progress" : "client disconnect while server was not ready"
+                let why = tracker.awaitingServer || replayInFlight ? "client disconnected with query in progress" : "client disconnect while server was not ready"
                 server.closeLent(reason: why)
             }
         case .startup, .authenticating, .idle, .console, .closed:

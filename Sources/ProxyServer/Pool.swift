@@ -66,8 +66,18 @@ final class Pool: @unchecked Sendable {
     /// ParameterStatus of the pool's first server login: what a new client is welcomed with.
     var welcome: [(String, String)]? {
         get { lock.withLock { _welcome } }
-        set { lock.withLock { if _welcome == nil { _welcome = newValue } } }
+        set {
+            lock.withLock {
+                guard _welcome == nil, let newValue else { return }
+                _welcome = newValue
+                _welcomeFacts = ServerFacts(reported: newValue)
+            }
+        }
     }
+
+    /// The server-owned part of the welcome; servers whose facts agree share this instance.
+    var welcomeFacts: ServerFacts? { lock.withLock { _welcomeFacts } }
+    private var _welcomeFacts: ServerFacts?
 
     /// What Shoal knows of the password for server logins in this pool, learned from the config or a client login.
     var serverSecret: ServerLoginSecret {

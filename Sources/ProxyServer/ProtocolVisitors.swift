@@ -17,6 +17,10 @@ struct ClientVisitor: FrameVisitor {
     var effects = StatementEffects()
     /// The start of the first statement that created session state, for the pin log line.
     var stateStatement = ""
+    /// Each setting change with the number of client ReadyForQuery messages due before its unit's.
+    var settingChanges: [(change: StatementEffects.SettingChange, unitsAhead: Int)] = []
+    /// A Terminate whose header began in an earlier read: part of it already went to the server.
+    var terminateSplit = false
 
     let tracksPrepared: Bool
     /// Parse/Bind/Describe/Close messages seen (they need the prepared-statement rewrite).
@@ -29,12 +33,14 @@ struct ClientVisitor: FrameVisitor {
     }
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
-        detectsSessionState && (type == FrontendMessage.query || type == FrontendMessage.parse)
+        // DEALLOCATE ALL / DISCARD ALL matter to prepared-statement tracking even with pinning off.
+        (detectsSessionState || tracksPrepared) && (type == FrontendMessage.query || type == FrontendMessage.parse)
     }
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
         if type == FrontendMessage.terminate {
             terminated = true
+            terminateSplit = offset < 0
             return false
         }
         tracker.clientSent(type: type)
@@ -58,7 +64,13 @@ struct ClientVisitor: FrameVisitor {
         }
         effects.creates.formUnion(found.creates)
         effects.mayRelease = effects.mayRelease || found.mayRelease
-        effects.settings += found.settings
+        effects.deallocatesAll = effects.deallocatesAll || found.deallocatesAll
+        if !found.settings.isEmpty {
+            effects.settings += found.settings
+            // A Query is its own unit (already counted); a Parse's unit is the Sync still to come.
+            let ahead = type == FrontendMessage.query ? tracker.pendingReadyForQuery - 1 : tracker.pendingReadyForQuery
+            for change in found.settings { settingChanges.append((change, ahead)) }
+        }
     }
 }
 
@@ -67,6 +79,11 @@ struct ServerVisitor: FrameVisitor {
     struct ParameterUpdate { var name: String; var value: String; var fromShoal: Bool }
 
     var tracker: TransactionTracker
+    /// Session settings awaiting PostgreSQL's confirmation, and what this read confirmed or left uncertain.
+    var ledger: SettingsLedger
+    var resolution = SettingsLedger.Resolution()
+    /// The error that refused Shoal's own SET (replaying the client's settings).
+    var setError: ErrorFields?
     /// ReadyForQuery messages of Shoal's SET still to come.
     var swallow: Int
     /// The swallowed answer is the session-state probe's: its DataRow is read, an error is not fatal.
@@ -94,8 +111,9 @@ struct ServerVisitor: FrameVisitor {
     let watchesReadOnly: Bool
     var readOnlyRefusal = false
 
-    init(tracker: TransactionTracker, swallow: Int, currentSwallowed: Bool, position: Int, mode: PoolMode, probing: Bool = false,
-         expectations: ResponseExpectations? = nil, watchesReadOnly: Bool = false) {
+    init(tracker: TransactionTracker, ledger: SettingsLedger = SettingsLedger(), swallow: Int, currentSwallowed: Bool, position: Int,
+         mode: PoolMode, probing: Bool = false, expectations: ResponseExpectations? = nil, watchesReadOnly: Bool = false) {
+        self.ledger = ledger
         self.watchesReadOnly = watchesReadOnly
         self.probing = probing
         self.expectations = expectations
@@ -108,7 +126,8 @@ struct ServerVisitor: FrameVisitor {
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
         type == BackendMessage.readyForQuery || type == BackendMessage.parameterStatus || (probing && type == BackendMessage.dataRow)
-            || (watchesReadOnly && type == BackendMessage.errorResponse)
+            || (type == BackendMessage.errorResponse && (watchesReadOnly || swallow > 0))
+            || (type == BackendMessage.commandComplete && !ledger.isEmpty && swallow == 0)
     }
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
@@ -127,7 +146,21 @@ struct ServerVisitor: FrameVisitor {
             }
             return true
         }
-        if type == BackendMessage.copyInResponse { tracker.copyInStarted() }
+        switch type {
+        case BackendMessage.copyInResponse:
+            let before = tracker.pendingReadyForQuery
+            tracker.copyInStarted()
+            if tracker.pendingReadyForQuery < before { ledger.unitDropped(pendingAfter: tracker.pendingReadyForQuery) }
+        case BackendMessage.copyOutResponse, BackendMessage.copyBothResponse:
+            tracker.copyOutStarted()
+        case BackendMessage.commandComplete:
+            tracker.commandEnded()
+        case BackendMessage.errorResponse:
+            tracker.commandEnded()
+            ledger.errorReceived()
+        default:
+            break
+        }
         if expectations != nil {
             switch type {
             case UInt8(ascii: "1"), UInt8(ascii: "3"):
@@ -146,7 +179,20 @@ struct ServerVisitor: FrameVisitor {
     mutating func messageBody(type: UInt8, body: ByteBuffer) {
         var body = body
         if type == BackendMessage.errorResponse {
-            if ErrorFields(body: body).code == "25006" { readOnlyRefusal = true }
+            let fields = ErrorFields(body: body)
+            if currentSwallowed {
+                if !probing { setError = fields }
+            } else if fields.code == "25006" {
+                readOnlyRefusal = true
+            }
+            return
+        }
+        if type == BackendMessage.commandComplete {
+            // ROLLBACK, ROLLBACK TO SAVEPOINT and a COMMIT of a failed block all answer "ROLLBACK".
+            let rollback: [UInt8] = Array("ROLLBACK".utf8)
+            if body.readableBytes >= rollback.count, body.getBytes(at: body.readerIndex, length: rollback.count) == rollback {
+                ledger.rollbackCompleted()
+            }
             return
         }
         if type == BackendMessage.dataRow {
@@ -157,6 +203,11 @@ struct ServerVisitor: FrameVisitor {
             guard !currentSwallowed else { return }
             guard let raw = body.readInteger(as: UInt8.self), let status = TransactionStatus(rawValue: raw) else { return }
             if tracker.readyForQueryReceived(status) { releasable = true }
+            if !ledger.isEmpty {
+                let resolved = ledger.readyForQueryReceived(status)
+                resolution.confirmed += resolved.confirmed
+                resolution.uncertain += resolved.uncertain
+            }
             readyCount &+= 1
             if status == .idle { transactionsEnded &+= 1 }
             if mode == .statement && status != .idle { statementModeViolation = true }

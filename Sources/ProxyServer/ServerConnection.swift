@@ -56,6 +56,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     var logger: Logger
     /// Tracked parameters as this server has them. See the threading note above.
     var parameters = ParameterSet()
+    /// What this server reports about itself (in_hot_standby, server_version …); same threading rule as `parameters`.
+    var facts: ServerFacts?
     /// Prepared statements Shoal made on this server (same threading rule as `parameters`).
     var statements = ServerStatements()
     private(set) var backendKey: (processID: Int32, secretKey: Int32)?
@@ -385,6 +387,18 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         context.close(promise: nil)
     }
 
+    /// Backpressure towards the client: while this server cannot take more, its client is not read.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        guard let client else { return }
+        let writable = context.channel.isWritable
+        if client.eventLoop === eventLoop {
+            client.serverWritabilityChanged(writable, from: self)
+        } else {
+            client.eventLoop.execute { client.serverWritabilityChanged(writable, from: self) }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
     func read(context: ChannelHandlerContext) {
         if readPaused {
             readPending = true
@@ -407,6 +421,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             parameters.set(name, value)
         }
         pool.welcome = login.parameters
+        let reported = ServerFacts(reported: login.parameters)
+        if let shared = pool.welcomeFacts, shared.sameValues(as: reported) { facts = shared } else { facts = reported }
         let action = pool.withState { $0.connected(self, loop: loopIndex, createdAt: createdAt, now: NIODeadline.now().uptimeNanoseconds) }
         switch action {
         case .handOver(let server, let waiter):

@@ -68,6 +68,116 @@ final class FakeClient {}
         tracker.clientSent(type: FrontendMessage.copyDone)
         #expect(rfq(&tracker, .idle))
     }
+
+    @Test func aServerInCopyIsNeverReleasable() {
+        // The extended COPY's Sync is forgotten at CopyInResponse: the count alone says "free" while in copy-in.
+        var tracker = TransactionTracker()
+        for type in [FrontendMessage.parse, FrontendMessage.bind, FrontendMessage.execute, FrontendMessage.sync] {
+            tracker.clientSent(type: type)
+        }
+        tracker.copyInStarted()
+        #expect(tracker.pendingReadyForQuery == 0)
+        #expect(!tracker.isReleasable)
+        tracker.commandEnded()
+        #expect(tracker.isReleasable)
+        // COPY TO STDOUT: not free from CopyOutResponse until its CommandComplete.
+        tracker.clientSent(type: FrontendMessage.query)
+        tracker.copyOutStarted()
+        tracker.commandEnded()
+        #expect(!tracker.isReleasable)
+        #expect(rfq(&tracker, .idle))
+    }
+}
+
+@Suite struct SettingsLedgerTests {
+    typealias Change = StatementEffects.SettingChange
+    let path: Change = .set(name: "search_path", value: "x")
+    let reset: Change = .reset(name: "search_path")
+
+    @Test func anAutocommitSetIsConfirmedAtItsReadyForQuery() {
+        var ledger = SettingsLedger()
+        ledger.sent(path, unitsAhead: 0)
+        #expect(ledger.readyForQueryReceived(.idle) == .init(confirmed: [path]))
+        #expect(ledger.isEmpty)
+    }
+
+    @Test func aFailedSetIsNeverConfirmed() {
+        var ledger = SettingsLedger()
+        ledger.sent(.set(name: "work_mem", value: "'not_a_size'"), unitsAhead: 0)
+        ledger.errorReceived()
+        #expect(ledger.readyForQueryReceived(.idle) == .init(uncertain: [.set(name: "work_mem", value: "'not_a_size'")]))
+    }
+
+    @Test func aPipelinedSetWaitsForItsOwnUnit() {
+        var ledger = SettingsLedger()
+        ledger.sent(path, unitsAhead: 2)
+        ledger.errorReceived() // the first unit's error is not the SET's
+        #expect(ledger.readyForQueryReceived(.idle).isEmpty)
+        #expect(ledger.readyForQueryReceived(.idle).isEmpty)
+        #expect(ledger.readyForQueryReceived(.idle) == .init(confirmed: [path]))
+    }
+
+    @Test func aSetInsideABlockWaitsForCommit() {
+        var ledger = SettingsLedger()
+        ledger.sent(path, unitsAhead: 0)
+        #expect(ledger.readyForQueryReceived(.inTransaction).isEmpty)
+        #expect(ledger.inBlockCount == 1)
+        #expect(ledger.readyForQueryReceived(.idle) == .init(confirmed: [path]))
+    }
+
+    @Test func aRolledBackResetLeavesTheSettingUncertain() {
+        // SET search_path = x; BEGIN; RESET search_path; ROLLBACK — the server still has x.
+        var ledger = SettingsLedger()
+        ledger.sent(reset, unitsAhead: 0)
+        #expect(ledger.readyForQueryReceived(.inTransaction).isEmpty)
+        ledger.rollbackCompleted()
+        #expect(ledger.readyForQueryReceived(.idle) == .init(uncertain: [reset]))
+    }
+
+    @Test func aRollbackToSavepointMakesTheBlockUncertain() {
+        var ledger = SettingsLedger()
+        ledger.sent(path, unitsAhead: 0)
+        #expect(ledger.readyForQueryReceived(.inTransaction).isEmpty)
+        ledger.rollbackCompleted() // ROLLBACK TO SAVEPOINT s
+        #expect(ledger.readyForQueryReceived(.inTransaction).isEmpty)
+        #expect(ledger.readyForQueryReceived(.idle) == .init(uncertain: [path]))
+    }
+
+    @Test func aFailedBlockGivesUpItsSettings() {
+        var ledger = SettingsLedger()
+        ledger.sent(path, unitsAhead: 0)
+        #expect(ledger.readyForQueryReceived(.inTransaction).isEmpty)
+        ledger.errorReceived()
+        #expect(ledger.readyForQueryReceived(.failed) == .init(uncertain: [path]))
+        #expect(ledger.isEmpty)
+    }
+
+    @Test func aSetInOneQueryWithItsOwnRollbackIsUncertain() {
+        // BEGIN; SET …; ROLLBACK in one Query: ReadyForQuery says idle, the tag says ROLLBACK.
+        var ledger = SettingsLedger()
+        ledger.sent(path, unitsAhead: 0)
+        ledger.rollbackCompleted()
+        #expect(ledger.readyForQueryReceived(.idle) == .init(uncertain: [path]))
+    }
+
+    @Test func anIgnoredCopySyncMovesTheChangeToTheNextUnit() {
+        var ledger = SettingsLedger()
+        ledger.sent(path, unitsAhead: 0)
+        ledger.sent(reset, unitsAhead: 1)
+        ledger.unitDropped(pendingAfter: 0)
+        #expect(ledger.readyForQueryReceived(.idle) == .init(confirmed: [path, reset]))
+    }
+
+    @Test func parameterSetMarksUncertainNamesForReset() {
+        var client = ParameterSet(), server = ParameterSet()
+        client.setSession("search_path", rawValue: "x")
+        server.apply(.set(name: "search_path", value: "x"))
+        #expect(client.setStatement(from: server) == nil)
+        server.markUncertain(.reset(name: "search_path"))
+        #expect(server.hasUnknownSession)
+        #expect(client.setStatement(from: server) == "SET search_path = x;")
+        #expect(ParameterSet().setStatement(from: server) == "RESET search_path;")
+    }
 }
 
 @Suite struct PoolStateTests {

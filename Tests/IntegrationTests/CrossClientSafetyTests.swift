@@ -1,0 +1,244 @@
+import CLibPQ
+import Configuration
+import Foundation
+import Testing
+
+/// One client must never reach another through a shared server connection: a server left in COPY, a setting
+/// Shoal believed gone, a cancel still on its way, prepared statements another client deallocated. Each test
+/// runs one EventLoop and a pool of one, so every client lands on the same server connection.
+@Suite(.serialized) struct CrossClientSafetyTests {
+    func singleServerShoal(_ configure: @escaping (inout ShoalConfig) -> Void = { _ in }) async throws -> ShoalInstance {
+        try await ShoalInstance(threads: 1) {
+            $0.defaultPoolSize = 1
+            configure(&$0)
+        }
+    }
+
+    /// libpq's extended-protocol COPY (PQsendQueryParams), left in copy-in by a client that goes away.
+    @Test func serverLeftInCopyIsNeverReused() async throws {
+        try TestPostgres.shared.psql("CREATE TABLE IF NOT EXISTS shoal_copy_left (x int)")
+        let shoal = try await singleServerShoal()
+        defer { Task { await shoal.stop() } }
+        for _ in 0..<3 {
+            let copier = try PQConnection(shoal.conninfo)
+            #expect(PQsendQueryParams(copier.handle, "COPY shoal_copy_left FROM STDIN", 0, nil, nil, nil, nil, 0) == 1)
+            var status = PGRES_EMPTY_QUERY
+            while let result = PQgetResult(copier.handle) {
+                status = PQresultStatus(result)
+                PQclear(result)
+                if status == PGRES_COPY_IN { break }
+            }
+            #expect(status == PGRES_COPY_IN)
+            // copier disconnects here (PQfinish) in the middle of its COPY.
+        }
+        let next = try PQConnection(shoal.conninfo)
+        #expect(try next.scalar("SELECT 41 + 1") == "42")
+        #expect(try next.scalar("SELECT count(*) FROM shoal_copy_left") == "0")
+    }
+
+    /// A RESET inside a transaction that rolls back leaves the session's SET in force on the server.
+    @Test func rolledBackResetDoesNotHideASettingFromTheNextClient() async throws {
+        let shoal = try await singleServerShoal()
+        defer { Task { await shoal.stop() } }
+        let first = try PQConnection(shoal.conninfo)
+        try first.query("SET search_path = shoal_private_schema")
+        try first.query("BEGIN")
+        try first.query("RESET search_path")
+        try first.query("ROLLBACK")
+        #expect(try first.scalar("SHOW search_path") == "shoal_private_schema")
+        let second = try PQConnection(shoal.conninfo)
+        #expect(try second.scalar("SHOW search_path") == "\"$user\", public")
+        // And a SET inside a transaction that commits is the client's from then on.
+        try second.query("BEGIN")
+        try second.query("SET statement_timeout = '7s'")
+        try second.query("COMMIT")
+        #expect(try first.scalar("SHOW statement_timeout") == "0")
+        #expect(try second.scalar("SHOW statement_timeout") == "7s")
+        // A SET rolled back is forgotten: neither the client nor the next one sees it.
+        try first.query("BEGIN")
+        try first.query("SET work_mem = '3MB'")
+        try first.query("ROLLBACK")
+        #expect(try first.scalar("SHOW work_mem") == "4MB")
+        #expect(try second.scalar("SHOW work_mem") == "4MB")
+    }
+
+    /// A SET PostgreSQL refuses is an ordinary error; the session goes on.
+    @Test func failedSetIsAnOrdinaryError() async throws {
+        let shoal = try await singleServerShoal()
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        #expect(throws: PQError.self) { try client.query("SET work_mem = 'not_a_size'") }
+        #expect(try client.scalar("SELECT 1") == "1")
+        #expect(try client.scalar("SHOW work_mem") == "4MB")
+        let other = try PQConnection(shoal.conninfo)
+        #expect(try other.scalar("SELECT 2") == "2")
+        #expect(try client.scalar("SELECT 3") == "3")
+    }
+
+    /// A cancel sent just as the client's transaction ends must not reach the next client's query.
+    @Test func cancelInFlightAtReleaseDoesNotCancelTheNextClient() async throws {
+        let shoal = try await singleServerShoal()
+        defer { Task { await shoal.stop() } }
+        for round in 0..<3 {
+            let first = try PQConnection(shoal.conninfo)
+            let second = try PQConnection(shoal.conninfo)
+            try first.query("BEGIN")
+            // The second client queues for the only server, with a statement long enough to be hit.
+            let sleeper = background { () -> String in
+                do { return try second.scalar("SELECT pg_sleep(0.6)::text || 'slept'") ?? "" } catch { return "\(error)" }
+            }
+            usleep(100_000)
+            #expect(PQsendQuery(first.handle, "COMMIT") == 1)
+            _ = first.cancel()
+            while let result = PQgetResult(first.handle) { PQclear(result) }
+            #expect(try await sleeper.value() == "slept", "round \(round)")
+        }
+    }
+
+    /// One client's DEALLOCATE ALL / DISCARD ALL does not break another client's prepared statement.
+    @Test func deallocateAllLeavesOtherClientsStatementsWorking() async throws {
+        for pin in [true, false] {
+            let shoal = try await singleServerShoal { $0.pinSessionState = pin }
+            defer { Task { await shoal.stop() } }
+            let owner = try PQConnection(shoal.conninfo)
+            try owner.prepare("mine", "SELECT $1::int * 2")
+            #expect(try owner.executePrepared("mine", ["21"]) == "42")
+            let other = try PQConnection(shoal.conninfo)
+            try other.query("DEALLOCATE ALL")
+            #expect(try owner.executePrepared("mine", ["5"]) == "10", "pin_session_state \(pin)")
+            try other.query("SELECT 1; DEALLOCATE ALL")
+            #expect(try owner.executePrepared("mine", ["6"]) == "12", "pin_session_state \(pin)")
+            try other.query("DISCARD ALL")
+            #expect(try owner.executePrepared("mine", ["7"]) == "14", "pin_session_state \(pin)")
+            #expect(try other.scalar("SELECT 1") == "1")
+        }
+    }
+
+    /// A client pipelining at a server that is busy (pg_sleep) is not read faster than the server reads:
+    /// Shoal's memory does not follow what the client sends.
+    @Test func aPipeliningClientCannotGrowShoalsMemory() async throws {
+        let shoal = try await singleServerShoal { $0.authType = .trust }
+        defer { Task { await shoal.stop() } }
+        let client = try RawClient(port: shoal.port)
+        try client.login()
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(client.fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        try client.send([UInt8(ascii: "Q")] + be32(4 + 19) + Array("SELECT pg_sleep(4)".utf8) + [0])
+        usleep(200_000)
+        let before = residentBytes()
+        // 1 MiB of 64 KiB messages the server will only look at once its pg_sleep ends (CopyData: Shoal only
+        // counts them), sent again and again for up to 3 s or 300 MiB.
+        let message: [UInt8] = [UInt8(ascii: "d")] + be32(4 + 65_536) + [UInt8](repeating: 120, count: 65_536)
+        let chunk = Array([[UInt8]](repeating: message, count: 16).joined())
+        var sent = 0
+        let started = Date()
+        while sent < 300 << 20 && Date().timeIntervalSince(started) < 3 {
+            let count = chunk.withUnsafeBytes { Foundation.send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if count > 0 { sent += count }
+        }
+        let grown = residentBytes() - before
+        client.close()
+        print("pipelining client: sent \(sent >> 20) MiB, Shoal's process grew \(grown >> 20) MiB")
+        // Without backpressure Shoal held all of it (about 1.1 bytes of RSS per byte sent).
+        #expect(grown < 64 << 20, "RSS grew \(grown >> 20) MiB while the client sent \(sent >> 20) MiB")
+        let next = try PQConnection(shoal.conninfo)
+        #expect(try next.scalar("SELECT 'served'") == "served")
+    }
+
+    /// A Terminate whose header arrives in two reads: the server that saw half of it is never reused.
+    @Test func splitTerminateDoesNotPoisonTheServer() async throws {
+        let shoal = try await singleServerShoal {
+            $0.maxPreparedStatements = 0
+            $0.authType = .trust
+        }
+        defer { Task { await shoal.stop() } }
+        for _ in 0..<3 {
+            let socket = try RawClient(port: shoal.port)
+            try socket.login()
+            try socket.send([UInt8(ascii: "Q")] + be32(4 + 9) + Array("SELECT 1".utf8) + [0])
+            _ = try socket.readUntilReady()
+            // Terminate: 'X' 00 00 00 04 — split after the type byte.
+            try socket.send([UInt8(ascii: "X"), 0])
+            usleep(50_000)
+            try socket.send([0, 0, 4])
+            usleep(50_000)
+            socket.close()
+        }
+        usleep(100_000)
+        let next = try PQConnection(shoal.conninfo)
+        #expect(try next.scalar("SELECT 'still served'") == "still served")
+    }
+}
+
+
+/// A client speaking the protocol byte by byte, for splits no driver makes (trust auth: no SCRAM here).
+final class RawClient {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { Foundation.close(fd); throw TestFailure("connect failed") }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func send(_ bytes: [UInt8]) throws {
+        let sent = bytes.withUnsafeBytes { Foundation.send(fd, $0.baseAddress, $0.count, 0) }
+        guard sent == bytes.count else { throw TestFailure("short send") }
+    }
+
+    func login(user: String = "postgres", database: String = "postgres") throws {
+        var body = be32(196608)
+        for (key, value) in [("user", user), ("database", database)] { body += Array(key.utf8) + [0] + Array(value.utf8) + [0] }
+        body += [0]
+        try send(be32(body.count + 4) + body)
+        _ = try readUntilReady()
+    }
+
+    /// Reads messages up to and including ReadyForQuery; returns their types.
+    func readUntilReady() throws -> [UInt8] {
+        var received: [UInt8] = []
+        var types: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            var index = 0
+            types = []
+            while received.count - index >= 5 {
+                let length = Int(UInt32(received[index + 1]) << 24 | UInt32(received[index + 2]) << 16 | UInt32(received[index + 3]) << 8 | UInt32(received[index + 4]))
+                guard received.count - index >= 1 + length else { break }
+                types.append(received[index])
+                if received[index] == UInt8(ascii: "Z") { return types }
+                index += 1 + length
+            }
+            let count = recv(fd, &chunk, chunk.count, 0)
+            guard count > 0 else { throw TestFailure("connection closed before ReadyForQuery (got \(types))") }
+            received += chunk[0..<count]
+        }
+    }
+
+    private var closed = false
+    func close() {
+        guard !closed else { return }
+        closed = true
+        Foundation.close(fd)
+    }
+    deinit { close() }
+}
+
+/// This process's resident memory (Shoal runs in the test process).
+func residentBytes() -> Int {
+    guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let pages = statm.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+func be32(_ value: Int) -> [UInt8] {
+    withUnsafeBytes(of: UInt32(value).bigEndian) { Array($0) }
+}
