@@ -8,6 +8,9 @@
 # SHOAL_NOPIN=1 adds a second Shoal with pin_session_state = off, to measure what session-state detection costs
 # (NOPIN_NO_PREPARED=1: and max_prepared_statements = 0). ONLY_LOAD=1 runs only the shoal-load scenario.
 # IDLE_CLIENTS=0 skips the idle-memory measurement; LOAD_USERS=0 skips the shoal-load scenario.
+# BASELINE_BIN=path adds a Shoal built from another commit ("shoal-before") with the same config, interleaved
+# with the others: a before/after comparison in one run (build it with
+# `git worktree add /tmp/shoal-base REV && swift build -c release --product shoal --package-path /tmp/shoal-base`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -24,8 +27,10 @@ load_bin=.build-release/release/shoal-load
 dir=$(mktemp -d /tmp/shoal-bench.XXXXXX)
 chmod 755 "$dir"
 pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1)); bouncerport=$((pgport + 2)); nopinport=$((pgport + 3))
+baseport=$((pgport + 4))
 cleanup() {
     [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
+    [ -n "${base_pid:-}" ] && kill -QUIT "$base_pid" 2>/dev/null || true
     [ -n "${nopin_pid:-}" ] && kill -QUIT "$nopin_pid" 2>/dev/null || true
     # PgBouncer 1.18 ignores SIGQUIT; SIGINT waits for servers to be released, then exits.
     [ -n "${bouncer_pid:-}" ] && kill -INT "$bouncer_pid" 2>/dev/null || true
@@ -97,6 +102,16 @@ if [ "${SHOAL_NOPIN:-0}" = 1 ]; then
     wait_port "$nopinport"
     nopin_target=(--target "shoal-nopin=$nopinport:$nopin_pid")
 fi
+base_target=()
+if [ -n "${BASELINE_BIN:-}" ]; then
+    mkdir -p "$dir/shoal-before"
+    sed -e "s/^listen_port = .*/listen_port = $baseport/" -e "s#^unix_socket_dir = .*#unix_socket_dir = $dir/shoal-before#" \
+        -e "s#^logfile = .*#logfile = $dir/shoal-before/log#" "$dir/shoal/pgbouncer.ini" > "$dir/shoal-before/pgbouncer.ini"
+    "$BASELINE_BIN" -q "$dir/shoal-before/pgbouncer.ini" &
+    base_pid=$!
+    wait_port "$baseport"
+    base_target=(--target "shoal-before=$baseport:$base_pid")
+fi
 wait_port "$shoalport"; wait_port "$bouncerport"
 sleep 0.5
 # runuser forks: find the pgbouncer process itself for CPU accounting.
@@ -109,7 +124,8 @@ load_option=(--shoal-load "$load_bin" --load-users "${LOAD_USERS:-2000}")
 [ "${LOAD_USERS:-2000}" = 0 ] && load_option=()
 python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password "$PG_PASSWORD" \
     "${load_option[@]}" \
-    --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid" "${nopin_target[@]}"
+    --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid" "${nopin_target[@]}" \
+    "${base_target[@]}"
 # Memory per idle client: RSS before and after 10,000 clients connect and stay idle (shoal-load --workload idle).
 idle_clients=${IDLE_CLIENTS:-10000}
 [ "$idle_clients" = 0 ] || for who in shoal pgbouncer; do

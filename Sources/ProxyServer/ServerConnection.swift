@@ -222,10 +222,12 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                     client.eventLoop.execute { client.serverDataReceived(buffer, from: self, flush: true) }
                 }
             } else {
-                // An idle server speaking unprompted: a notice, or a FATAL before it goes away. The close follows.
+                // An idle server speaking unprompted: a notice, a reported change (in_hot_standby at a
+                // promotion), or a FATAL before it goes away. The close follows a FATAL.
                 var visitor = IdleServerVisitor()
                 _ = try? scanner.scan(buffer, visitor: &visitor)
                 if let message = visitor.fatal { logger.info("server sent while idle: \(message)") }
+                for (name, value) in visitor.parameterUpdates { reported(name, value) }
             }
         case .loggingIn(var login):
             var visitor = LoginVisitor()
@@ -274,10 +276,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             _ = try? scanner.scan(buffer, visitor: &visitor)
             // DISCARD ALL / RESET ALL move reported parameters back to the server's defaults: keep the
             // varcache's picture of this server true, or the next client's SETs would be skipped.
-            if !visitor.parameterUpdates.isEmpty {
-                let tracked = trackedNames()
-                for (name, value) in visitor.parameterUpdates where tracked.contains(name.lowercased()) { parameters.set(name, value) }
-            }
+            for (name, value) in visitor.parameterUpdates { reported(name, value) }
             if visitor.failed {
                 logger.warning("server reset or check query failed")
                 close(reason: "reset or check query failed")
@@ -477,6 +476,15 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
+    /// A ParameterStatus that reached no client: keep this server's view of itself true.
+    private func reported(_ name: String, _ value: String) {
+        if ParameterSet.serverOwned.contains(name.lowercased()) {
+            facts = facts?.with(name, value)
+        } else {
+            parameters.set(name, value)
+        }
+    }
+
     private func trackedNames() -> Set<String> {
         runtime.snapshot.trackedNames
     }
@@ -650,9 +658,17 @@ struct LoginVisitor: FrameVisitor {
 
 struct IdleServerVisitor: FrameVisitor {
     var fatal: String?
-    func wantsBody(type: UInt8) -> Bool { type == BackendMessage.errorResponse }
+    var parameterUpdates: [(String, String)] = []
+    func wantsBody(type: UInt8) -> Bool { type == BackendMessage.errorResponse || type == BackendMessage.parameterStatus }
     mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool { true }
-    mutating func messageBody(type: UInt8, body: ByteBuffer) { fatal = ErrorFields(body: body).message }
+    mutating func messageBody(type: UInt8, body: ByteBuffer) {
+        var body = body
+        if type == BackendMessage.parameterStatus {
+            if let name = body.readNullTerminatedString(), let value = body.readNullTerminatedString() { parameterUpdates.append((name, value)) }
+        } else {
+            fatal = ErrorFields(body: body).message
+        }
+    }
 }
 
 struct ResetVisitor: FrameVisitor {

@@ -1,3 +1,4 @@
+import CLibPQ
 import Configuration
 import Foundation
 import Testing
@@ -220,6 +221,45 @@ import Testing
         let cluster = try ReplicatedCluster(name: "syncfail", firstOctet: 41, synchronous: true)
         defer { cluster.stopAll() }
         Self.check(try await Self.failover(cluster, stopMode: "immediate"), "failover (immediate stop, synchronous replication)")
+    }
+
+    /// Moodle's failover drill: the primary stops, its replica is promoted, clients of both ports (connected
+    /// before and after) go on without an error, and each is told the in_hot_standby of the host its
+    /// statements run on (Shoal never replays in_hot_standby, and sends the new value when it differs).
+    @Test func clientsSeeTheirHostsRoleThroughAPromotion() async throws {
+        let cluster = try ReplicatedCluster(name: "roles", replicas: 1, firstOctet: 61)
+        defer { cluster.stopAll() }
+        let readonlyPort = freePort()
+        let shoal = try await Self.shoal(for: cluster.hosts, port: cluster.port, target: .readWrite, readonlyPort: readonlyPort)
+        defer { Task { await shoal.stop() } }
+        try waitUntil("the roles are known") {
+            let hosts = try Self.hosts(shoal)
+            return hosts["127.0.0.61"]?.role == "primary" && hosts["127.0.0.62"]?.state == "up"
+        }
+        let readOnly = "host=127.0.0.1 port=\(readonlyPort) user=postgres dbname=postgres password=\(TestPostgres.password)"
+        var mismatches: [String] = []
+        func check(_ connection: PQConnection, _ label: String) throws {
+            let recovery = try connection.scalar("SELECT pg_is_in_recovery()")
+            let told = PQparameterStatus(connection.handle, "in_hot_standby").map { String(cString: $0) } ?? "(none)"
+            if told != (recovery == "t" ? "on" : "off") {
+                mismatches.append("\(label): ran with pg_is_in_recovery() = \(recovery ?? "?"), told in_hot_standby = \(told)")
+            }
+        }
+        let writerBefore = try PQConnection(shoal.conninfo), readerBefore = try PQConnection(readOnly)
+        try check(writerBefore, "writer client before")
+        try check(readerBefore, "read-only client before")
+        #expect(try readerBefore.scalar("SELECT host(inet_server_addr())") == "127.0.0.62")
+        try cluster.primary.stop(mode: "fast")
+        try cluster.replicas[0].promote()
+        try waitUntil("the promotion is seen") { try Self.hosts(shoal)["127.0.0.62"]?.role == "primary" }
+        for round in 0..<3 {
+            try check(writerBefore, "writer client from before, round \(round)")
+            try check(readerBefore, "read-only client from before, round \(round)")
+            try check(try PQConnection(shoal.conninfo), "new writer client, round \(round)")
+            try check(try PQConnection(readOnly), "new read-only client, round \(round)")
+        }
+        #expect(mismatches.isEmpty, "\(mismatches)")
+        #expect(!shoal.log.contains("cannot be changed"), "\(shoal.log.suffix(2000))")
     }
 
     @Test func aReplicaPromotedBesideARunningPrimaryTakesTheWrites() async throws {
