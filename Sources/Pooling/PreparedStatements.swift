@@ -49,6 +49,17 @@ public struct ServerStatements: Sendable {
     public mutating func remove(_ name: String) { lastUse[name] = nil }
     public mutating func removeAll() { lastUse = [:] }
 
+    /// A client's DEALLOCATE ALL / DISCARD ALL was sent, and may have failed (inside an aborted transaction):
+    /// the server may still hold statements Shoal no longer counts. From then on each Parse Shoal injects is
+    /// preceded by a Close of the same name (not an error when the name is unknown), so an old copy can never
+    /// answer "already exists" to another client.
+    public private(set) var mayHoldUncounted = false
+
+    public mutating func removeAllUncertain() {
+        lastUse = [:]
+        mayHoldUncounted = true
+    }
+
     /// The least recently used name, other than those in `keep`.
     public func victim(keeping keep: Set<String>) -> String? {
         lastUse.filter { !keep.contains($0.key) }.min { $0.value < $1.value }?.key
@@ -128,6 +139,7 @@ public struct ClientStatements: Sendable {
             } else {
                 evictIfFull(&server, keeping: [serverName], capacity: capacity, batch: batch, into: &out, expecting: &expecting)
                 server.touch(serverName)
+                Self.closeIfUncounted(serverName, on: server, batch: batch, into: &out, expecting: &expecting)
                 out.append(Self.parse(name: serverName, definition: definition))
                 expecting.append(ExpectedResponse(type: UInt8(ascii: "1"), drop: false, batch: batch, serverName: serverName, clientName: name))
             }
@@ -182,6 +194,7 @@ public struct ClientStatements: Sendable {
         }
         evictIfFull(&server, keeping: [statement.serverName], capacity: capacity, batch: batch, into: &out, expecting: &expecting)
         server.touch(statement.serverName)
+        Self.closeIfUncounted(statement.serverName, on: server, batch: batch, into: &out, expecting: &expecting)
         out.append(Self.parse(name: statement.serverName, definition: statement.definition))
         expecting.append(ExpectedResponse(type: UInt8(ascii: "1"), drop: true, batch: batch, serverName: statement.serverName))
     }
@@ -191,6 +204,13 @@ public struct ClientStatements: Sendable {
         guard capacity > 0, server.count >= capacity, let victim = server.victim(keeping: keeping) else { return }
         server.remove(victim)
         out.append(Self.nameMessage(FrontendMessage.close, kind: UInt8(ascii: "S"), name: victim))
+        expecting.append(ExpectedResponse(type: UInt8(ascii: "3"), drop: true, batch: batch))
+    }
+
+    private static func closeIfUncounted(_ name: String, on server: ServerStatements, batch: Int,
+                                         into out: inout [ByteBuffer], expecting: inout [ExpectedResponse]) {
+        guard server.mayHoldUncounted else { return }
+        out.append(nameMessage(FrontendMessage.close, kind: UInt8(ascii: "S"), name: name))
         expecting.append(ExpectedResponse(type: UInt8(ascii: "3"), drop: true, batch: batch))
     }
 

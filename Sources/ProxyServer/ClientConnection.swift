@@ -300,7 +300,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             }
             if visitor.effects.deallocatesAll && tracksPrepared {
                 statements.removeAll()
-                if state == .linked { server?.statements.removeAll() } else { clearServerStatementsAtLink = true }
+                if state == .linked { server?.statements.removeAllUncertain() } else { clearServerStatementsAtLink = true }
             }
         }
         if let statsShard {
@@ -468,7 +468,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if clearServerStatementsAtLink {
             // The client's DEALLOCATE ALL / DISCARD ALL runs on this server with the pending bytes.
             clearServerStatementsAtLink = false
-            server.statements.removeAll()
+            server.statements.removeAllUncertain()
         }
         if let context, !context.channel.isWritable { server.setReadPaused(true) }
         if let serverFacts = server.facts, serverFacts !== facts {

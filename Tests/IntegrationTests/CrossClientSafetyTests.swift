@@ -110,6 +110,14 @@ import Testing
             #expect(try owner.executePrepared("mine", ["6"]) == "12", "pin_session_state \(pin)")
             try other.query("DISCARD ALL")
             #expect(try owner.executePrepared("mine", ["7"]) == "14", "pin_session_state \(pin)")
+            // A DEALLOCATE ALL that fails (inside an aborted transaction) leaves the server's statements in place.
+            try other.query("BEGIN")
+            #expect(throws: PQError.self) { try other.query("SELECT 1/0") }
+            #expect(throws: PQError.self) { try other.query("DEALLOCATE ALL") }
+            try other.query("ROLLBACK")
+            #expect(try owner.executePrepared("mine", ["8"]) == "16", "pin_session_state \(pin)")
+            try owner.prepare("again", "SELECT $1::int * 2")
+            #expect(try owner.executePrepared("again", ["9"]) == "18", "pin_session_state \(pin)")
             #expect(try other.scalar("SELECT 1") == "1")
         }
     }
