@@ -56,12 +56,12 @@ public struct ParameterSet: Sendable, Equatable {
         }
     }
 
-    /// A change that may or may not have taken effect on a server. A RESET ALL that may not have run leaves
-    /// settings Shoal still counts as there, which the next link resets anyway.
+    /// A change that may or may not have taken effect on a server: the names it touches become unknown (a RESET
+    /// ALL: every session setting Shoal knew of).
     public mutating func markUncertain(_ change: StatementEffects.SettingChange) {
         switch change {
         case .set(let name, _), .reset(let name): session[name.lowercased()] = Self.unknownValue
-        case .resetAll: break
+        case .resetAll: for name in session.keys { session[name] = Self.unknownValue }
         }
     }
 

@@ -620,8 +620,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             // A session (or a pinned client) that was mid-transaction when its host left the rotation ends here.
             if endSessionIfHostLeft() { return }
         }
-        guard (visitor.releasable || visitor.probeFinished) && mode != .session && tracker.isReleasable && scanner.atBoundary,
-              !probing, state == .linked else { return }
+        guard (visitor.releasable || visitor.probeFinished), mode != .session, state == .linked,
+              releaseBlocker == nil || releaseBlocker == .cancelInFlight else { return }
         if probeNeeded {
             sendProbe()
         } else if pinned.isEmpty {
@@ -630,6 +630,31 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     // MARK: Releasing the server
+
+    /// Why the linked server may not go back to the pool now.
+    enum ReleaseBlocker {
+        /// Replies owed, a COPY running, a transaction or an extended batch open (`TransactionTracker`).
+        case owesReplies
+        /// The client stopped in the middle of a message the server has part of.
+        case midMessage
+        /// Shoal's own statement (settings replay, session-state probe) is on the server.
+        case shoalStatement
+        /// A cancel request for this client is still on its way to the server.
+        case cancelInFlight
+        /// The server saw bytes that can never be completed cleanly (half a Terminate).
+        case tainted
+    }
+
+    /// The one answer to "may this server go back to the pool?" (nil: it may). Whether it *should* (pinned
+    /// session state, session pooling) is the caller's question.
+    var releaseBlocker: ReleaseBlocker? {
+        if serverTainted { return .tainted }
+        if !tracker.isReleasable { return .owesReplies }
+        if !scanner.atBoundary { return .midMessage }
+        if probing || swallowReadyForQuery > 0 || replayInFlight { return .shoalStatement }
+        if cancelsInFlight > 0 { return .cancelInFlight }
+        return nil
+    }
 
     /// Forwards `buffer` from `from` on, leaving out the byte ranges in `drops` (and what is left of a dropped
     /// message that began in the previous read).
@@ -679,7 +704,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func releaseServer() {
         guard let server else { return }
-        if cancelsInFlight > 0 {
+        if releaseBlocker == .cancelInFlight {
             // A cancel on its way could land on the next client's query: keep the server until it is delivered.
             releaseAfterCancel = true
             return
@@ -708,8 +733,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// that server, so it cannot move; it reconnects and lands on a host that fits. Returns whether it ended.
     @discardableResult
     func endSessionIfHostLeft() -> Bool {
-        guard state == .linked, let server, mode == .session || !pinned.isEmpty, tracker.isReleasable, !probing,
-              swallowReadyForQuery == 0, !server.hostStillFits() else { return false }
+        guard state == .linked, let server, mode == .session || !pinned.isEmpty,
+              releaseBlocker == nil || releaseBlocker == .cancelInFlight, !server.hostStillFits() else { return false }
         flushToClient()
         self.server = nil
         server.detach(self)
@@ -856,8 +881,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         cancelsInFlight -= 1
         guard cancelsInFlight == 0, releaseAfterCancel else { return }
         releaseAfterCancel = false
-        guard state == .linked, mode != .session, tracker.isReleasable, scanner.atBoundary, !probing, !probeNeeded,
-              !replayInFlight, pinned.isEmpty, swallowReadyForQuery == 0 else { return }
+        guard state == .linked, mode != .session, releaseBlocker == nil, !probeNeeded, pinned.isEmpty else { return }
         releaseServer()
     }
 
@@ -906,7 +930,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             guard let server else { break }
             self.server = nil
             server.detach(self)
-            if tracker.isReleasable && scanner.atBoundary && !probing && !replayInFlight && cancelsInFlight == 0 && !serverTainted {
+            if releaseBlocker == nil {
                 // A client that held (or may have created) session state leaves a server that DISCARD ALL
                 // cleans: cursors, advisory locks, temp tables, prepared statements, LISTEN, settings.
                 let holdsState = !pinned.isEmpty || probeNeeded || !parameters.session.isEmpty
