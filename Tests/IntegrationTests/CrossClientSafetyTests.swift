@@ -153,6 +153,42 @@ import Testing
         #expect(try next.scalar("SELECT 'served'") == "served")
     }
 
+    /// Every client message split at every byte boundary (Query, Parse/Bind/Execute/Sync, COPY data, an
+    /// error, Terminate): answered as whole, and the server serves the next client.
+    @Test func messagesSplitAtEveryByteAreServed() async throws {
+        try TestPostgres.shared.psql("CREATE TABLE IF NOT EXISTS shoal_split_copy (x int)")
+        try TestPostgres.shared.psql("TRUNCATE shoal_split_copy")
+        for prepared in [200, 0] {
+            let shoal = try await singleServerShoal {
+                $0.authType = .trust
+                $0.maxPreparedStatements = prepared
+            }
+            defer { Task { await shoal.stop() } }
+            let client = try RawClient(port: shoal.port)
+            try client.login()
+            func message(_ type: Character, _ body: [UInt8]) -> [UInt8] { [type.asciiValue!] + be32(4 + body.count) + body }
+            func cString(_ text: String) -> [UInt8] { Array(text.utf8) + [0] }
+            try client.trickle(message("Q", cString("SELECT 1")))
+            #expect(try client.readUntilReady() == [UInt8(ascii: "T"), UInt8(ascii: "D"), UInt8(ascii: "C"), UInt8(ascii: "Z")])
+            try client.trickle(message("P", cString("named_\(prepared)") + cString("SELECT 2") + [0, 0])
+                               + message("B", cString("") + cString("named_\(prepared)") + [0, 0, 0, 0, 0, 0])
+                               + message("E", cString("") + [0, 0, 0, 0]) + message("S", []))
+            #expect(try client.readUntilReady() == [UInt8(ascii: "1"), UInt8(ascii: "2"), UInt8(ascii: "D"), UInt8(ascii: "C"), UInt8(ascii: "Z")])
+            try client.trickle(message("Q", cString("COPY shoal_split_copy FROM STDIN")))
+            #expect(try client.readUntil(UInt8(ascii: "G")) == [UInt8(ascii: "G")])
+            try client.trickle(message("d", Array("7\n".utf8)) + message("c", []))
+            #expect(try client.readUntilReady() == [UInt8(ascii: "C"), UInt8(ascii: "Z")])
+            try client.trickle(message("Q", cString("SELECT 1/0")))
+            #expect(try client.readUntilReady() == [UInt8(ascii: "E"), UInt8(ascii: "Z")])
+            try client.trickle(message("X", []))
+            client.close()
+            usleep(100_000)
+            let next = try PQConnection(shoal.conninfo)
+            #expect(try next.scalar("SELECT 'served'") == "served")
+        }
+        #expect(try TestPostgres.shared.psql("SELECT count(*) FROM shoal_split_copy WHERE x = 7") == "2")
+    }
+
     /// A Terminate whose header arrives in two reads: the server that saw half of it is never reused.
     @Test func splitTerminateDoesNotPoisonTheServer() async throws {
         let shoal = try await singleServerShoal {
@@ -211,7 +247,20 @@ final class RawClient {
     }
 
     /// Reads messages up to and including ReadyForQuery; returns their types.
-    func readUntilReady() throws -> [UInt8] {
+    func readUntilReady() throws -> [UInt8] { try readUntil(UInt8(ascii: "Z")) }
+
+    /// Sends `bytes` one byte per write, so that Shoal reads every message split at every boundary.
+    func trickle(_ bytes: [UInt8]) throws {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        for byte in bytes {
+            try send([byte])
+            usleep(500)
+        }
+    }
+
+    /// Reads messages up to and including the first of type `last`; returns their types.
+    func readUntil(_ last: UInt8) throws -> [UInt8] {
         var received: [UInt8] = []
         var types: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
@@ -222,7 +271,7 @@ final class RawClient {
                 let length = Int(UInt32(received[index + 1]) << 24 | UInt32(received[index + 2]) << 16 | UInt32(received[index + 3]) << 8 | UInt32(received[index + 4]))
                 guard received.count - index >= 1 + length else { break }
                 types.append(received[index])
-                if received[index] == UInt8(ascii: "Z") { return types }
+                if received[index] == last { return types }
                 index += 1 + length
             }
             let count = recv(fd, &chunk, chunk.count, 0)
