@@ -37,6 +37,9 @@ public struct StatementEffects: Sendable, Equatable {
     public var settings: [SettingChange] = []
     /// `DEALLOCATE ALL` or `DISCARD ALL`: every prepared statement of the session is gone.
     public var deallocatesAll = false
+    /// `set_config(name, value, false)` (or with a non-literal third argument): a session setting Shoal cannot
+    /// follow by name and value. The server is cleaned with DISCARD ALL before another client uses it.
+    public var opaqueSetting = false
 
     public enum SettingChange: Sendable, Equatable {
         /// `SET [SESSION] name {=|TO} value`; `value` is the raw SQL text, re-sent as written.
@@ -47,7 +50,7 @@ public struct StatementEffects: Sendable, Equatable {
 
     public init() {}
 
-    public var isEmpty: Bool { creates.isEmpty && !mayRelease && settings.isEmpty && !deallocatesAll }
+    public var isEmpty: Bool { creates.isEmpty && !mayRelease && settings.isEmpty && !deallocatesAll && !opaqueSetting }
 }
 
 public enum SessionStateScanner {
@@ -162,6 +165,7 @@ public enum SessionStateScanner {
             effects.settings.append(name == "all" ? .resetAll : .reset(name: name))
         default:
             advisoryFunctions(sql, start, end, &effects)
+            if !effects.opaqueSetting { effects.opaqueSetting = setsConfigForTheSession(sql, start, end) }
         }
     }
 
@@ -184,6 +188,45 @@ public enum SessionStateScanner {
     }
 
     /// Session-level advisory lock functions anywhere in the statement (the `_xact_` ones end with the transaction).
+    /// A `set_config(…)` call whose third argument is not the literal `true` (transaction-local).
+    static func setsConfigForTheSession(_ sql: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> Bool {
+        let needle: [UInt8] = Array("set_config".utf8)
+        var index = start
+        while index + needle.count <= end {
+            let isCall = (0..<needle.count).allSatisfy { lower(sql[index + $0]) == needle[$0] }
+                && (index == start || !isIdentifier(sql[index - 1]))
+                && (index + needle.count == end || !isIdentifier(sql[index + needle.count]))
+            guard isCall else { index += 1; continue }
+            // The arguments: from the opening parenthesis to its match, skipping quoted text.
+            var cursor = index + needle.count
+            while cursor < end && sql[cursor] == UInt8(ascii: " ") { cursor += 1 }
+            guard cursor < end, sql[cursor] == UInt8(ascii: "(") else { index += needle.count; continue }
+            var depth = 0
+            var lastComma = cursor
+            var close = end
+            var position = cursor
+            while position < end {
+                let byte = sql[position]
+                if byte == UInt8(ascii: "'") || byte == UInt8(ascii: "\"") {
+                    position += 1
+                    while position < end && sql[position] != byte { position += 1 }
+                } else if byte == UInt8(ascii: "(") {
+                    depth += 1
+                } else if byte == UInt8(ascii: ")") {
+                    depth -= 1
+                    if depth == 0 { close = position; break }
+                } else if byte == UInt8(ascii: ","), depth == 1 {
+                    lastComma = position
+                }
+                position += 1
+            }
+            var words = Words(sql, lastComma + 1, close)
+            if words.next() != "true" || words.next() != nil { return true }
+            index = close
+        }
+        return false
+    }
+
     private static func advisoryFunctions(_ sql: UnsafeRawBufferPointer, _ start: Int, _ end: Int, _ effects: inout StatementEffects) {
         let needle: [UInt8] = Array("advisory_".utf8)
         var index = start

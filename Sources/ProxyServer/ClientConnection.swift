@@ -90,6 +90,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     var releaseAfterCancel = false
     /// The server saw bytes that can never be completed cleanly (half a Terminate): never reuse it.
     var serverTainted = false
+    /// A `set_config(…, false)` changed a setting Shoal cannot follow: the server is cleaned with DISCARD ALL
+    /// when this client lets it go.
+    var serverNeedsDiscard = false
     var pending: ByteBuffer?
     /// server_reset_query when server_reset_query_always is on; read once at login, off the per-transaction path.
     var resetQueryOnRelease: String?
@@ -297,6 +300,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         if !visitor.effects.isEmpty {
             if detectsSessionState {
                 guard sessionEffectsReceived(visitor, trackerBefore: trackerBefore) else { return }
+                if visitor.effects.opaqueSetting { serverNeedsDiscard = true }
             }
             if visitor.effects.deallocatesAll && tracksPrepared {
                 statements.removeAll()
@@ -715,7 +719,12 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         self.server = nil
         state = .idle
         server.detach(self)
-        giveBack(server, resetQuery: resetQueryOnRelease)
+        if serverNeedsDiscard {
+            serverNeedsDiscard = false
+            giveBack(server, resetQuery: "DISCARD ALL")
+        } else {
+            giveBack(server, resetQuery: resetQueryOnRelease)
+        }
     }
 
     /// A clean server goes back to the pool, through the reset query when one applies.
@@ -779,6 +788,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
                                : "server connection lost under a statement outside a transaction: error sent, client kept")
         tracker = TransactionTracker()
         ledger.reset()
+        serverNeedsDiscard = false
         expectations.reset()
         state = .idle
         resumeReadingIfPaused()
@@ -933,7 +943,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             if releaseBlocker == nil {
                 // A client that held (or may have created) session state leaves a server that DISCARD ALL
                 // cleans: cursors, advisory locks, temp tables, prepared statements, LISTEN, settings.
-                let holdsState = !pinned.isEmpty || probeNeeded || !parameters.session.isEmpty
+                let holdsState = !pinned.isEmpty || probeNeeded || !parameters.session.isEmpty || serverNeedsDiscard
                 giveBack(server, resetQuery: holdsState ? "DISCARD ALL" : resetQueryOnDisconnect)
             } else {
                 // A transaction or a query in flight: never hand that server to someone else.

@@ -65,6 +65,7 @@ struct ClientVisitor: FrameVisitor {
         effects.creates.formUnion(found.creates)
         effects.mayRelease = effects.mayRelease || found.mayRelease
         effects.deallocatesAll = effects.deallocatesAll || found.deallocatesAll
+        effects.opaqueSetting = effects.opaqueSetting || found.opaqueSetting
         if !found.settings.isEmpty {
             effects.settings += found.settings
             // A Query is its own unit (already counted); a Parse's unit is the Sync still to come.

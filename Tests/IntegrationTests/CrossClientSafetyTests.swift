@@ -62,6 +62,18 @@ import Testing
         #expect(try second.scalar("SHOW work_mem") == "4MB")
     }
 
+    /// set_config(…, false) changes a setting Shoal cannot follow by name: the server is cleaned before reuse.
+    @Test func setConfigForTheSessionDoesNotReachTheNextClient() async throws {
+        let shoal = try await singleServerShoal()
+        defer { Task { await shoal.stop() } }
+        let first = try PQConnection(shoal.conninfo)
+        try first.query("SELECT set_config('search_path', 'shoal_private_schema', false)")
+        try first.query("SELECT set_config($1, $2, false)", ["work_mem", "3MB"])
+        let second = try PQConnection(shoal.conninfo)
+        #expect(try second.scalar("SHOW search_path") == "\"$user\", public")
+        #expect(try second.scalar("SHOW work_mem") == "4MB")
+    }
+
     /// A SET PostgreSQL refuses is an ordinary error; the session goes on.
     @Test func failedSetIsAnOrdinaryError() async throws {
         let shoal = try await singleServerShoal()

@@ -426,6 +426,12 @@ func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bo
         #expect(scan("RESET statement_timeout; RESET ALL").settings == [.reset(name: "statement_timeout"), .resetAll])
         #expect(scan("DISCARD ALL").settings == [.resetAll])
         #expect(scan("SET myapp.user_id = '42'").settings == [.set(name: "myapp.user_id", value: "'42'")])
+        #expect(scan("SELECT set_config('search_path', 'x', false)").opaqueSetting)
+        #expect(scan("select SET_CONFIG($1, $2, $3)").opaqueSetting)
+        #expect(scan("SELECT set_config('app.user', format('%s', 'a,b'), false), 1").opaqueSetting)
+        #expect(!scan("SELECT set_config('statement_timeout', '5s', true)").opaqueSetting)
+        #expect(!scan("SELECT set_config('a', 'b',  TRUE )").opaqueSetting)
+        #expect(!scan("SELECT my_set_config_log(1)").opaqueSetting)
     }
 
     @Test func statementsQuotesAndComments() {
