@@ -227,7 +227,15 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                 var visitor = IdleServerVisitor()
                 _ = try? scanner.scan(buffer, visitor: &visitor)
                 if let message = visitor.fatal { logger.info("server sent while idle: \(message)") }
-                for (name, value) in visitor.parameterUpdates { reported(name, value) }
+                // A promotion reports in_hot_standby = off to every session. A client may be leasing this
+                // server on another loop right now, so its fields are not rewritten here: taken out of the idle
+                // list under the pool lock, it closes, and the pool's next login reports the host as it is.
+                let changed = visitor.parameterUpdates.first { name, value in
+                    ParameterSet.serverOwned.contains(name.lowercased()) && !(facts?.entries.contains { $0.name == name && $0.value == value } ?? true)
+                }
+                if let (name, value) = changed, pool.withState({ $0.takeOneIdle { $0 === self } }) != nil {
+                    close(reason: "server reported \(name) = \(value) while idle")
+                }
             }
         case .loggingIn(var login):
             var visitor = LoginVisitor()
