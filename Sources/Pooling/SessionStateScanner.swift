@@ -164,8 +164,7 @@ public enum SessionStateScanner {
             guard let name = words.next() else { return }
             effects.settings.append(name == "all" ? .resetAll : .reset(name: name))
         default:
-            advisoryFunctions(sql, start, end, &effects)
-            if !effects.opaqueSetting { effects.opaqueSetting = setsConfigForTheSession(sql, start, end) }
+            functionCalls(sql, start, end, &effects)
         }
     }
 
@@ -187,58 +186,18 @@ public enum SessionStateScanner {
         return value.isEmpty ? nil : .set(name: name, value: value)
     }
 
-    /// Session-level advisory lock functions anywhere in the statement (the `_xact_` ones end with the transaction).
-    /// A `set_config(…)` call whose third argument is not the literal `true` (transaction-local).
-    static func setsConfigForTheSession(_ sql: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> Bool {
-        let needle: [UInt8] = Array("set_config".utf8)
+    /// Functions anywhere in the statement, in one walk over its identifiers: session-level advisory locks (the
+    /// `_xact_` ones end with the transaction), and `set_config(…)` whose third argument is not the literal
+    /// `true` (transaction-local). Quotes are not skipped: a name in a string errs towards noticing.
+    private static func functionCalls(_ sql: UnsafeRawBufferPointer, _ start: Int, _ end: Int, _ effects: inout StatementEffects) {
         var index = start
-        while index + needle.count <= end {
-            let isCall = (0..<needle.count).allSatisfy { lower(sql[index + $0]) == needle[$0] }
-                && (index == start || !isIdentifier(sql[index - 1]))
-                && (index + needle.count == end || !isIdentifier(sql[index + needle.count]))
-            guard isCall else { index += 1; continue }
-            // The arguments: from the opening parenthesis to its match, skipping quoted text.
-            var cursor = index + needle.count
-            while cursor < end && sql[cursor] == UInt8(ascii: " ") { cursor += 1 }
-            guard cursor < end, sql[cursor] == UInt8(ascii: "(") else { index += needle.count; continue }
-            var depth = 0
-            var lastComma = cursor
-            var close = end
-            var position = cursor
-            while position < end {
-                let byte = sql[position]
-                if byte == UInt8(ascii: "'") || byte == UInt8(ascii: "\"") {
-                    position += 1
-                    while position < end && sql[position] != byte { position += 1 }
-                } else if byte == UInt8(ascii: "(") {
-                    depth += 1
-                } else if byte == UInt8(ascii: ")") {
-                    depth -= 1
-                    if depth == 0 { close = position; break }
-                } else if byte == UInt8(ascii: ","), depth == 1 {
-                    lastComma = position
-                }
-                position += 1
-            }
-            var words = Words(sql, lastComma + 1, close)
-            if words.next() != "true" || words.next() != nil { return true }
-            index = close
-        }
-        return false
-    }
-
-    private static func advisoryFunctions(_ sql: UnsafeRawBufferPointer, _ start: Int, _ end: Int, _ effects: inout StatementEffects) {
-        let needle: [UInt8] = Array("advisory_".utf8)
-        var index = start
-        while index + needle.count <= end {
-            if lower(sql[index]) == needle[0], (0..<needle.count).allSatisfy({ lower(sql[index + $0]) == needle[$0] }) {
-                // The whole identifier around the match.
-                var from = index
-                while from > start && isIdentifier(sql[from - 1]) { from -= 1 }
-                var to = index
-                while to < end && isIdentifier(sql[to]) { to += 1 }
-                let name = lowercased(sql, from, to)
-                switch name {
+        while index < end {
+            guard isIdentifier(sql[index]) else { index += 1; continue }
+            var to = index + 1
+            while to < end && isIdentifier(sql[to]) { to += 1 }
+            let first = lower(sql[index]), length = to - index
+            if first == UInt8(ascii: "p"), length >= 16, length <= 27 {
+                switch lowercased(sql, index, to) {
                 case "pg_advisory_lock", "pg_try_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock_shared":
                     effects.creates.insert(.advisoryLock)
                 case "pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all":
@@ -246,11 +205,43 @@ public enum SessionStateScanner {
                 default:
                     break
                 }
-                index = to
-            } else {
-                index += 1
+            } else if first == UInt8(ascii: "s"), length == 10, lowercased(sql, index, to) == "set_config",
+                      !effects.opaqueSetting, let close = setConfigIsSessionWide(sql, after: to, end) {
+                effects.opaqueSetting = close.sessionWide
+                to = close.end
             }
+            index = to
         }
+    }
+
+    /// Reads the arguments of a `set_config` call that starts after `from`: whether its last argument is anything
+    /// but the literal `true`, and where the call ends. Nil when no parenthesis follows (not a call).
+    private static func setConfigIsSessionWide(_ sql: UnsafeRawBufferPointer, after from: Int, _ end: Int) -> (sessionWide: Bool, end: Int)? {
+        var cursor = from
+        while cursor < end && sql[cursor] == UInt8(ascii: " ") { cursor += 1 }
+        guard cursor < end, sql[cursor] == UInt8(ascii: "(") else { return nil }
+        var depth = 0
+        var lastComma = cursor
+        var close = end
+        var position = cursor
+        while position < end {
+            let byte = sql[position]
+            if byte == UInt8(ascii: "'") || byte == UInt8(ascii: "\"") {
+                position += 1
+                while position < end && sql[position] != byte { position += 1 }
+            } else if byte == UInt8(ascii: "(") {
+                depth += 1
+            } else if byte == UInt8(ascii: ")") {
+                depth -= 1
+                if depth == 0 { close = position; break }
+            } else if byte == UInt8(ascii: ","), depth == 1 {
+                lastComma = position
+            }
+            position += 1
+        }
+        var words = Words(sql, lastComma + 1, close)
+        let local = words.next() == "true" && words.next() == nil
+        return (!local, min(close + 1, end))
     }
 
     /// The bytes `from..<to` as a lower-cased String, written in place: keywords fit a small string, so looking

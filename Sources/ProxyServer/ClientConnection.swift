@@ -491,8 +491,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             set.writeQuery(sql)
             swallowReadyForQuery = 1
             unitsSent += 1
-            // The server's view changes when PostgreSQL confirms the SET (replayConfirmed); until then the
-            // client's request waits, so it never runs with settings the server refused.
+            // The server's view changes when PostgreSQL confirms the SET (its ReadyForQuery, in
+            // serverDataReceived); until then the client's request waits, so it never runs with settings the
+            // server refused.
             replayInFlight = true
             server.send(set, flush: true)
             return
@@ -524,7 +525,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Bytes from the linked server. `flush` is set when they came from another loop (no read-complete follows here).
     func serverDataReceived(_ buffer: ByteBuffer, from origin: ServerConnection, flush: Bool) {
         guard state == .linked, origin === server, let context else { return }
-        var visitor = ServerVisitor(tracker: tracker, ledger: ledger, swallow: swallowReadyForQuery, currentSwallowed: currentSwallowed,
+        var visitor = ServerVisitor(tracker: tracker, ledger: ledger.isEmpty ? nil : ledger, swallow: swallowReadyForQuery,
+                                    currentSwallowed: currentSwallowed,
                                     position: serverStreamPosition, mode: mode, probing: probing,
                                     expectations: tracksPrepared ? expectations : nil, watchesReadOnly: watchesReadOnly)
         do {
@@ -535,15 +537,15 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         if visitor.readOnlyRefusal { runtime.hosts.readOnlyRefusal(at: origin.hostAddress) }
         tracker = visitor.tracker
-        ledger = visitor.ledger
-        if !visitor.resolution.isEmpty {
+        if let updated = visitor.ledger { ledger = updated }
+        if let resolution = visitor.resolution {
             // PostgreSQL confirmed these SETs (client and server now agree), or left them uncertain (the client
             // forgets them; the server's name is marked unknown, so it is set or reset before its next use).
-            for change in visitor.resolution.confirmed {
+            for change in resolution.confirmed {
                 parameters.apply(change)
                 origin.parameters.apply(change)
             }
-            for change in visitor.resolution.uncertain { origin.parameters.markUncertain(change) }
+            for change in resolution.uncertain { origin.parameters.markUncertain(change) }
         }
         if let settled = visitor.expectations {
             expectations = settled

@@ -80,9 +80,10 @@ struct ServerVisitor: FrameVisitor {
     struct ParameterUpdate { var name: String; var value: String; var fromShoal: Bool }
 
     var tracker: TransactionTracker
-    /// Session settings awaiting PostgreSQL's confirmation, and what this read confirmed or left uncertain.
-    var ledger: SettingsLedger
-    var resolution = SettingsLedger.Resolution()
+    /// Session settings awaiting PostgreSQL's confirmation (nil when none: the common case copies nothing), and
+    /// what this read confirmed or left uncertain.
+    var ledger: SettingsLedger?
+    var resolution: SettingsLedger.Resolution?
     /// The error that refused Shoal's own SET (replaying the client's settings).
     var setError: ErrorFields?
     /// ReadyForQuery messages of Shoal's SET still to come.
@@ -112,7 +113,7 @@ struct ServerVisitor: FrameVisitor {
     let watchesReadOnly: Bool
     var readOnlyRefusal = false
 
-    init(tracker: TransactionTracker, ledger: SettingsLedger = SettingsLedger(), swallow: Int, currentSwallowed: Bool, position: Int,
+    init(tracker: TransactionTracker, ledger: SettingsLedger? = nil, swallow: Int, currentSwallowed: Bool, position: Int,
          mode: PoolMode, probing: Bool = false, expectations: ResponseExpectations? = nil, watchesReadOnly: Bool = false) {
         self.ledger = ledger
         self.watchesReadOnly = watchesReadOnly
@@ -128,7 +129,7 @@ struct ServerVisitor: FrameVisitor {
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
         type == BackendMessage.readyForQuery || type == BackendMessage.parameterStatus || (probing && type == BackendMessage.dataRow)
             || (type == BackendMessage.errorResponse && (watchesReadOnly || swallow > 0))
-            || (type == BackendMessage.commandComplete && !ledger.isEmpty && swallow == 0)
+            || (type == BackendMessage.commandComplete && ledger != nil && swallow == 0)
     }
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
@@ -151,14 +152,14 @@ struct ServerVisitor: FrameVisitor {
         case BackendMessage.copyInResponse:
             let before = tracker.pendingReadyForQuery
             tracker.copyInStarted()
-            if tracker.pendingReadyForQuery < before { ledger.unitDropped(pendingAfter: tracker.pendingReadyForQuery) }
+            if tracker.pendingReadyForQuery < before { ledger?.unitDropped(pendingAfter: tracker.pendingReadyForQuery) }
         case BackendMessage.copyOutResponse, BackendMessage.copyBothResponse:
             tracker.copyOutStarted()
         case BackendMessage.commandComplete:
             tracker.commandEnded()
         case BackendMessage.errorResponse:
             tracker.commandEnded()
-            ledger.errorReceived()
+            ledger?.errorReceived()
         default:
             break
         }
@@ -192,7 +193,7 @@ struct ServerVisitor: FrameVisitor {
             // ROLLBACK, ROLLBACK TO SAVEPOINT and a COMMIT of a failed block all answer "ROLLBACK".
             let rollback: [UInt8] = Array("ROLLBACK".utf8)
             if body.readableBytes >= rollback.count, body.getBytes(at: body.readerIndex, length: rollback.count) == rollback {
-                ledger.rollbackCompleted()
+                ledger?.rollbackCompleted()
             }
             return
         }
@@ -204,10 +205,14 @@ struct ServerVisitor: FrameVisitor {
             guard !currentSwallowed else { return }
             guard let raw = body.readInteger(as: UInt8.self), let status = TransactionStatus(rawValue: raw) else { return }
             if tracker.readyForQueryReceived(status) { releasable = true }
-            if !ledger.isEmpty {
-                let resolved = ledger.readyForQueryReceived(status)
-                resolution.confirmed += resolved.confirmed
-                resolution.uncertain += resolved.uncertain
+            if ledger != nil {
+                let resolved = ledger!.readyForQueryReceived(status)
+                if !resolved.isEmpty {
+                    var all = resolution ?? SettingsLedger.Resolution()
+                    all.confirmed += resolved.confirmed
+                    all.uncertain += resolved.uncertain
+                    resolution = all
+                }
             }
             readyCount &+= 1
             if status == .idle { transactionsEnded &+= 1 }
