@@ -64,6 +64,9 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     }
 
     public private(set) var loginFailure: (at: UInt64, message: String, code: String)? = nil
+    /// When a dial last failed because the server was unavailable (refused, timed out, shutting down): dials
+    /// wait server_login_retry from then, and waiters stay queued meanwhile.
+    public private(set) var unavailableSince: UInt64? = nil
     /// PAUSE: clients queue, nothing is dialed, released servers close.
     public private(set) var paused = false
     /// Clients holding session state on a server connection (pinned to it) right now.
@@ -140,6 +143,10 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
                 if let failure = loginFailure, elapsed(since: failure.at, now: now) < seconds(settings.serverLoginRetry), activeCount == 0, idle.isEmpty {
                     return .fail(message: "server login has been failing, cached error: \(failure.message) (server_login_retry)", code: "08P01")
                 }
+                if waitsForRetry(now: now) {
+                    enqueue(waiter, loop: loop, now: now)
+                    return .wait
+                }
                 enqueue(waiter, loop: loop, now: now)
                 connectingCount += 1
                 return .connectAndWait(loop: loop)
@@ -150,11 +157,17 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             }
         }
         enqueue(waiter, loop: loop, now: now)
-        if totalServers < settings.poolSize && connectingCount < waitingCount {
+        if totalServers < settings.poolSize && connectingCount < waitingCount && !waitsForRetry(now: now) {
             connectingCount += 1
             return .connectAndWait(loop: loop)
         }
         return .wait
+    }
+
+    /// The server was unavailable less than server_login_retry ago: no new dial yet (the janitor retries).
+    private func waitsForRetry(now: UInt64) -> Bool {
+        guard let since = unavailableSince else { return false }
+        return elapsed(since: since, now: now) < seconds(settings.serverLoginRetry)
     }
 
     /// A client is done with its server. `reusable` is false when the server's state is unknown or dirty.
@@ -180,6 +193,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     public mutating func connected(_ server: Server, loop: Int, createdAt: UInt64, now: UInt64) -> ConnectedAction {
         connectingCount -= 1
         loginFailure = nil
+        unavailableSince = nil
         if createdAt < closeBefore {
             var connectFor: Int? = nil
             if !paused, let next = peekWaiter(), totalServers < settings.poolSize, connectingCount < waitingCount {
@@ -203,6 +217,15 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         loginFailure = (now, message, code)
         guard activeCount == 0, idle.isEmpty, connectingCount == 0 else { return [] }
         return drainWaiters()
+    }
+
+    /// A dial failed because the server is unavailable for now — connection refused or timed out, a TLS
+    /// handshake that failed, "the database system is shutting down" (57P03) — as during every PostgreSQL
+    /// restart. As in PgBouncer, the waiters stay queued (up to query_wait_timeout) and the pool dials again after
+    /// server_login_retry, instead of failing them at once; idle servers on other loops serve them meanwhile.
+    public mutating func connectFailedTransiently(now: UInt64) -> [(server: Server, waiter: Waiter)] {
+        unavailableSince = now
+        return connectDeferred()
     }
 
     /// A dial the pool asked for could not start (max_db_connections / max_user_connections /
@@ -299,7 +322,8 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             result.connect.append(0)
         }
         // Waiters with room in the pool but no dial under way (a dial was deferred by a shared limit).
-        let retryAllowed = loginFailure.map { elapsed(since: $0.at, now: now) >= seconds(settings.serverLoginRetry) } ?? true
+        let retryAllowed = (loginFailure.map { elapsed(since: $0.at, now: now) >= seconds(settings.serverLoginRetry) } ?? true)
+            && !waitsForRetry(now: now)
         if let first = peekWaiter(), totalServers < settings.poolSize, connectingCount == 0, retryAllowed {
             connectingCount += 1
             result.connect.append(first.loop)

@@ -478,6 +478,13 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             runtime.hosts.serverFailed(hostAddress, reason: logLine)
             return
         }
+        if ServerLoginMachine.isHostFailure(code: code, message: message) {
+            // Unavailable for now (a restart, a network blip): the waiters wait, the janitor dials again after
+            // server_login_retry, and query_wait_timeout bounds the wait — PgBouncer's behaviour.
+            let now = NIODeadline.now().uptimeNanoseconds
+            for (server, waiter) in pool.withState({ $0.connectFailedTransiently(now: now) }) { waiter.assign(server) }
+            return
+        }
         let waiters = pool.withState { $0.connectFailed(message: message, code: code, now: NIODeadline.now().uptimeNanoseconds) }
         for waiter in waiters {
             waiter.eventLoop.execute { waiter.serverLoginFailed(message: message, code: code) }

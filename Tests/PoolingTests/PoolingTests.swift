@@ -239,6 +239,21 @@ final class FakeClient {}
         #expect(other === b) // full pool: a server on another loop beats waiting
     }
 
+    @Test func anUnavailableServerKeepsWaitersQueuedAndIsDialedAgainAfterTheRetryDelay() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 2, queryWaitTimeout: 30, serverLoginRetry: 2))
+        guard case .connectAndWait = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0) else { Issue.record("want dial"); return }
+        #expect(pool.connectFailedTransiently(now: second).isEmpty)
+        // Nobody is failed; a newcomer queues without a dial of its own while the retry delay runs.
+        guard case .wait = pool.leaseRequested(by: FakeClient(), loop: 0, now: second + 1) else { Issue.record("want wait"); return }
+        #expect(pool.maintain(now: 2 * second).connect.isEmpty)
+        let retry = pool.maintain(now: 3 * second + 1)
+        #expect(retry.connect == [0])
+        #expect(retry.timedOut.isEmpty)
+        // Once a server logs in, dials are immediate again.
+        guard case .handOver = pool.connected(FakeServer(), loop: 0, createdAt: 4 * second, now: 4 * second) else { Issue.record("want hand-over"); return }
+        #expect(pool.unavailableSince == nil)
+    }
+
     @Test func waitersTimeOutAndLoginFailuresAreShared() {
         var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1, queryWaitTimeout: 5, serverLoginRetry: 15))
         let a = FakeClient(), b = FakeClient()
