@@ -65,9 +65,6 @@ public struct ParameterSet: Sendable, Equatable {
         }
     }
 
-    /// Whether some session setting of this server is unknown (it must be reset before another client uses it).
-    public var hasUnknownSession: Bool { session.values.contains(Self.unknownValue) }
-
     /// After a replay the server refused: the client takes the server's confirmed values, so its next
     /// statement runs instead of failing again. Unknown settings are dropped.
     public mutating func adoptConfirmed(of server: ParameterSet) {

@@ -8,28 +8,11 @@ import Testing
 @Suite(.serialized) struct BadInputTests {
     /// Opens a TCP connection, sends `bytes`, and returns what came back before the close (or after 3 s).
     func exchange(port: Int, _ bytes: [UInt8], thenClose: Bool = false) throws -> [UInt8] {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { throw TestFailure("connect failed") }
-        var timeout = timeval(tv_sec: 3, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-        if thenClose { shutdown(fd, Int32(SHUT_WR)) }
-        var received: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = recv(fd, &chunk, chunk.count, 0)
-            if count <= 0 { break }
-            received += chunk[0..<count]
-        }
-        return received
+        let client = try RawClient(port: port, receiveTimeout: 3)
+        // Not `send`: Shoal may close before it has read everything, and what came back is the point.
+        _ = bytes.withUnsafeBytes { Foundation.send(client.fd, $0.baseAddress, $0.count, 0) }
+        if thenClose { shutdown(client.fd, Int32(SHUT_WR)) }
+        return client.readAll()
     }
 
     func errorMessage(_ bytes: [UInt8]) -> (code: String, message: String)? {

@@ -174,7 +174,7 @@ final class FakeClient {}
         server.apply(.set(name: "search_path", value: "x"))
         #expect(client.setStatement(from: server) == nil)
         server.markUncertain(.reset(name: "search_path"))
-        #expect(server.hasUnknownSession)
+        #expect(server.session["search_path"] == ParameterSet.unknownValue)
         #expect(client.setStatement(from: server) == "SET search_path = x;")
         #expect(ParameterSet().setStatement(from: server) == "RESET search_path;")
     }
