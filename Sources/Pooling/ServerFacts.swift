@@ -19,12 +19,15 @@ public final class ServerFacts: Sendable {
             && zip(entries, other.entries).allSatisfy { $0.name.lowercased() == $1.name.lowercased() && $0.value == $1.value }
     }
 
+    /// Whether these facts hold `name` with exactly `value`.
+    public func reports(_ name: String, _ value: String) -> Bool {
+        entries.contains { $0.name.lowercased() == name.lowercased() && $0.value == value }
+    }
+
     /// The entries of `self` a client told `other` has not seen (new or changed values).
     public func differences(from other: ServerFacts?) -> [(name: String, value: String)] {
         guard let other else { return entries }
-        return entries.filter { entry in
-            !other.entries.contains { $0.name.lowercased() == entry.name.lowercased() && $0.value == entry.value }
-        }
+        return entries.filter { !other.reports($0.name, $0.value) }
     }
 
     /// These facts with one reported change (a no-op for a name that is not server-owned).

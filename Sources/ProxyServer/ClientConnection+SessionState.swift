@@ -45,15 +45,15 @@ extension ClientConnection {
             server.parameters.markUncertain(.reset(name: name))
         }
         parameters.adoptConfirmed(of: server.parameters)
+        let message = "could not apply the session's settings on a server connection: \(error.message)"
         let units = tracker.pendingReadyForQuery
         guard !tracker.openExtendedBatch, scanner.atBoundary, clientCarry == nil, let context else {
             // Half a request queued: there is no clean point to answer at.
             self.server = nil
             server.detach(self)
             server.closeLent(reason: "client's settings refused")
-            return fatal("could not apply the session's settings on a server connection: \(error.message)")
+            return fatal(message)
         }
-        let message = "could not apply the session's settings on a server connection: \(error.message)"
         logger.warning("\(message)")
         pending = nil
         pendingUnits = 0
@@ -62,7 +62,7 @@ extension ClientConnection {
         ledger.reset()
         var out = context.channel.allocator.buffer(capacity: 128)
         for _ in 0..<max(units, 1) {
-            out.writeErrorResponse(severity: "ERROR", code: error.code.isEmpty ? "22023" : error.code, message: message)
+            out.writeErrorResponse(severity: "ERROR", code: error.code, message: message)
             out.writeReadyForQuery(.idle)
         }
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)

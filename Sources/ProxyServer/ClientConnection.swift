@@ -84,6 +84,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Shoal's SET replaying this client's settings is on the server; the client's bytes wait in `pending`
     /// until it is confirmed, so no statement runs with settings the server refused.
     var replayInFlight = false
+    /// The error that refused the replay: it may arrive in an earlier read than the replay's ReadyForQuery.
+    var replayError: ErrorFields?
     /// Cancel requests forwarded for this client whose connection to the server has not closed yet; the
     /// server is not released while one could still land on the next client's query.
     var cancelsInFlight = 0
@@ -495,6 +497,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             // serverDataReceived); until then the client's request waits, so it never runs with settings the
             // server refused.
             replayInFlight = true
+            replayError = nil
             server.send(set, flush: true)
             return
         }
@@ -587,9 +590,11 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             context.write(wrapOutboundOut(canonical), promise: nil)
             needsFlush = true
         }
+        if replayInFlight, let error = visitor.setError { replayError = error }
         if replayInFlight && visitor.swallow == 0 {
             replayInFlight = false
-            if let error = visitor.setError ?? (visitor.setFailed ? ErrorFields(body: ByteBuffer()) : nil) {
+            if let error = replayError {
+                replayError = nil
                 return replayRefused(error, by: origin)
             }
             origin.parameters.adoptSession(of: parameters)
@@ -883,8 +888,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         guard state == .linked, let server, let key = server.backendKey else { return }
         cancelsInFlight += 1
+        // A strong capture, held until the cancel connection closes (cancel_wait_timeout at most): a weak one
+        // would give every client that ever cancelled a side table and slower reference counting.
         CancelForwarder.send(processID: key.processID, secretKey: key.secretKey, to: server.hostAddress, runtime: runtime, on: eventLoop) {
-            [weak self] in self?.cancelFinished()
+            self.cancelFinished()
         }
     }
 

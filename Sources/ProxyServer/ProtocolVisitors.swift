@@ -106,7 +106,6 @@ struct ServerVisitor: FrameVisitor {
     /// ReadyForQuery messages that answered the client (not Shoal's own SET), and how many of them said idle.
     var readyCount = 0
     var transactionsEnded = 0
-    var setFailed = false
     var statementModeViolation = false
     var parameterUpdates: [ParameterUpdate]?
     /// Writer pools of routed databases read their errors' SQLSTATE: 25006 from the "writer" means it is not.
@@ -136,7 +135,7 @@ struct ServerVisitor: FrameVisitor {
         currentSwallowed = swallow > 0
         if swallow > 0 {
             if type == BackendMessage.errorResponse {
-                if probing { probeFailed = true } else { setFailed = true }
+                if probing { probeFailed = true }
             }
             if type == BackendMessage.readyForQuery {
                 expectations?.readyForQueryReceived()

@@ -231,7 +231,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                 // server on another loop right now, so its fields are not rewritten here: taken out of the idle
                 // list under the pool lock, it closes, and the pool's next login reports the host as it is.
                 let changed = visitor.parameterUpdates.first { name, value in
-                    ParameterSet.serverOwned.contains(name.lowercased()) && !(facts?.entries.contains { $0.name == name && $0.value == value } ?? true)
+                    ParameterSet.serverOwned.contains(name.lowercased()) && facts?.reports(name, value) == false
                 }
                 if let (name, value) = changed, pool.withState({ $0.takeOneIdle { $0 === self } }) != nil {
                     close(reason: "server reported \(name) = \(value) while idle")
@@ -470,19 +470,19 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         state = .closed
         onLoop { server in server.pool.shards[server.loopIndex].counters.serverConnectFailures &+= 1 }
         logger.warning("\(logLine)")
-        if routed && ServerLoginMachine.isHostFailure(code: code, message: message) {
-            // The host is unreachable, shutting down or starting up (57P03): it is marked down and the waiters
-            // wait for another host that fits (a failover in progress) rather than getting this host's error —
-            // and the pool is not held back by server_login_retry for a fault of one host.
-            Self.deferDial(pool: pool)
-            runtime.hosts.serverFailed(hostAddress, reason: logLine)
-            return
-        }
         if ServerLoginMachine.isHostFailure(code: code, message: message) {
-            // Unavailable for now (a restart, a network blip): the waiters wait, the janitor dials again after
-            // server_login_retry, and query_wait_timeout bounds the wait — PgBouncer's behaviour.
-            let now = NIODeadline.now().uptimeNanoseconds
-            for (server, waiter) in pool.withState({ $0.connectFailedTransiently(now: now) }) { waiter.assign(server) }
+            // The host is unreachable, shutting down or starting up (57P03): nobody is failed for it.
+            if routed {
+                // It is marked down and the waiters wait for another host that fits (a failover in progress),
+                // without server_login_retry holding the pool back for a fault of one host.
+                Self.deferDial(pool: pool)
+                runtime.hosts.serverFailed(hostAddress, reason: logLine)
+            } else {
+                // A restart or a network blip: the janitor dials again after server_login_retry, and
+                // query_wait_timeout bounds the wait — PgBouncer's behaviour.
+                let now = NIODeadline.now().uptimeNanoseconds
+                for (server, waiter) in pool.withState({ $0.connectFailedTransiently(now: now) }) { waiter.assign(server) }
+            }
             return
         }
         let waiters = pool.withState { $0.connectFailed(message: message, code: code, now: NIODeadline.now().uptimeNanoseconds) }
