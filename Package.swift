@@ -91,7 +91,7 @@ let package = Package(
         ),
         .testTarget(name: "PostgresWireTests", dependencies: ["PostgresWire"]),
         .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
-        .testTarget(name: "PoolingTests", dependencies: ["Pooling"]),
+        .testTarget(name: "PoolingTests", dependencies: ["Pooling", "Configuration", "PostgresWire"]),
         .testTarget(name: "AdminConsoleTests", dependencies: ["AdminConsole", "Configuration", "Pooling"]),
         .testTarget(name: "LoadHarnessTests", dependencies: ["LoadHarness"]),
         .testTarget(

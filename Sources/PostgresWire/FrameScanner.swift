@@ -25,6 +25,9 @@ public enum FrameScanError: Error, Equatable, Sendable {
 /// Large messages (DataRow, CopyData) are never buffered: only their remaining length is counted down.
 public struct FrameScanner: Sendable {
     public let maxMessageLength: Int
+    /// Stop before a header that the buffer holds only part of, leaving those bytes unconsumed, instead of
+    /// gathering it across reads: the caller holds them back, so no message is ever forwarded in halves of a header.
+    public let holdsPartialHeaders: Bool
     /// Body bytes of the current message still to come. Only meaningful when `headerFilled == 0`.
     @usableFromInline var remainingBody: Int = 0
     /// A header split across reads.
@@ -34,8 +37,9 @@ public struct FrameScanner: Sendable {
     @usableFromInline var pendingBody: ByteBuffer? = nil
     @usableFromInline var pendingType: UInt8 = 0
 
-    public init(maxMessageLength: Int = Int(Int32.max)) {
+    public init(maxMessageLength: Int = Int(Int32.max), holdsPartialHeaders: Bool = false) {
         self.maxMessageLength = maxMessageLength
+        self.holdsPartialHeaders = holdsPartialHeaders
     }
 
     /// Body bytes of a message being passed over (not collected) that the next buffer begins with; nil when a
@@ -92,6 +96,7 @@ public struct FrameScanner: Sendable {
                 try beginBody(type: type, length: length, buffer: buffer, index: &index, end: end, visitor: &visitor)
                 continue
             }
+            if holdsPartialHeaders && headerFilled == 0 { return index - start }
             // Split header: gather byte by byte (rare).
             let byte = buffer.getInteger(at: index, as: UInt8.self)!
             switch headerFilled {

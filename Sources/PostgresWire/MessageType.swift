@@ -29,6 +29,8 @@ public enum BackendMessage {
     public static let copyOutResponse: UInt8 = UInt8(ascii: "H")
     public static let copyBothResponse: UInt8 = UInt8(ascii: "W")
     public static let commandComplete: UInt8 = UInt8(ascii: "C")
+    public static let parseComplete: UInt8 = UInt8(ascii: "1")
+    public static let closeComplete: UInt8 = UInt8(ascii: "3")
     public static let rowDescription: UInt8 = UInt8(ascii: "T")
     public static let dataRow: UInt8 = UInt8(ascii: "D")
     public static let emptyQueryResponse: UInt8 = UInt8(ascii: "I")

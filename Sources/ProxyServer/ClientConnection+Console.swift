@@ -39,9 +39,13 @@ extension ClientConnection {
     func consoleRow(nowWall: Date, nowMono: UInt64) -> ConnectionInfo? {
         let status: String
         switch state {
-        case .linked: status = "active"
-        case .idle: status = "idle"
-        case .waitingForServer, .waitingForWelcome: status = "waiting"
+        case .pooled:
+            switch link.phase {
+            case .linked: status = "active"
+            case .idle: status = "idle"
+            case .waitingForServer: status = "waiting"
+            }
+        case .waitingForWelcome: status = "waiting"
         case .console: status = "active"
         case .startup, .authenticating, .closed: return nil
         }
@@ -53,8 +57,8 @@ extension ClientConnection {
             requestTime: requestAt.map { nowWall.addingTimeInterval(-Double(nowMono &- $0) / 1e9) } ?? connectedAtWall,
             waitMicros: waitStartedAt != 0 && status == "waiting" ? (nowMono &- waitStartedAt) / 1000 : 0,
             closeNeeded: false, ptr: Self.pointerString(self), link: server.map(Self.pointerString) ?? "",
-            remotePid: Int(peerPID), tls: tlsDescription ?? "", applicationName: parameters["application_name"] ?? "",
-            id: id, poolKey: pool?.key, pinned: pinned.names)
+            remotePid: Int(peerPID), tls: tlsDescription ?? "", applicationName: link.parameters["application_name"] ?? "",
+            id: id, poolKey: pool?.key, pinned: link.pinned.names)
     }
 
     /// PgBouncer prints the protocol as OpenSSL names it.

@@ -59,7 +59,7 @@ extension ClientConnection {
                     // A client may pipeline its first messages after the startup packet (e.g. a password).
                     startupBuffer = nil
                     startupReceived(minorVersion: minor)
-                    if state == .authenticating { authBytesReceived(buffer) } else if state != .closed { queryBytesReceived(buffer) }
+                    if state == .authenticating { authBytesReceived(buffer) } else if state == .pooled || state == .waitingForWelcome { clientBytesReceived(buffer) }
                     return
                 }
                 startupBuffer = nil
@@ -127,7 +127,7 @@ extension ClientConnection {
             let app = clientSettings.last(where: { $0.0 == "application_name" })?.1 ?? "app"
             clientSettings.append(("application_name", "\(app) - \(peerDescription)"))
         }
-        for (name, value) in clientSettings { parameters.set(name, value) }
+        for (name, value) in clientSettings { link.parameters.set(name, value) }
         updateLogPrefix()
         if config.logConnections {
             logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=no")
@@ -238,21 +238,28 @@ extension ClientConnection {
         self.pool = pool
         statsShard = pool.shards[loopIndex]
         statsShard!.counters.clientLogins &+= 1
-        mode = pool.settings.mode
-        detectsSessionState = mode != .session && config.pinSessionState
-        preparedCapacity = config.maxPreparedStatements
-        tracksPrepared = mode != .session && preparedCapacity > 0
-        watchesReadOnly = pool.routed && pool.target.wantsWriterOnly
-        if !config.serverResetQuery.isEmpty {
-            if config.serverResetQueryAlways { resetQueryOnRelease = config.serverResetQuery }
-            if config.serverResetQueryAlways || mode == .session { resetQueryOnDisconnect = config.serverResetQuery }
-        }
+        let mode = pool.settings.mode
         let userEntry = config.users[user]
-        queryTimeout = userEntry?.queryTimeout ?? config.queryTimeout
-        idleTransactionTimeout = userEntry?.idleTransactionTimeout ?? config.idleTransactionTimeout
-        clientIdleTimeout = userEntry?.clientIdleTimeout ?? config.clientIdleTimeout
-        tracksActivity = queryTimeout > 0 || idleTransactionTimeout > 0 || clientIdleTimeout > 0
-        if tracksActivity {
+        var options = LinkStateMachine.Options(mode: mode, detectsSessionState: config.pinSessionState,
+                                               preparedCapacity: config.maxPreparedStatements,
+                                               watchesReadOnly: pool.routed && pool.target.wantsWriterOnly)
+        options.queryTimeout = userEntry?.queryTimeout ?? config.queryTimeout
+        options.idleTransactionTimeout = userEntry?.idleTransactionTimeout ?? config.idleTransactionTimeout
+        options.clientIdleTimeout = userEntry?.clientIdleTimeout ?? config.clientIdleTimeout
+        options.pinWarnTimeout = config.pinWarnTimeout
+        options.maxPinnedClients = config.maxPinnedClients
+        if !config.serverResetQuery.isEmpty {
+            if config.serverResetQueryAlways { options.resetQueryOnRelease = config.serverResetQuery }
+            if config.serverResetQueryAlways || mode == .session { options.resetQueryOnDisconnect = config.serverResetQuery }
+        }
+        options.trackedNames = runtime.snapshot.trackedNames
+        options.maxMessageLength = config.maxPacketSize
+        options.statementNames = runtime.statementNames
+        let startupParameters = link.parameters
+        link = LinkStateMachine(options: options, now: NIODeadline.now().uptimeNanoseconds)
+        link.parameters = startupParameters
+        link.pinSlots = pool
+        if options.tracksActivity {
             runtime.sweepers[loopIndex].add(self)
             registeredWithSweeper = true
         }
@@ -271,7 +278,6 @@ extension ClientConnection {
         context!.write(wrapOutboundOut(ok), promise: nil)
         if let welcome = pool.welcome {
             sendWelcome(welcome)
-            if pending != nil { requestServer() }
         } else {
             state = .waitingForWelcome
             context?.flush()
@@ -287,19 +293,19 @@ extension ClientConnection {
         let tracked = runtime.snapshot.trackedNames
         for (name, value) in welcome where tracked.contains(name.lowercased()) {
             // Unset, or the same value spelled differently ("utf8"): take the server's canonical spelling.
-            if let chosen = parameters[name], chosen.lowercased() != value.lowercased() { continue }
-            parameters.set(name, value)
+            if let chosen = link.parameters[name], chosen.lowercased() != value.lowercased() { continue }
+            link.parameters.set(name, value)
         }
         var out = context.channel.allocator.buffer(capacity: 512)
         for (name, value) in welcome {
-            out.writeParameterStatus(name: name, value: parameters[name] ?? value)
+            out.writeParameterStatus(name: name, value: link.parameters[name] ?? value)
         }
-        facts = pool?.welcomeFacts
+        link.facts = pool?.welcomeFacts
         let key = runtime.cancelRegistry.register(self)
         cancelKey = key
         out.writeBackendKeyData(processID: key.processID, secretKey: key.secretKey)
         out.writeReadyForQuery(.idle)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        state = .idle
+        state = .pooled
     }
 }

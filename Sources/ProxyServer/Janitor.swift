@@ -27,7 +27,7 @@ final class Janitor: @unchecked Sendable {
         }
         let checkQuery = pool.settings.serverCheckQuery
         for server in work.check {
-            server.resetAndRelease(query: checkQuery)
+            server.check(query: checkQuery)
         }
         for loop in work.connect {
             ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])

@@ -110,3 +110,10 @@ enum ServerLoginSecret {
         }
     }
 }
+
+/// max_pinned_clients, counted under the pool's lock.
+extension Pool: PinSlots {
+    func tryPin(limit: Int) -> Bool { withState { $0.tryPin(limit: limit) } }
+    func pinHeld() { withState { $0.pinHeld() } }
+    func unpinned() { withState { $0.unpinned() } }
+}

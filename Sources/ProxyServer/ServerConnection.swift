@@ -12,9 +12,9 @@ import PostgresWire
 /// One connection from Shoal to a PostgreSQL server.
 ///
 /// Threading: the handler's own fields (`context`, `client`, login state) live on the server channel's
-/// EventLoop and every entry point from elsewhere hops there. `parameters` belongs to whoever holds the
-/// server: the linked client on its loop while linked, this loop otherwise; the pool lock or the
-/// `execute` that hands the server over orders those accesses.
+/// EventLoop and every entry point from elsewhere hops there. `session` is this loop's while the server is
+/// idle or resetting; a client reads it once when the pool hands the server over (under the pool's lock) and
+/// works on its own copy, which comes back through this loop at release (`giveBack`).
 final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -54,12 +54,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var holdsBudget = true
     private var readPending = false
     var logger: Logger
-    /// Tracked parameters as this server has them. See the threading note above.
-    var parameters = ParameterSet()
-    /// What this server reports about itself (in_hot_standby, server_version …); same threading rule as `parameters`.
-    var facts: ServerFacts?
-    /// Prepared statements Shoal made on this server (same threading rule as `parameters`).
-    var statements = ServerStatements()
+    /// Parameters, prepared statements and reported facts as this server has them. See the threading note above.
+    var session = ServerSession()
     private(set) var backendKey: (processID: Int32, secretKey: Int32)?
     let address: String
     /// The backend this server is on (one of its database entry's hosts).
@@ -231,7 +227,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                 // server on another loop right now, so its fields are not rewritten here: taken out of the idle
                 // list under the pool lock, it closes, and the pool's next login reports the host as it is.
                 let changed = visitor.parameterUpdates.first { name, value in
-                    ParameterSet.serverOwned.contains(name.lowercased()) && facts?.reports(name, value) == false
+                    ParameterSet.serverOwned.contains(name.lowercased()) && session.facts?.reports(name, value) == false
                 }
                 if let (name, value) = changed, pool.withState({ $0.takeOneIdle { $0 === self } }) != nil {
                     close(reason: "server reported \(name) = \(value) while idle")
@@ -284,7 +280,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             _ = try? scanner.scan(buffer, visitor: &visitor)
             // DISCARD ALL / RESET ALL move reported parameters back to the server's defaults: keep the
             // varcache's picture of this server true, or the next client's SETs would be skipped.
-            for (name, value) in visitor.parameterUpdates { reported(name, value) }
+            for (name, value) in visitor.parameterUpdates { session.reported(name, value) }
             if visitor.failed {
                 logger.warning("server reset or check query failed")
                 close(reason: "reset or check query failed")
@@ -425,11 +421,11 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         backendKey = login.backendKey
         let tracked = trackedNames()
         for (name, value) in login.parameters where tracked.contains(name.lowercased()) {
-            parameters.set(name, value)
+            session.parameters.set(name, value)
         }
         pool.welcome = login.parameters
         let reported = ServerFacts(reported: login.parameters)
-        if let shared = pool.welcomeFacts, shared.sameValues(as: reported) { facts = shared } else { facts = reported }
+        if let shared = pool.welcomeFacts, shared.sameValues(as: reported) { session.facts = shared } else { session.facts = reported }
         let action = pool.withState { $0.connected(self, loop: loopIndex, createdAt: createdAt, now: NIODeadline.now().uptimeNanoseconds) }
         switch action {
         case .handOver(let server, let waiter):
@@ -488,15 +484,6 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         let waiters = pool.withState { $0.connectFailed(message: message, code: code, now: NIODeadline.now().uptimeNanoseconds) }
         for waiter in waiters {
             waiter.eventLoop.execute { waiter.serverLoginFailed(message: message, code: code) }
-        }
-    }
-
-    /// A ParameterStatus that reached no client: keep this server's view of itself true.
-    private func reported(_ name: String, _ value: String) {
-        if ParameterSet.serverOwned.contains(name.lowercased()) {
-            facts = facts?.with(name, value)
-        } else {
-            parameters.set(name, value)
         }
     }
 
@@ -598,21 +585,37 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
-    /// Runs `query` (server_reset_query) and returns the server to the pool once it answers.
-    func resetAndRelease(query: String) {
+    /// A client is done with this server: its session as the client left it comes back, and the server
+    /// returns to the pool, through `resetQuery` (DISCARD ALL, server_reset_query) when one is given.
+    func giveBack(session: ServerSession, resetQuery: String?) {
+        onLoop { server in
+            server.session = session
+            if let resetQuery {
+                server.resetAndRelease(query: resetQuery)
+            } else {
+                server.returnToPool(reusable: true)
+            }
+        }
+    }
+
+    /// server_check_query on an idle server the janitor took out of the pool; it returns once answered.
+    func check(query: String) {
+        onLoop { $0.resetAndRelease(query: query) }
+    }
+
+    /// Runs `query` and returns the server to the pool once it answers. On this loop.
+    private func resetAndRelease(query: String) {
         // What the query clears (DISCARD ALL, RESET ALL, DEALLOCATE ALL) this server no longer has.
         let effects = SessionStateScanner.scan(query)
-        onLoop { server in
-            server.client = nil
-            if effects.settings.contains(.resetAll) { server.parameters.resetAllSession() }
-            if effects.deallocatesAll { server.statements.removeAll() }
-            guard let context = server.context else { return }
-            server.state = .resetting
-            server.scanner = FrameScanner()
-            var buffer = context.channel.allocator.buffer(capacity: query.utf8.count + 6)
-            buffer.writeQuery(query)
-            context.writeAndFlush(server.wrapOutboundOut(buffer), promise: nil)
-        }
+        client = nil
+        if effects.settings.contains(.resetAll) { session.parameters.resetAllSession() }
+        if effects.deallocatesAll { session.statements.removeAll() }
+        guard let context else { return }
+        state = .resetting
+        scanner = FrameScanner()
+        var buffer = context.channel.allocator.buffer(capacity: query.utf8.count + 6)
+        buffer.writeQuery(query)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
     /// Whether this server's host still fits its pool's target (always, for pools that do not route). Decided

@@ -1,35 +1,49 @@
 import Configuration
 import NIOCore
-import Pooling
 import PostgresWire
 
-/// Client → server: counts requests into the tracker and notices Terminate.
-struct ClientVisitor: FrameVisitor {
+/// A Parse, Bind, Describe or Close found complete in a client read: the prepared-statement rewrite works
+/// from these, not from a second walk over the bytes.
+public struct StatementMessage: Sendable {
+    /// Where the message starts in the scanned bytes, and its size with type byte and length.
+    public var offset: Int
+    public var size: Int
+    /// Query/Sync/FunctionCall messages before it in the same bytes (its ReadyForQuery batch, relative).
+    public var unitsBefore: Int
+    public init(offset: Int, size: Int, unitsBefore: Int) {
+        self.offset = offset
+        self.size = size
+        self.unitsBefore = unitsBefore
+    }
+}
+
+/// Client → server, once per read: counts requests into the tracker, finds Terminate, what statements do to
+/// session state, and where the statement messages are.
+struct ClientScan: FrameVisitor {
     var tracker: TransactionTracker
     let detectsSessionState: Bool
+    let tracksPrepared: Bool
+    /// Readable bytes of the scanned buffer: a statement message must be complete in it to be rewritten, so the
+    /// scan stops before one that is not and the machine holds it back.
+    let length: Int
     var terminated = false
     var parses = 0
     var binds = 0
     /// Requests that earn a ReadyForQuery (Query, Sync, FunctionCall), and whether the last message was one.
     var units = 0
     var endsWithUnit = false
-    /// What the Query and Parse texts do to session state (only when detection is on).
     var effects = StatementEffects()
     /// The start of the first statement that created session state, for the pin log line.
     var stateStatement = ""
     /// Each setting change with the number of client ReadyForQuery messages due before its unit's.
     var settingChanges: [(change: StatementEffects.SettingChange, unitsAhead: Int)] = []
-    /// A Terminate whose header began in an earlier read: part of it already went to the server.
-    var terminateSplit = false
+    var statementMessages: [StatementMessage] = []
 
-    let tracksPrepared: Bool
-    /// Parse/Bind/Describe/Close messages seen (they need the prepared-statement rewrite).
-    var statementMessages = 0
-
-    init(tracker: TransactionTracker, detectsSessionState: Bool = false, tracksPrepared: Bool = false) {
+    init(tracker: TransactionTracker, detectsSessionState: Bool, tracksPrepared: Bool, length: Int) {
         self.tracker = tracker
         self.detectsSessionState = detectsSessionState
         self.tracksPrepared = tracksPrepared
+        self.length = length
     }
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
@@ -40,15 +54,17 @@ struct ClientVisitor: FrameVisitor {
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
         if type == FrontendMessage.terminate {
             terminated = true
-            terminateSplit = offset < 0
             return false
+        }
+        if tracksPrepared && (type == FrontendMessage.parse || type == FrontendMessage.bind || type == FrontendMessage.describe
+                              || type == FrontendMessage.close) {
+            // Held back until whole (the scanner then holds nothing of it); `offset` is never negative here,
+            // since the scanner holds partial headers back too.
+            guard offset >= 0, offset + 1 + length <= self.length else { return false }
+            statementMessages.append(StatementMessage(offset: offset, size: 1 + length, unitsBefore: units))
         }
         tracker.clientSent(type: type)
         if type == FrontendMessage.parse { parses &+= 1 } else if type == FrontendMessage.bind { binds &+= 1 }
-        if tracksPrepared && (type == FrontendMessage.parse || type == FrontendMessage.bind || type == FrontendMessage.describe
-                              || type == FrontendMessage.close) {
-            statementMessages &+= 1
-        }
         endsWithUnit = type == FrontendMessage.query || type == FrontendMessage.sync || type == FrontendMessage.functionCall
         if endsWithUnit { units &+= 1 }
         return true
@@ -75,20 +91,21 @@ struct ClientVisitor: FrameVisitor {
     }
 }
 
-/// Server → client: ReadyForQuery, ParameterStatus and COPY state; swallows the answer to Shoal's own SET.
-struct ServerVisitor: FrameVisitor {
+/// Server → client, once per read: ReadyForQuery, ParameterStatus, COPY state, command tags for the settings
+/// ledger; which bytes answered Shoal's own statement (replay SET, probe) or the Parse/Close messages it injected.
+struct ServerScan: FrameVisitor {
     struct ParameterUpdate { var name: String; var value: String; var fromShoal: Bool }
 
     var tracker: TransactionTracker
-    /// Session settings awaiting PostgreSQL's confirmation (nil when none: the common case copies nothing), and
-    /// what this read confirmed or left uncertain.
+    /// Session settings awaiting confirmation (nil when none: the common case copies nothing), and what this
+    /// read confirmed or left uncertain.
     var ledger: SettingsLedger?
     var resolution: SettingsLedger.Resolution?
-    /// The error that refused Shoal's own SET (replaying the client's settings).
-    var setError: ErrorFields?
-    /// ReadyForQuery messages of Shoal's SET still to come.
+    /// The error that refused Shoal's own SET.
+    var ownError: ErrorFields?
+    /// ReadyForQuery messages of Shoal's own statement still to come.
     var swallow: Int
-    /// The swallowed answer is the session-state probe's: its DataRow is read, an error is not fatal.
+    /// The own statement is the session-state probe: its DataRow is read, an error is not fatal.
     let probing: Bool
     /// With max_prepared_statements: the ParseComplete/CloseComplete answers Shoal awaits (nil when off).
     var expectations: ResponseExpectations?
@@ -96,14 +113,14 @@ struct ServerVisitor: FrameVisitor {
     var cancelled: [ExpectedResponse] = []
     var probeKinds: SessionStateKinds?
     var probeFailed = false
-    var probeFinished = false
-    /// The message whose body is awaited belongs to the swallowed answer (kept across reads by the client).
-    var currentSwallowed: Bool
-    let position: Int
+    var ownFinished = false
+    /// The message whose body is awaited belongs to Shoal's own answer (kept across reads).
+    var currentOwn: Bool
+    /// Where in the read the own answer ended (its ReadyForQuery's last byte).
+    var ownEnd: Int?
     let mode: PoolMode
-    var swallowEnd: Int?
     var releasable = false
-    /// ReadyForQuery messages that answered the client (not Shoal's own SET), and how many of them said idle.
+    /// ReadyForQuery messages that answered the client, and how many of them said idle.
     var readyCount = 0
     var transactionsEnded = 0
     var statementModeViolation = false
@@ -112,17 +129,16 @@ struct ServerVisitor: FrameVisitor {
     let watchesReadOnly: Bool
     var readOnlyRefusal = false
 
-    init(tracker: TransactionTracker, ledger: SettingsLedger? = nil, swallow: Int, currentSwallowed: Bool, position: Int,
-         mode: PoolMode, probing: Bool = false, expectations: ResponseExpectations? = nil, watchesReadOnly: Bool = false) {
+    init(tracker: TransactionTracker, ledger: SettingsLedger?, swallow: Int, currentOwn: Bool, mode: PoolMode, probing: Bool,
+         expectations: ResponseExpectations?, watchesReadOnly: Bool) {
+        self.tracker = tracker
         self.ledger = ledger
-        self.watchesReadOnly = watchesReadOnly
+        self.swallow = swallow
+        self.currentOwn = currentOwn
+        self.mode = mode
         self.probing = probing
         self.expectations = expectations
-        self.tracker = tracker
-        self.swallow = swallow
-        self.currentSwallowed = currentSwallowed
-        self.position = position
-        self.mode = mode
+        self.watchesReadOnly = watchesReadOnly
     }
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
@@ -132,17 +148,15 @@ struct ServerVisitor: FrameVisitor {
     }
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
-        currentSwallowed = swallow > 0
+        currentOwn = swallow > 0
         if swallow > 0 {
-            if type == BackendMessage.errorResponse {
-                if probing { probeFailed = true }
-            }
+            if type == BackendMessage.errorResponse && probing { probeFailed = true }
             if type == BackendMessage.readyForQuery {
                 expectations?.readyForQueryReceived()
                 swallow -= 1
                 if swallow == 0 {
-                    swallowEnd = position + offset + 1 + length
-                    if probing { probeFinished = true }
+                    ownEnd = offset + 1 + length
+                    ownFinished = true
                 }
             }
             return true
@@ -164,7 +178,7 @@ struct ServerVisitor: FrameVisitor {
         }
         if expectations != nil {
             switch type {
-            case UInt8(ascii: "1"), UInt8(ascii: "3"):
+            case BackendMessage.parseComplete, BackendMessage.closeComplete:
                 if expectations!.completed(type: type) == .drop { drops.append((offset, 1 + length)) }
             case BackendMessage.errorResponse:
                 cancelled += expectations!.errorReceived()
@@ -179,29 +193,24 @@ struct ServerVisitor: FrameVisitor {
 
     mutating func messageBody(type: UInt8, body: ByteBuffer) {
         var body = body
-        if type == BackendMessage.errorResponse {
+        switch type {
+        case BackendMessage.errorResponse:
             let fields = ErrorFields(body: body)
-            if currentSwallowed {
-                if !probing { setError = fields }
+            if currentOwn {
+                if !probing { ownError = fields }
             } else if fields.code == "25006" {
                 readOnlyRefusal = true
             }
-            return
-        }
-        if type == BackendMessage.commandComplete {
+        case BackendMessage.commandComplete:
             // ROLLBACK, ROLLBACK TO SAVEPOINT and a COMMIT of a failed block all answer "ROLLBACK".
             let rollback: [UInt8] = Array("ROLLBACK".utf8)
             if body.readableBytes >= rollback.count, body.getBytes(at: body.readerIndex, length: rollback.count) == rollback {
                 ledger?.rollbackCompleted()
             }
-            return
-        }
-        if type == BackendMessage.dataRow {
-            if currentSwallowed && probing { probeKinds = SessionStateProbe.kinds(fromDataRow: body) }
-            return
-        }
-        if type == BackendMessage.readyForQuery {
-            guard !currentSwallowed else { return }
+        case BackendMessage.dataRow:
+            if currentOwn && probing { probeKinds = SessionStateProbe.kinds(fromDataRow: body) }
+        case BackendMessage.readyForQuery:
+            guard !currentOwn else { return }
             guard let raw = body.readInteger(as: UInt8.self), let status = TransactionStatus(rawValue: raw) else { return }
             if tracker.readyForQueryReceived(status) { releasable = true }
             if ledger != nil {
@@ -216,17 +225,12 @@ struct ServerVisitor: FrameVisitor {
             readyCount &+= 1
             if status == .idle { transactionsEnded &+= 1 }
             if mode == .statement && status != .idle { statementModeViolation = true }
-        } else if type == BackendMessage.parameterStatus {
+        case BackendMessage.parameterStatus:
             guard let name = body.readNullTerminatedString(), let value = body.readNullTerminatedString() else { return }
             if parameterUpdates == nil { parameterUpdates = [] }
-            parameterUpdates!.append(ParameterUpdate(name: name, value: value, fromShoal: currentSwallowed))
+            parameterUpdates!.append(ParameterUpdate(name: name, value: value, fromShoal: currentOwn))
+        default:
+            break
         }
     }
-}
-
-/// Linux's `struct ucred`, as SO_PEERCRED fills it.
-struct PeerCredentials {
-    var pid: Int32 = 0
-    var uid: UInt32 = 0
-    var gid: UInt32 = 0
 }

@@ -1,0 +1,226 @@
+import Configuration
+import NIOCore
+import PostgresWire
+
+/// Counts clients holding session state in their pool (max_pinned_clients); the pool implements it.
+public protocol PinSlots: AnyObject, Sendable {
+    /// Takes a slot if `limit` allows (0: the pool's size plus its reserve).
+    func tryPin(limit: Int) -> Bool
+    /// Takes a slot whatever the limit (state that already exists on the server).
+    func pinHeld()
+    func unpinned()
+}
+
+/// Everything a logged-in client and its server do while Shoal pools them (transaction, statement and session
+/// modes): a pure machine, fed the bytes each side sends and the few outside events (a server assigned or lost,
+/// a cancel, the client gone, the clock), answering with what to forward and what to do.
+///
+/// It owns, in one place:
+/// - the **replies owed**: the client's units (each Query/Sync/FunctionCall earns one ReadyForQuery, counted by
+///   its `TransactionTracker`) and, ahead of them, Shoal's own statement (the settings replay or the
+///   session-state probe), whose answer is swallowed; the Parse/Close answers the prepared-statement rewrite
+///   injected (`ResponseExpectations`);
+/// - the **session**: settings held until PostgreSQL confirms them (`SettingsLedger`), the lent `ServerSession`,
+///   pins and the probe;
+/// - **release**: `releaseBlocker` is the one answer to "may this server go back to the pool?".
+///
+/// No Channel, no clock reads (time comes in as uptime nanoseconds), no logging: `ClientConnection` carries out
+/// the `LinkAction`s and writes the bytes.
+public struct LinkStateMachine: Sendable {
+    public struct Options: Sendable {
+        public var mode: PoolMode
+        /// pin_session_state (transaction and statement modes).
+        public var detectsSessionState: Bool
+        /// max_prepared_statements above 0 (transaction and statement modes): the rewrite's LRU size.
+        public var preparedCapacity: Int
+        /// A writer pool of a routed database: a 25006 from the server gets its host checked.
+        public var watchesReadOnly: Bool
+        /// Seconds, 0 = off.
+        public var queryTimeout = 0.0
+        public var idleTransactionTimeout = 0.0
+        public var clientIdleTimeout = 0.0
+        public var pinWarnTimeout = 0.0
+        public var maxPinnedClients = 0
+        /// server_reset_query when server_reset_query_always is on, and when a session ends.
+        public var resetQueryOnRelease: String?
+        public var resetQueryOnDisconnect: String?
+        /// Startup parameters tracked per client (a SQL SET of one of these is not a session setting).
+        public var trackedNames: Set<String> = []
+        public var maxMessageLength = Int(Int32.max)
+        /// The process-wide server names of prepared statements (needed with `preparedCapacity`).
+        public var statementNames: StatementNames?
+
+        public init(mode: PoolMode, detectsSessionState: Bool = false, preparedCapacity: Int = 0, watchesReadOnly: Bool = false) {
+            self.mode = mode
+            self.detectsSessionState = detectsSessionState && mode != .session
+            self.preparedCapacity = mode == .session ? 0 : preparedCapacity
+            self.watchesReadOnly = watchesReadOnly
+        }
+
+        public var tracksPrepared: Bool { preparedCapacity > 0 }
+        public var tracksActivity: Bool { queryTimeout > 0 || idleTransactionTimeout > 0 || clientIdleTimeout > 0 }
+    }
+
+    public enum Phase: Sendable, Equatable {
+        /// No server, nothing to do.
+        case idle
+        /// Bytes queued, the pool asked for a server.
+        case waitingForServer
+        case linked
+    }
+
+    /// Shoal's own statement on the server, ahead of the client's units.
+    enum OwnStatement: Sendable { case replay, probe }
+
+    public let options: Options
+    public internal(set) var phase: Phase = .idle
+    public internal(set) var tracker = TransactionTracker()
+    public internal(set) var ledger = SettingsLedger()
+
+    // The client's stream.
+    var clientScanner: FrameScanner
+    /// The tail of the last read: part of a header, or a statement message not yet whole (it is rewritten whole).
+    var carry: ByteBuffer?
+    /// A transaction block whose server was lost, answered by Shoal until the client ends it.
+    var lost: LostTransaction?
+
+    // What the client sent while it had no server, or while Shoal's replay was on its server.
+    var pending: ByteBuffer?
+    var pendingUnits = 0
+    var pendingStatements: [StatementMessage] = []
+
+    // The current link's server stream.
+    var serverScanner = FrameScanner()
+    var own: OwnStatement?
+    /// ReadyForQuery messages of the own statement still to come, and whether the message being read is its.
+    var ownAnswersLeft = 0
+    var currentOwn = false
+    /// The error that refused the replay: it may arrive in an earlier read than the replay's ReadyForQuery.
+    var ownError: ErrorFields?
+    var expectations = ResponseExpectations()
+    /// Bytes of a dropped (injected Parse's) answer that continue into the next read.
+    var dropContinuing = 0
+    /// Query/Sync/FunctionCall messages sent on this link, Shoal's own included (the rewrite's batch numbers).
+    public internal(set) var unitsSent = 0
+
+    // Session state.
+    /// The tracked parameters and session settings this client expects on whatever server it uses.
+    public var parameters = ParameterSet()
+    /// The server facts (in_hot_standby, server_version …) this client was last told.
+    public var facts: ServerFacts?
+    /// The linked server's session, lent for the link.
+    public internal(set) var server: ServerSession?
+    /// The client's named prepared statements (max_prepared_statements).
+    public internal(set) var statements = ClientStatements()
+    /// A DEALLOCATE ALL / DISCARD ALL is queued for the next server, whose statement list it empties.
+    var clearServerStatementsAtLink = false
+    /// A `set_config(…, false)` changed a setting Shoal cannot follow: DISCARD ALL at release.
+    var needsDiscard = false
+
+    // Pins (transaction and statement modes).
+    public internal(set) var pinned: SessionStateKinds = []
+    var suspected: SessionStateKinds = []
+    var probeNeeded = false
+    var pinSlotWanted = false
+    var pinRequestRefusable = false
+    public internal(set) var holdsPinSlot = false
+    var pinnedSince: UInt64?
+    var pinWarned = false
+    public internal(set) var pinStatement = ""
+
+    /// The pool's count of pinned clients (max_pinned_clients); nil counts nothing.
+    public var pinSlots: (any PinSlots)?
+
+    // Cancels.
+    /// Cancel requests forwarded whose connection to the server has not closed yet.
+    var cancelsInFlight = 0
+    var releaseAfterCancel = false
+
+    var lastActivity: UInt64
+
+    public init(options: Options, now: UInt64) {
+        self.options = options
+        self.clientScanner = FrameScanner(maxMessageLength: options.maxMessageLength, holdsPartialHeaders: true)
+        self.lastActivity = now
+    }
+
+    // MARK: Release
+
+    /// Why the linked server may not go back to the pool now.
+    public enum ReleaseBlocker: Sendable, Equatable {
+        /// Replies owed, a COPY running, a transaction or an extended batch open (`TransactionTracker`).
+        case owesReplies
+        /// The client stopped in the middle of a message the server has part of.
+        case midMessage
+        /// Shoal's own statement (settings replay, session-state probe) is on the server.
+        case shoalStatement
+        /// A cancel request for this client is still on its way to the server.
+        case cancelInFlight
+    }
+
+    /// The one answer to "may this server go back to the pool?" (nil: it may). Whether it *should* (pinned
+    /// session state, session pooling) is `wantsRelease`.
+    public var releaseBlocker: ReleaseBlocker? {
+        if !tracker.isReleasable { return .owesReplies }
+        if !clientScanner.atBoundary { return .midMessage }
+        if own != nil { return .shoalStatement }
+        if cancelsInFlight > 0 { return .cancelInFlight }
+        return nil
+    }
+
+    /// Transaction or statement pooling, nothing pinned, no probe due.
+    var wantsRelease: Bool { options.mode != .session && pinned.isEmpty && !probeNeeded }
+
+    /// Held session state makes a leaving client's server need DISCARD ALL.
+    var holdsSessionState: Bool { !pinned.isEmpty || probeNeeded || !parameters.session.isEmpty || needsDiscard }
+
+    public var hasPending: Bool { pending != nil }
+    public var pendingBytes: Int { pending?.readableBytes ?? 0 }
+    public var inLostTransaction: Bool { lost != nil }
+    /// The client waits for an answer (query_timeout, disconnect wording).
+    public var awaitingServer: Bool { tracker.awaitingServer || own == .replay }
+
+    /// Gives the server back: at once, or once the cancels in flight have landed.
+    mutating func release() -> LinkAction {
+        if cancelsInFlight > 0 {
+            // A cancel on its way could land on the next client's query: keep the server until it is delivered.
+            releaseAfterCancel = true
+            return .none
+        }
+        let session = server!
+        server = nil
+        phase = .idle
+        let reset = needsDiscard ? "DISCARD ALL" : options.resetQueryOnRelease
+        needsDiscard = false
+        return .release(session, resetQuery: reset)
+    }
+
+    /// Takes the server out of the link without giving it back (it is being closed).
+    mutating func abandonServer() -> ServerSession? {
+        let session = server
+        server = nil
+        phase = .idle
+        return session
+    }
+}
+
+/// What the client's connection does after an event.
+public enum LinkAction: Sendable {
+    case none
+    /// Send these bytes to the server and flush (Shoal's own statement, or what the client queued).
+    case sendToServer(ByteBuffer)
+    /// Give the server back to its pool (after `resetQuery` when set), with its session.
+    case release(ServerSession, resetQuery: String?)
+    /// The server was handed over but is not wanted (the client left or was served meanwhile).
+    case giveBackUnused(ServerSession)
+    /// The server cannot be reused: close it. The client stays.
+    case closeServer(reason: String)
+    /// Close the server (if any) for `serverReason`, then the client with a FATAL.
+    case fatal(message: String, code: String, serverReason: String?)
+    /// Queued with the pool: leave the queue.
+    case leaveQueue
+    /// The server was lost; the client got `answer` and its transaction, if any, is answered by Shoal.
+    case serverLostAnswered(inBlock: Bool)
+    /// pin_warn_timeout passed while pinned.
+    case warnPinned(seconds: Int)
+}

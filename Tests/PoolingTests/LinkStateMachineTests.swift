@@ -1,0 +1,326 @@
+import Configuration
+import NIOCore
+import Pooling
+import PostgresWire
+import Testing
+
+/// Messages as drivers and PostgreSQL send them, for feeding the machine.
+enum Wire {
+    static func query(_ sql: String) -> ByteBuffer { var b = ByteBuffer(); b.writeQuery(sql); return b }
+    static func parse(_ name: String, _ sql: String) -> ByteBuffer {
+        message(FrontendMessage.parse) { $0.writeCString(name); $0.writeCString(sql); $0.writeInteger(Int16(0)) }
+    }
+    static func bind(_ statement: String) -> ByteBuffer {
+        message(FrontendMessage.bind) {
+            $0.writeCString(""); $0.writeCString(statement)
+            $0.writeInteger(Int16(0)); $0.writeInteger(Int16(0)); $0.writeInteger(Int16(0))
+        }
+    }
+    static func execute() -> ByteBuffer { message(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) } }
+    static func sync() -> ByteBuffer { message(FrontendMessage.sync) { _ in } }
+    static func terminate() -> ByteBuffer { message(FrontendMessage.terminate) { _ in } }
+    static func copyData(_ size: Int) -> ByteBuffer { message(FrontendMessage.copyData) { $0.writeRepeatingByte(65, count: size) } }
+    static func copyDone() -> ByteBuffer { message(FrontendMessage.copyDone) { _ in } }
+
+    static func ready(_ status: TransactionStatus) -> ByteBuffer { var b = ByteBuffer(); b.writeReadyForQuery(status); return b }
+    static func complete(_ tag: String) -> ByteBuffer { var b = ByteBuffer(); b.writeCommandComplete(tag); return b }
+    static func error(_ code: String = "22012", _ text: String = "division by zero") -> ByteBuffer {
+        var b = ByteBuffer(); b.writeErrorResponse(severity: "ERROR", code: code, message: text); return b
+    }
+    static func row(_ value: String) -> ByteBuffer { var b = ByteBuffer(); b.writeDataRow([value]); return b }
+    static func parseComplete() -> ByteBuffer { message(BackendMessage.parseComplete) { _ in } }
+    static func bindComplete() -> ByteBuffer { message(UInt8(ascii: "2")) { _ in } }
+    static func copyIn() -> ByteBuffer {
+        message(BackendMessage.copyInResponse) { $0.writeInteger(UInt8(0)); $0.writeInteger(Int16(0)) }
+    }
+    static func parameterStatus(_ name: String, _ value: String) -> ByteBuffer {
+        var b = ByteBuffer(); b.writeParameterStatus(name: name, value: value); return b
+    }
+
+    static func message(_ type: UInt8, _ body: (inout ByteBuffer) -> Void) -> ByteBuffer {
+        var b = ByteBuffer(); b.writePostgresMessage(type, body); return b
+    }
+
+    static func join(_ parts: ByteBuffer...) -> ByteBuffer {
+        var out = ByteBuffer()
+        for var part in parts { out.writeBuffer(&part) }
+        return out
+    }
+}
+
+extension LinkAction {
+    var isRelease: Bool { if case .release = self { return true } else { return false } }
+    var releasedSession: ServerSession? { if case .release(let session, _) = self { return session } else { return nil } }
+    var resetQuery: String?? { if case .release(_, let reset) = self { return .some(reset) } else { return nil } }
+    var sent: ByteBuffer? { if case .sendToServer(let bytes) = self { return bytes } else { return nil } }
+    var closesServer: Bool {
+        switch self {
+        case .closeServer: return true
+        case .fatal(_, _, let reason): return reason != nil
+        default: return false
+        }
+    }
+}
+
+/// The linked phase, event by event: what the machine forwards, queues, answers and decides.
+@Suite struct LinkStateMachineTests {
+    static func machine(_ mode: PoolMode = .transaction, detect: Bool = true, prepared: Int = 0,
+                        configure: (inout LinkStateMachine.Options) -> Void = { _ in }) -> LinkStateMachine {
+        var options = LinkStateMachine.Options(mode: mode, detectsSessionState: detect, preparedCapacity: prepared)
+        options.statementNames = StatementNames()
+        configure(&options)
+        return LinkStateMachine(options: options, now: 0)
+    }
+
+    /// Sends `bytes` from an idle client and links it to `session`; returns what went to the server.
+    static func link(_ machine: inout LinkStateMachine, _ bytes: ByteBuffer, session: ServerSession = ServerSession()) throws -> ByteBuffer? {
+        let read = try machine.clientBytes(bytes, now: 0)
+        #expect(read.requestServer)
+        #expect(read.toServer == nil)
+        return machine.serverAssigned(session).action.sent
+    }
+
+    @Test func aQueryIsQueuedSentOnLinkAndTheServerReleasedAtItsReadyForQuery() throws {
+        var machine = Self.machine()
+        let query = Wire.query("SELECT 1")
+        #expect(try Self.link(&machine, query) == query)
+        #expect(machine.phase == .linked)
+        #expect(machine.releaseBlocker == .owesReplies)
+        let read = machine.serverBytes(Wire.join(Wire.row("1"), Wire.complete("SELECT 1"), Wire.ready(.idle))) { true }
+        #expect(read.forward == .all)
+        #expect(read.readyCount == 1 && read.transactionsEnded == 1)
+        #expect(read.action.isRelease)
+        #expect(read.action.resetQuery == .some(nil))
+        #expect(machine.phase == .idle)
+    }
+
+    @Test func aTransactionBlockKeepsTheServerUntilItEnds() throws {
+        var machine = Self.machine()
+        _ = try Self.link(&machine, Wire.query("BEGIN"))
+        #expect(!machine.serverBytes(Wire.join(Wire.complete("BEGIN"), Wire.ready(.inTransaction))) { true }.action.isRelease)
+        let read = try machine.clientBytes(Wire.query("SELECT 1"), now: 0)
+        #expect(read.toServer != nil && !read.requestServer, "linked: forwarded at once")
+        #expect(!machine.serverBytes(Wire.join(Wire.complete("SELECT 1"), Wire.ready(.inTransaction))) { true }.action.isRelease)
+        _ = try machine.clientBytes(Wire.query("COMMIT"), now: 0)
+        #expect(machine.serverBytes(Wire.join(Wire.complete("COMMIT"), Wire.ready(.idle))) { true }.action.isRelease)
+    }
+
+    @Test func aClientLeavingInCopyClosesItsServer() throws {
+        var machine = Self.machine()
+        // Extended-protocol COPY: the Sync is ignored in copy-in, so no ReadyForQuery is owed while it runs.
+        _ = try Self.link(&machine, Wire.join(Wire.parse("", "COPY t FROM STDIN"), Wire.bind(""), Wire.execute(), Wire.sync()))
+        _ = machine.serverBytes(Wire.join(Wire.parseComplete(), Wire.bindComplete(), Wire.copyIn())) { true }
+        #expect(machine.tracker.pendingReadyForQuery == 0)
+        #expect(machine.releaseBlocker == .owesReplies, "in COPY")
+        #expect(machine.clientClosed().closesServer)
+    }
+
+    @Test func aSetCountsOnlyOnceConfirmedAndAFailedOneIsForgotten() throws {
+        var machine = Self.machine()
+        _ = try Self.link(&machine, Wire.query("SET search_path = x"))
+        #expect(machine.parameters.session.isEmpty, "sent, not confirmed")
+        let released = machine.serverBytes(Wire.join(Wire.complete("SET"), Wire.ready(.idle))) { true }.action.releasedSession
+        #expect(machine.parameters.session["search_path"] == "x")
+        #expect(released?.parameters.session["search_path"] == "x", "the server's view moves with PostgreSQL's confirmation")
+
+        var failing = Self.machine()
+        _ = try Self.link(&failing, Wire.query("SET work_mem = 'not_a_size'"))
+        _ = failing.serverBytes(Wire.join(Wire.error("22023", "invalid value"), Wire.ready(.idle))) { true }
+        #expect(failing.parameters.session.isEmpty)
+
+        var rolledBack = Self.machine()
+        _ = try Self.link(&rolledBack, Wire.query("BEGIN"))
+        _ = rolledBack.serverBytes(Wire.join(Wire.complete("BEGIN"), Wire.ready(.inTransaction))) { true }
+        _ = try rolledBack.clientBytes(Wire.query("SET search_path = y"), now: 0)
+        _ = rolledBack.serverBytes(Wire.join(Wire.complete("SET"), Wire.ready(.inTransaction))) { true }
+        _ = try rolledBack.clientBytes(Wire.query("ROLLBACK"), now: 0)
+        let session = rolledBack.serverBytes(Wire.join(Wire.complete("ROLLBACK"), Wire.ready(.idle))) { true }.action.releasedSession
+        #expect(rolledBack.parameters.session.isEmpty)
+        #expect(session?.parameters.session["search_path"] == ParameterSet.unknownValue, "uncertain: reset before its next use")
+    }
+
+    @Test func theReplayGoesFirstAndTheRequestWaitsForItsConfirmation() throws {
+        var machine = Self.machine()
+        var server = ServerSession()
+        server.parameters.setSession("search_path", rawValue: "other")
+        let query = Wire.query("SELECT 1")
+        let sent = try Self.link(&machine, query, session: server)
+        #expect(sent == Wire.query("RESET search_path;"))
+        #expect(machine.releaseBlocker != nil)
+        // More of the client's bytes while the replay runs are queued too.
+        #expect(try machine.clientBytes(Wire.query("SELECT 2"), now: 0).toServer == nil)
+        let read = machine.serverBytes(Wire.join(Wire.complete("RESET"), Wire.ready(.idle))) { true }
+        #expect(read.forward == .none, "the replay's answer is Shoal's")
+        #expect(read.action.sent == Wire.join(query, Wire.query("SELECT 2")))
+    }
+
+    @Test func aRefusedReplayAnswersTheRequestWithAnErrorNotAFatal() throws {
+        var machine = Self.machine()
+        machine.parameters.setSession("work_mem", rawValue: "'64MB'")
+        _ = try Self.link(&machine, Wire.query("SELECT 1"))
+        let read = machine.serverBytes(Wire.join(Wire.error("22023", "invalid value for parameter"), Wire.ready(.idle))) { true }
+        var answer = try #require(read.toClientAfter)
+        #expect(answer.readInteger(as: UInt8.self) == BackendMessage.errorResponse)
+        #expect(read.action.isRelease)
+        #expect(machine.parameters.session.isEmpty, "the client takes the server's values")
+        #expect(read.action.releasedSession?.parameters.session["work_mem"] == ParameterSet.unknownValue)
+    }
+
+    @Test func aCancelInFlightKeepsTheServerUntilItLands() throws {
+        var machine = Self.machine()
+        _ = try Self.link(&machine, Wire.query("SELECT pg_sleep(10)"))
+        let forwarded = machine.cancelForwarded()
+        #expect(forwarded)
+        let read = machine.serverBytes(Wire.join(Wire.error("57014", "canceling statement due to user request"), Wire.ready(.idle))) { true }
+        #expect(!read.action.isRelease)
+        #expect(machine.releaseBlocker == .cancelInFlight)
+        let landed = machine.cancelFinished()
+        #expect(landed.isRelease)
+    }
+
+    @Test func aClientLeavingWithACancelInFlightClosesItsServer() throws {
+        var machine = Self.machine()
+        _ = try Self.link(&machine, Wire.query("SELECT pg_sleep(10)"))
+        _ = machine.cancelForwarded()
+        _ = machine.serverBytes(Wire.join(Wire.error("57014", "canceling"), Wire.ready(.idle))) { true }
+        let closed = machine.clientClosed()
+        #expect(closed.closesServer)
+        let landed = machine.cancelFinished()
+        #expect(!landed.isRelease)
+    }
+
+    @Test func deallocateAllMarksTheNextServersStatementsUncertain() throws {
+        var machine = Self.machine(detect: false, prepared: 10)
+        _ = try Self.link(&machine, Wire.query("DEALLOCATE ALL"))
+        let session = machine.serverBytes(Wire.join(Wire.complete("DEALLOCATE ALL"), Wire.ready(.idle))) { true }.action.releasedSession
+        #expect(session?.statements.mayHoldUncounted == true)
+    }
+
+    @Test func namedStatementsAreRewrittenAndPreparedOnEachServer() throws {
+        var machine = Self.machine(detect: false, prepared: 10)
+        let sent = try #require(try Self.link(&machine, Wire.join(Wire.parse("q", "SELECT 1"), Wire.sync())))
+        var copy = sent
+        #expect(copy.readInteger(as: UInt8.self) == FrontendMessage.parse)
+        #expect(sent.readableBytes > Wire.join(Wire.parse("q", "SELECT 1"), Wire.sync()).readableBytes, "named shoal_n on the server")
+        let session = machine.serverBytes(Wire.join(Wire.parseComplete(), Wire.ready(.idle))) { true }.action.releasedSession
+        #expect(session?.statements.count == 1)
+        // On another server, a Bind of q first prepares it there; the injected Parse's answer is not forwarded.
+        let bound = try #require(try Self.link(&machine, Wire.join(Wire.bind("q"), Wire.execute(), Wire.sync())))
+        #expect(bound.getInteger(at: bound.readerIndex, as: UInt8.self) == FrontendMessage.parse)
+        let answer = Wire.join(Wire.parseComplete(), Wire.bindComplete(), Wire.complete("SELECT 1"), Wire.ready(.idle))
+        let read = machine.serverBytes(answer) { true }
+        #expect(read.forward == .ranges([5..<answer.readableBytes]), "the injected Parse's ParseComplete is dropped")
+    }
+
+    @Test func aLostServerInATransactionLeavesTheClientInAFailedBlock() throws {
+        var machine = Self.machine()
+        _ = try Self.link(&machine, Wire.query("BEGIN"))
+        _ = machine.serverBytes(Wire.join(Wire.complete("BEGIN"), Wire.ready(.inTransaction))) { true }
+        _ = try machine.clientBytes(Wire.query("SELECT 1"), now: 0)
+        let step = machine.serverLost()
+        #expect(step.toClient != nil)
+        guard case .serverLostAnswered(inBlock: true) = step.action else { Issue.record("\(step.action)"); return }
+        #expect(machine.inLostTransaction)
+        // The client's ROLLBACK is answered by Shoal, not sent anywhere.
+        let read = try machine.clientBytes(Wire.query("ROLLBACK"), now: 0)
+        #expect(read.toClient != nil && read.toServer == nil && !read.requestServer)
+        #expect(!machine.inLostTransaction)
+    }
+
+    @Test func timeoutsCloseTheServerOnlyWhenItHoldsTheClientsWork() throws {
+        var machine = Self.machine { $0.queryTimeout = 1; $0.clientIdleTimeout = 5 }
+        _ = try Self.link(&machine, Wire.query("SELECT pg_sleep(10)"))
+        #expect(machine.tick(now: 500_000_000).closesServer == false)
+        guard case .fatal("query timeout", _, "query timeout") = machine.tick(now: 1_500_000_000) else { Issue.record("no query timeout"); return }
+        #expect(machine.phase == .idle)
+
+        var idle = Self.machine { $0.clientIdleTimeout = 5 }
+        guard case .fatal("client_idle_timeout", _, nil) = idle.tick(now: 6_000_000_000) else { Issue.record("no idle timeout"); return }
+    }
+
+    @Test func sessionModeNeverReleasesBetweenTransactions() throws {
+        var machine = Self.machine(.session)
+        _ = try Self.link(&machine, Wire.query("SELECT 1"))
+        #expect(!machine.serverBytes(Wire.join(Wire.complete("SELECT 1"), Wire.ready(.idle))) { true }.action.isRelease)
+        #expect(machine.clientClosed().isRelease)
+    }
+
+    @Test func aSessionWhoseHostLeftEndsAtItsTransactionsEnd() throws {
+        var machine = Self.machine(.session)
+        _ = try Self.link(&machine, Wire.query("SELECT 1"))
+        guard case .fatal(_, "57P01", .some) = machine.serverBytes(Wire.join(Wire.complete("SELECT 1"), Wire.ready(.idle))) { false }.action
+        else { Issue.record("the session was kept on a host that left"); return }
+    }
+
+    @Test func aBadLengthFromTheClientIsAnError() throws {
+        var machine = Self.machine()
+        var bad = ByteBuffer()
+        bad.writeInteger(UInt8(ascii: "Q"))
+        bad.writeInteger(Int32(2))
+        #expect(throws: FrameScanError.self) { _ = try machine.clientBytes(bad, now: 0) }
+    }
+
+    // MARK: Splits
+
+    /// Every message split at every byte: the server gets exactly the client's bytes, once, and Terminate ends it.
+    @Test(arguments: [0, 10]) func clientBytesSplitAtEveryBoundaryReachTheServerWhole(prepared: Int) throws {
+        let stream = Wire.join(Wire.parse("", "SELECT 1"), Wire.bind(""), Wire.execute(), Wire.sync(), Wire.query("SELECT 2"),
+                               Wire.query("COPY t FROM STDIN"), Wire.copyData(40), Wire.copyDone(), Wire.sync(), Wire.terminate())
+        let withoutTerminate = stream.getSlice(at: 0, length: stream.readableBytes - 5)!
+        for cut in 1..<stream.readableBytes {
+            var machine = Self.machine(prepared: prepared)
+            _ = try Self.link(&machine, Wire.query("SELECT 0"))
+            _ = machine.serverBytes(Wire.join(Wire.complete("SELECT 1"), Wire.ready(.inTransaction))) { true }
+            var sent = ByteBuffer()
+            var terminated = 0
+            for piece in [stream.getSlice(at: 0, length: cut)!, stream.getSlice(at: cut, length: stream.readableBytes - cut)!] {
+                let read = try machine.clientBytes(piece, now: 0)
+                if var bytes = read.toServer { sent.writeBuffer(&bytes) }
+                if read.terminated { terminated += 1 }
+            }
+            #expect(sent == withoutTerminate, "cut at \(cut)")
+            #expect(terminated == 1, "cut at \(cut)")
+        }
+    }
+
+    /// A server's answer split at every byte: the client gets exactly those bytes, and the server goes back once,
+    /// after the last ReadyForQuery — never at a split ErrorResponse or CopyData.
+    @Test func serverBytesSplitAtEveryBoundaryAreForwardedWholeAndReleasedOnce() throws {
+        let answer = Wire.join(Wire.row("1"), Wire.complete("SELECT 1"), Wire.ready(.idle), Wire.error(), Wire.ready(.idle),
+                               Wire.parameterStatus("application_name", "x"), Wire.complete("SELECT 1"), Wire.ready(.idle))
+        for cut in 1..<answer.readableBytes {
+            var machine = Self.machine()
+            _ = try Self.link(&machine, Wire.join(Wire.query("SELECT 1"), Wire.query("SELECT 1/0"), Wire.query("SELECT 1")))
+            var forwarded = ByteBuffer()
+            var releases = 0
+            for piece in [answer.getSlice(at: 0, length: cut)!, answer.getSlice(at: cut, length: answer.readableBytes - cut)!] {
+                let read = machine.serverBytes(piece) { true }
+                #expect(read.forward == .all, "cut at \(cut)")
+                var copy = piece
+                forwarded.writeBuffer(&copy)
+                if read.action.isRelease { releases += 1 }
+            }
+            #expect(forwarded == answer)
+            #expect(releases == 1, "cut at \(cut)")
+            #expect(machine.parameters["application_name"] == "x")
+        }
+    }
+
+    /// The replay's answer split anywhere: none of it reaches the client, and the queued request goes once.
+    @Test func aReplayAnswerSplitAnywhereIsSwallowedWhole() throws {
+        let answer = Wire.join(Wire.complete("SET"), Wire.parameterStatus("TimeZone", "UTC"), Wire.ready(.idle))
+        for cut in 1..<answer.readableBytes {
+            var machine = Self.machine()
+            machine.parameters.setSession("statement_timeout", rawValue: "'5s'")
+            _ = try Self.link(&machine, Wire.query("SELECT 1"))
+            var sends = 0
+            for piece in [answer.getSlice(at: 0, length: cut)!, answer.getSlice(at: cut, length: answer.readableBytes - cut)!] {
+                let read = machine.serverBytes(piece) { true }
+                #expect(read.forward == .none, "cut at \(cut)")
+                if read.action.sent != nil { sends += 1 }
+            }
+            #expect(sends == 1, "cut at \(cut)")
+            #expect(machine.releaseBlocker == .owesReplies)
+        }
+    }
+}
