@@ -55,6 +55,8 @@ public struct ConfigLoader {
 
     private enum Kind {
         case int(WritableKeyPath<ShoalConfig, Int>)
+        /// An integer that must not be negative (a count).
+        case count(WritableKeyPath<ShoalConfig, Int>)
         case bool(WritableKeyPath<ShoalConfig, Bool>)
         case seconds(WritableKeyPath<ShoalConfig, Double>)
         case string(WritableKeyPath<ShoalConfig, String>)
@@ -111,7 +113,7 @@ public struct ConfigLoader {
         // Shoal's own.
         "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort), "log_format": .logFormat,
         "pin_session_state": .switch(\.pinSessionState), "max_prepared_statements": .int(\.maxPreparedStatements), "max_pinned_clients": .int(\.maxPinnedClients),
-        "pin_warn_timeout": .seconds(\.pinWarnTimeout),
+        "pin_warn_timeout": .seconds(\.pinWarnTimeout), "worker_threads": .count(\.workerThreads),
         "readonly_listen_port": .int(\.readonlyListenPort), "health_check_period": .seconds(\.healthCheckPeriod),
         "health_check_timeout": .seconds(\.healthCheckTimeout), "health_check_failures": .int(\.healthCheckFailures),
         "health_check_user": .optionalString(\.healthCheckUser), "max_replica_lag": .seconds(\.maxReplicaLag),
@@ -144,6 +146,9 @@ public struct ConfigLoader {
         switch kind {
         case .int(let path):
             guard let number = parseInteger(value) else { throw bad("an integer") }
+            config[keyPath: path] = number
+        case .count(let path):
+            guard let number = parseInteger(value), number >= 0 else { throw bad("an integer of 0 or more") }
             config[keyPath: path] = number
         case .bool(let path):
             // PgBouncer takes integers only: 0 is false, anything else true.
@@ -196,7 +201,7 @@ public struct ConfigLoader {
     public static let restartOnlyKeys: Set<String> = [
         "disable_pqexec", "job_name", "listen_addr", "listen_backlog", "listen_port", "pidfile", "pkt_buf", "resolv_conf",
         "so_reuseport", "track_extra_parameters", "unix_socket_dir", "unix_socket_group", "unix_socket_mode", "user",
-        "metrics_addr", "metrics_port", "readonly_listen_port",
+        "metrics_addr", "metrics_port", "readonly_listen_port", "worker_threads",
     ]
 
     public struct Setting: Sendable, Equatable {
@@ -228,7 +233,7 @@ public struct ConfigLoader {
     private static func render(_ key: String, _ config: ShoalConfig) -> String? {
         guard let kind = keys[key] else { return nil }
         switch kind {
-        case .int(let path): return String(config[keyPath: path])
+        case .int(let path), .count(let path): return String(config[keyPath: path])
         case .bool(let path): return config[keyPath: path] ? "1" : "0"
         case .seconds(let path):
             let seconds = config[keyPath: path]

@@ -92,6 +92,11 @@ public struct ShoalConfig: Sendable {
     public var maxPinnedClients = 0
     /// A pin held longer than this is logged once with the statement that made it (0 = never).
     public var pinWarnTimeout = 60.0
+    /// EventLoops (threads) serving connections; 0 = the CPUs this process may use, which honours a cgroup CPU
+    /// limit (a Kubernetes pod limited to 1 CPU runs one loop). Only a restart changes it.
+    public var workerThreads = 0
+    /// The EventLoop count `workerThreads` stands for.
+    public func eventLoopCount(cpusAvailable: Int) -> Int { workerThreads > 0 ? workerThreads : max(1, cpusAvailable) }
     // Several hosts per database: routing, health checks, failover.
     /// A second listener whose clients are served by replicas under the same database names (Moodle's
     /// `readonly` dboptions take a host and port); 0 = off.

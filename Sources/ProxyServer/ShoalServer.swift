@@ -16,7 +16,9 @@ public final class ShoalServer: @unchecked Sendable {
     private var metricsServer: MetricsServer?
     private let logSink: LogSink?
 
-    public init(config: ShoalConfig, userList: UserList, threads: Int = System.coreCount, logger: Logger, logSink: LogSink? = nil) {
+    /// `threads` defaults to worker_threads (0: the CPUs available, cgroup limits honoured).
+    public init(config: ShoalConfig, userList: UserList, threads: Int? = nil, logger: Logger, logSink: LogSink? = nil) {
+        let threads = threads ?? config.eventLoopCount(cpusAvailable: System.coreCount)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         self.runtime = ShoalRuntime(config: config, userList: userList, group: group, logger: logger)
         self.janitor = Janitor(runtime: runtime)
@@ -86,6 +88,9 @@ public final class ShoalServer: @unchecked Sendable {
             let old = runtime.config
             if old.listenAddr != result.config.listenAddr || old.listenPort != result.config.listenPort || old.unixSocketDir != result.config.unixSocketDir {
                 runtime.logger.warning("listen_addr, listen_port and unix_socket_dir need a restart to change; keeping the current listeners")
+            }
+            if old.workerThreads != result.config.workerThreads {
+                runtime.logger.warning("worker_threads needs a restart to change; keeping \(runtime.loops.count) event loops")
             }
             if old.metricsAddr != result.config.metricsAddr || old.metricsPort != result.config.metricsPort {
                 runtime.logger.warning("metrics_addr and metrics_port need a restart to change; keeping the current endpoint")

@@ -24,7 +24,7 @@ if options.showHelp {
     exit(0)
 }
 if options.showVersion {
-    print("Shoal \(version)\nPgBouncer-compatible configuration and console (PgBouncer 1.25 level)\nSwiftNIO event loops: \(System.coreCount)")
+    print("Shoal \(version)\nPgBouncer-compatible configuration and console (PgBouncer 1.25 level)\nCPUs available (worker_threads = 0): \(System.coreCount)")
     exit(0)
 }
 
@@ -87,7 +87,7 @@ if limit.rlim_cur < limit.rlim_max {
     limit.rlim_cur = limit.rlim_max
     setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
 }
-logger.info("process up: Shoal \(version), SwiftNIO, tls: none")
+logger.info("process up: Shoal \(version), SwiftNIO, tls: none, event loops: \(config.eventLoopCount(cpusAvailable: System.coreCount))")
 logger.info("kernel file descriptor limit: \(limit.rlim_cur) (hard: \(limit.rlim_max)); max_client_conn: \(config.maxClientConn)")
 
 let userList = ShoalServer.loadUserList(config: config, logger: logger)

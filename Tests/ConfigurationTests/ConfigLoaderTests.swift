@@ -65,6 +65,22 @@ import Testing
         }
     }
 
+    @Test func workerThreadsCountsLoopsAndOnlyARestartChangesIt() throws {
+        let config = try loader(["a.ini": "[pgbouncer]\nworker_threads = 3\n"]).load(path: "a.ini").config
+        #expect(config.eventLoopCount(cpusAvailable: 8) == 3)
+        #expect(ShoalConfig().eventLoopCount(cpusAvailable: 1) == 1, "0: the CPUs available (a 1-CPU pod runs one loop)")
+        #expect(ShoalConfig().eventLoopCount(cpusAvailable: 4) == 4)
+        do {
+            _ = try loader(["a.ini": "[pgbouncer]\nworker_threads = -1\n"]).load(path: "a.ini")
+            Issue.record("a negative worker_threads was taken")
+        } catch {
+            #expect(error.line == 2 && error.key == "worker_threads")
+        }
+        var live = config
+        #expect(throws: ConfigDiagnostic.self) { try ConfigLoader.set("worker_threads", to: "1", in: &live) }
+        #expect(ConfigLoader.settings(of: config).first { $0.key == "worker_threads" }?.changeable == false)
+    }
+
     @Test func refusesUnknownKeysSyntaxAndMissingMainSection() {
         #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[pgbouncer]\nno_such_key = 1\n"]).load(path: "a.ini") }
         #expect(throws: ConfigDiagnostic.self) { try loader(["a.ini": "[pgbouncer]\njust words\n"]).load(path: "a.ini") }
