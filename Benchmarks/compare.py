@@ -69,6 +69,9 @@ def main():
     results = {}
     if os.environ.get("ONLY_LOAD"):
         SCENARIOS.clear()  # just the shoal-load scenario (ONLY_LOAD=1 Benchmarks/e2e.sh)
+    if os.environ.get("SCENARIOS"):
+        # SCENARIOS='-S -C': only the scenarios whose name contains it (more rounds where the noise is).
+        SCENARIOS[:] = [entry for entry in SCENARIOS if os.environ["SCENARIOS"] in entry[0]]
     for round_number in range(options.rounds):
         for scenario, args in SCENARIOS:
             # Rotate the order each round so no target always runs first.

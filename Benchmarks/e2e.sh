@@ -11,6 +11,8 @@
 # BASELINE_BIN=path adds a Shoal built from another commit ("shoal-before") with the same config, interleaved
 # with the others: a before/after comparison in one run (build it with
 # `git worktree add /tmp/shoal-base REV && swift build -c release --product shoal --package-path /tmp/shoal-base`).
+# SHOAL_BIN=path runs that binary as "shoal" instead of building one (compare two builds made the same way, e.g.
+# both with --static-swift-stdlib). SCENARIOS='-S -C' (a substring) runs only the pgbench scenarios it matches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -19,9 +21,13 @@ seconds=${1:-10}
 rounds=${2:-3}
 pool_size=${POOL_SIZE:-20}
 
-swift build -c release --product shoal --scratch-path .build-release >/dev/null
+if [ -n "${SHOAL_BIN:-}" ]; then
+    shoal_bin=$SHOAL_BIN
+else
+    swift build -c release --product shoal --scratch-path .build-release >/dev/null
+    shoal_bin=.build-release/release/shoal
+fi
 swift build -c release --product shoal-load --scratch-path .build-release >/dev/null
-shoal_bin=.build-release/release/shoal
 load_bin=.build-release/release/shoal-load
 
 dir=$(mktemp -d /tmp/shoal-bench.XXXXXX)

@@ -95,6 +95,9 @@ public struct ShoalConfig: Sendable {
     /// EventLoops (threads) serving connections; 0 = the CPUs this process may use, which honours a cgroup CPU
     /// limit (a Kubernetes pod limited to 1 CPU runs one loop). Only a restart changes it.
     public var workerThreads = 0
+    /// SO_REUSEPORT on the TCP listeners (PgBouncer's key): other processes may listen on the same port, and
+    /// Shoal opens one listener per EventLoop so each accepts its own connections. Only a restart changes it.
+    public var soReuseport = false
     /// The EventLoop count `workerThreads` stands for.
     public func eventLoopCount(cpusAvailable: Int) -> Int { workerThreads > 0 ? workerThreads : max(1, cpusAvailable) }
     // Several hosts per database: routing, health checks, failover.

@@ -70,7 +70,7 @@ extension LinkStateMachine {
             }
         }
         guard consumed > 0 else { return read }
-        let bytes = buffer.getSlice(at: buffer.readerIndex, length: consumed)!
+        let bytes = consumed == buffer.readableBytes ? buffer : buffer.getSlice(at: buffer.readerIndex, length: consumed)!
         switch phase {
         case .linked where own != .replay:
             // Behind a probe the bytes may go on: its answer comes first and is swallowed.

@@ -6,12 +6,20 @@ import NIOPosix
 
 /// Binds the TCP and Unix-socket listeners and starts one `ClientConnection` per accepted socket.
 /// Accepted channels are spread over the EventLoops by NIO; each client stays on its loop for life.
+///
+/// With `so_reuseport = 1` (PgBouncer's key: several processes may listen on the same port) every EventLoop
+/// gets a TCP listener of its own on that port, so the kernel spreads the connections over the loops and each
+/// accepts its own — no accept funnelled through one loop and handed to another.
 public enum Listener {
     public static func bind(runtime: ShoalRuntime) async throws -> [Channel] {
         let config = runtime.config
         // A function, not one value: ServerBootstrap is a class and its options accumulate.
-        @Sendable func makeBootstrap(ipv6: Bool = false, readOnly: Bool = false) -> ServerBootstrap {
-            let bootstrap = ServerBootstrap(group: runtime.group)
+        @Sendable func makeBootstrap(ipv6: Bool = false, readOnly: Bool = false, loop: EventLoop? = nil) -> ServerBootstrap {
+            var bootstrap = loop.map { ServerBootstrap(group: $0, childGroup: $0) } ?? ServerBootstrap(group: runtime.group)
+            if loop != nil {
+                bootstrap = bootstrap.serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+            }
+            bootstrap = bootstrap
                 .serverChannelOption(.backlog, value: Int32(config.listenBacklog))
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.autoRead, value: true)
@@ -44,9 +52,13 @@ public enum Listener {
                 for host in hosts {
                     let shown = host.contains(":") ? "[\(host)]" : host
                     do {
-                        let channel = try await makeBootstrap(ipv6: host.contains(":"), readOnly: readOnly).bind(host: host, port: port).get()
-                        runtime.logger.info("listening on \(shown):\(port)\(what)")
-                        channels.append(channel)
+                        // One listener, or one per loop sharing the port (so_reuseport).
+                        let loops: [EventLoop?] = config.soReuseport ? runtime.loops : [nil]
+                        for loop in loops {
+                            let bootstrap = makeBootstrap(ipv6: host.contains(":"), readOnly: readOnly, loop: loop)
+                            channels.append(try await bootstrap.bind(host: host, port: port).get())
+                        }
+                        runtime.logger.info("listening on \(shown):\(port)\(what)\(config.soReuseport ? " (so_reuseport, \(loops.count) listeners)" : "")")
                     } catch {
                         runtime.logger.warning("cannot listen on \(shown):\(port): \(error)")
                     }

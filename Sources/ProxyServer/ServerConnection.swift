@@ -62,7 +62,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     let hostAddress: HostAddress
     /// Its pool routes by host health and role (read once: a reload that changes routing reconnects servers).
     private let routed: Bool
-    /// The host table's generation when `hostUsable` was decided (same threading rule as `parameters`).
+    /// The host table's generation when `hostUsable` was decided (same threading rule as `session`: whoever holds the server).
     private var routingGeneration = -1
     private var hostUsable = true
     private var remoteHost: String { hostAddress.host }
@@ -588,13 +588,20 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// A client is done with this server: its session as the client left it comes back, and the server
     /// returns to the pool, through `resetQuery` (DISCARD ALL, server_reset_query) when one is given.
     func giveBack(session: ServerSession, resetQuery: String?) {
-        onLoop { server in
-            server.session = session
-            if let resetQuery {
-                server.resetAndRelease(query: resetQuery)
-            } else {
-                server.returnToPool(reusable: true)
-            }
+        // Not through `onLoop`: its escaping closure would cost an allocation on every release of a same-loop link.
+        if eventLoop.inEventLoop {
+            takeBack(session: session, resetQuery: resetQuery)
+        } else {
+            eventLoop.execute { self.takeBack(session: session, resetQuery: resetQuery) }
+        }
+    }
+
+    private func takeBack(session: ServerSession, resetQuery: String?) {
+        self.session = session
+        if let resetQuery {
+            resetAndRelease(query: resetQuery)
+        } else {
+            returnToPool(reusable: true)
         }
     }
 
@@ -619,7 +626,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     /// Whether this server's host still fits its pool's target (always, for pools that do not route). Decided
-    /// again only when the host table changed since the last call; same threading rule as `parameters`.
+    /// again only when the host table changed since the last call; same threading rule as `session`.
     func hostStillFits() -> Bool {
         guard routed else { return true }
         let generation = runtime.hosts.generation

@@ -86,8 +86,9 @@ public final class ShoalServer: @unchecked Sendable {
             let result = try ConfigLoader().load(path: path)
             for warning in result.warnings { runtime.logger.warning("\(warning)") }
             let old = runtime.config
-            if old.listenAddr != result.config.listenAddr || old.listenPort != result.config.listenPort || old.unixSocketDir != result.config.unixSocketDir {
-                runtime.logger.warning("listen_addr, listen_port and unix_socket_dir need a restart to change; keeping the current listeners")
+            if old.listenAddr != result.config.listenAddr || old.listenPort != result.config.listenPort || old.unixSocketDir != result.config.unixSocketDir
+                || old.soReuseport != result.config.soReuseport {
+                runtime.logger.warning("listen_addr, listen_port, unix_socket_dir and so_reuseport need a restart to change; keeping the current listeners")
             }
             if old.workerThreads != result.config.workerThreads {
                 runtime.logger.warning("worker_threads needs a restart to change; keeping \(runtime.loops.count) event loops")

@@ -178,6 +178,29 @@ import Testing
         #expect(login?["pool"] as? String == "postgres/postgres" && login?["client"] != nil && login?["level"] as? String == "LOG", "\(String(describing: login))")
     }
 
+    /// PgBouncer's so_reuseport: two processes share one port, and the kernel spreads the connections between
+    /// them (and, in Shoal, between each one's EventLoops). Without it the second cannot take the port.
+    @Test func soReuseportLetsTwoInstancesShareThePort() async throws {
+        let first = try await ShoalInstance { $0.soReuseport = true }
+        defer { Task { await first.stop() } }
+        let port = first.port
+        let second = try await ShoalInstance { $0.soReuseport = true; $0.listenPort = port }
+        defer { Task { await second.stop() } }
+        #expect(first.log.contains("listening on 127.0.0.1:\(port) (so_reuseport, 2 listeners)"), "\(first.log)")
+        #expect(second.log.contains("listening on 127.0.0.1:\(port) (so_reuseport, 2 listeners)"), "\(second.log)")
+        for _ in 0..<24 {
+            let client = try PQConnection(first.conninfo)
+            #expect(try client.scalar("select 1") == "1")
+        }
+        // Spread by the kernel's hash of each connection: 24 all landing on one process is a 1 in 16 million chance.
+        #expect(first.log.contains("login attempt") && second.log.contains("login attempt"),
+                "first: \(first.log.components(separatedBy: "login attempt").count - 1), second: \(second.log.components(separatedBy: "login attempt").count - 1)")
+
+        let third = try await ShoalInstance { $0.listenPort = port }
+        defer { Task { await third.stop() } }
+        #expect(third.log.contains("cannot listen on 127.0.0.1:\(port)"), "without so_reuseport the port stays taken: \(third.log)")
+    }
+
     @Test func sigtermLetsOpenTransactionsCommitThenExits() async throws {
         let shoal = try ShoalProcess()
         var connection: PQConnection? = try PQConnection(shoal.conninfo)
