@@ -87,9 +87,12 @@ extension ByteBuffer {
         }
     }
 
-    public mutating func writeNegotiateProtocolVersion(newestMinor: Int32, unrecognized: [String]) {
+    /// `newestVersion` is the whole version number (3.0 = 196608), as PostgreSQL sends it (PG_PROTOCOL_LATEST),
+    /// whatever the protocol documentation's "newest minor version" suggests: libpq 18 reads it that way, and a
+    /// bare 0 makes it give up on a server it could have spoken 3.0 with.
+    public mutating func writeNegotiateProtocolVersion(newestVersion: Int32, unrecognized: [String]) {
         writePostgresMessage(BackendMessage.negotiateProtocolVersion) {
-            $0.writeInteger(newestMinor)
+            $0.writeInteger(newestVersion)
             $0.writeInteger(Int32(unrecognized.count))
             for name in unrecognized { $0.writeCString(name) }
         }

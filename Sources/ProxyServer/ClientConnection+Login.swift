@@ -117,7 +117,7 @@ extension ClientConnection {
         }
         if minorVersion > 0 || !unsupportedProtocolOptions.isEmpty {
             var negotiate = context!.channel.allocator.buffer(capacity: 64)
-            negotiate.writeNegotiateProtocolVersion(newestMinor: 0, unrecognized: unsupportedProtocolOptions)
+            negotiate.writeNegotiateProtocolVersion(newestVersion: 3 << 16, unrecognized: unsupportedProtocolOptions)
             context!.write(wrapOutboundOut(negotiate), promise: nil)
         }
         startupParameters = [] // read once; an idle client should not keep them
@@ -148,8 +148,9 @@ extension ClientConnection {
         }
         let secret = runtime.userList.secrets[user]
         let authUser = databaseEntry?.authUser ?? config.authUser
-        if secret == nil, let database = databaseEntry, authUser != nil, config.authType != .trust, config.authType != .any {
-            // Not in the auth file: ask the database (auth_query as auth_user), then authenticate.
+        if secret == nil, let database = databaseEntry, authUser != nil, config.authType != .any {
+            // Not in the auth file: ask the database (auth_query as auth_user), then authenticate. Under trust too:
+            // trust skips the password, not the question whether the user exists (PgBouncer's rule).
             AuthQueryConnection.lookUp(user: user, database: database, runtime: runtime, on: eventLoop) { [weak self] outcome in
                 guard let self, self.state == .authenticating else { return }
                 switch outcome {

@@ -17,4 +17,14 @@ import Testing
         #expect(refusal("\(base) user=physics password=wrong").contains("SASL authentication failed"))
         #expect(refusal("\(base) user=nosuchrole password=x").contains("no such user"))
     }
+
+    /// auth_type = trust skips the password, not the user check: a name in neither the auth file nor the
+    /// database (auth_query) is refused, as PgBouncer refuses it, instead of getting a pool of its own.
+    @Test func trustStillAsksAuthQueryWhetherTheUserExists() async throws {
+        let shoal = try await ShoalInstance { $0.authUser = "postgres"; $0.authType = .trust }
+        defer { Task { await shoal.stop() } }
+        let base = "host=127.0.0.1 port=\(shoal.port) dbname=postgres"
+        #expect(refusal("\(base) user=nosuchrole").contains("no such user"))
+        #expect(try PQConnection("\(base) user=postgres").scalar("select current_user") == "postgres")
+    }
 }

@@ -60,6 +60,8 @@ import Testing
         // A 3.2 request is answered with NegotiateProtocolVersion, then authentication goes on.
         let negotiated = try exchange(port: shoal.port, int32(8 + 15) + int32(3 << 16 | 2) + Array("user\0postgres\0\0".utf8))
         #expect(negotiated.first == BackendMessage.negotiateProtocolVersion)
+        // The version offered is 3.0 as a whole number (196608), as PostgreSQL sends it; libpq 18 checks it.
+        #expect(negotiated.count >= 13 && Array(negotiated[5..<9]) == int32(3 << 16), "\(negotiated.prefix(16))")
 
         // Through all that, normal clients are served.
         let after = try PQConnection(shoal.conninfo)
