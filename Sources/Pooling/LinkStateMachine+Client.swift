@@ -29,10 +29,10 @@ extension LinkStateMachine {
         var read = ClientRead()
         lastActivity = now
         var buffer = incoming
-        if lost != nil && phase == .idle {
+        if case .answering(var answering) = lost, phase == .idle {
             var out = ByteBuffer()
-            let used = lost!.respond(to: buffer, into: &out)
-            if lost!.ended { lost = nil }
+            let used = answering.respond(to: buffer, into: &out)
+            lost = answering.ended ? nil : .answering(answering)
             if out.readableBytes > 0 { read.toClient = out }
             guard used < buffer.readableBytes else { return read }
             buffer.moveReaderIndex(forwardBy: used)

@@ -265,7 +265,7 @@ extension LinkStateMachine {
             step.toClient = out
         }
         let answered = LostTransaction(inBlock: inBlock, errorSent: owed > 0, openBatch: openBatch, message: message, detail: detail)
-        lost = answered.ended ? nil : answered
+        lost = answered.ended ? nil : .answering(answered)
         tracker = TransactionTracker()
         ledger.reset()
         needsDiscard = false

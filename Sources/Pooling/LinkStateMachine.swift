@@ -81,8 +81,10 @@ public struct LinkStateMachine: Sendable {
     var clientScanner: FrameScanner
     /// The tail of the last read: part of a header, or a statement message not yet whole (it is rewritten whole).
     var carry: ByteBuffer?
-    /// A transaction block whose server was lost, answered by Shoal until the client ends it.
-    var lost: LostTransaction?
+    /// A transaction block whose server was lost, answered by Shoal until the client ends it. Out of line
+    /// (`indirect`): rare, and every idle client would otherwise carry its ~116 bytes.
+    var lost: LostAnswering?
+    indirect enum LostAnswering: Sendable { case answering(LostTransaction) }
 
     // What the client sent while it had no server, or while Shoal's replay was on its server.
     var pending: ByteBuffer?

@@ -10,8 +10,8 @@ extension ClientConnection {
 
     func startConsole(access: AdminSession.Access) {
         guard let context else { return }
-        loginTimeout?.cancel()
-        loginTimeout = nil
+        loginState?.loginTimeout?.cancel()
+        loginState = nil
         let key = runtime.cancelRegistry.register(self)
         cancelKey = key
         state = .console

@@ -9,6 +9,18 @@ import PostgresWire
 /// From the startup packet to the welcome: SSLRequest and TLS, startup parameters, authentication, the
 /// console or the pool.
 extension ClientConnection {
+    // The login's fields live in `loginState` until the welcome; after it they read as empty.
+    var startupBuffer: ByteBuffer? { get { loginState?.startupBuffer } set { loginState?.startupBuffer = newValue } }
+    var auth: ClientAuthMachine? { get { loginState?.auth } set { loginState?.auth = newValue } }
+    var authSecret: String? { get { loginState?.authSecret } set { loginState?.authSecret = newValue } }
+    var authScanner: FrameScanner {
+        get { loginState?.authScanner ?? FrameScanner(maxMessageLength: 65_536) }
+        set { loginState?.authScanner = newValue }
+    }
+    var startupParameters: [(String, String)] { get { loginState?.startupParameters ?? [] } set { loginState?.startupParameters = newValue } }
+    var databaseEntry: DatabaseEntry? { get { loginState?.databaseEntry } set { loginState?.databaseEntry = newValue } }
+    var loginTimeout: Scheduled<Void>? { get { loginState?.loginTimeout } set { loginState?.loginTimeout = newValue } }
+
     // MARK: Startup
 
     func startupBytesReceived(_ buffer: ByteBuffer) {
@@ -128,7 +140,6 @@ extension ClientConnection {
             clientSettings.append(("application_name", "\(app) - \(peerDescription)"))
         }
         for (name, value) in clientSettings { link.parameters.set(name, value) }
-        updateLogPrefix()
         if config.logConnections {
             logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=no")
         }
@@ -308,5 +319,6 @@ extension ClientConnection {
         out.writeReadyForQuery(.idle)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         state = .pooled
+        loginState = nil
     }
 }

@@ -36,7 +36,6 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     let loopIndex: Int
     var context: ChannelHandlerContext?
     var state: State = .startup
-    var logger: Logger
     let connectedAt = NIODeadline.now()
     /// Wall-clock time of connect and of the last request, for SHOW CLIENTS.
     let connectedAtWall = Date()
@@ -54,16 +53,21 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     var peerPID: Int32 = 0
 
     // Login
-    var startupBuffer: ByteBuffer?
-    var auth: ClientAuthMachine?
-    /// The secret the client was checked against (auth file or auth_query), for server logins as this user.
-    var authSecret: String?
-    var authScanner = FrameScanner(maxMessageLength: 65_536)
-    var startupParameters: [(String, String)] = []
+    /// What only the login needs (about 600 bytes), dropped once the client is welcomed: 10,000 idle clients
+    /// should not carry their auth machines and database entries.
+    final class LoginState {
+        var startupBuffer: ByteBuffer?
+        var auth: ClientAuthMachine?
+        /// The secret the client was checked against (auth file or auth_query), for server logins as this user.
+        var authSecret: String?
+        var authScanner = FrameScanner(maxMessageLength: 65_536)
+        var startupParameters: [(String, String)] = []
+        var databaseEntry: DatabaseEntry?
+        var loginTimeout: Scheduled<Void>?
+    }
+    var loginState: LoginState? = LoginState()
     var user = ""
     var databaseName = ""
-    var databaseEntry: DatabaseEntry?
-    var loginTimeout: Scheduled<Void>?
     var counted = false
     var cancelKey: (processID: Int32, secretKey: Int32)?
 
@@ -101,7 +105,6 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         self.runtime = runtime
         self.eventLoop = eventLoop
         self.loopIndex = runtime.loopIndex(of: eventLoop)
-        self.logger = runtime.logger
         // Replaced at login with the pool's options; until then it only collects the startup parameters.
         self.link = LinkStateMachine(options: .init(mode: .session), now: 0)
     }
@@ -137,10 +140,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
                 localPort = context.channel.localAddress?.port ?? 0
             }
         }
-        updateLogPrefix()
         let timeout = runtime.snapshot.config.clientLoginTimeout
         if timeout > 0 {
-            loginTimeout = context.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) { [weak self] in
+            loginState?.loginTimeout = context.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) { [weak self] in
                 guard let self, self.state == .startup || self.state == .authenticating || self.state == .waitingForWelcome else { return }
                 self.fatal(self.state == .waitingForWelcome ? "client_login_timeout (server down)" : "client_login_timeout")
             }
@@ -220,7 +222,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             console = nil
             runtime.consoleSessionEnded()
         }
-        loginTimeout?.cancel()
+        loginState?.loginTimeout?.cancel()
+        loginState = nil
         if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }
         if let key = cancelKey { runtime.cancelRegistry.unregister(processID: key.processID, secretKey: key.secretKey) }
@@ -237,12 +240,16 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    func updateLogPrefix() {
+    /// This client's logger: PgBouncer's `C-<id>: db/user@addr` prefix and the structured keys. Built when a line
+    /// is logged, not kept: its metadata strings cost every idle client about 400 bytes otherwise.
+    var logger: Logger {
+        var logger = runtime.logger
         let db = databaseName.isEmpty ? "(nodb)" : databaseName
         let name = user.isEmpty ? "(nouser)" : user
         logger[metadataKey: "prefix"] = "C-\(id): \(db)/\(name)@\(peerDescription)"
         logger[metadataKey: "client"] = "\(id)"
         logger[metadataKey: "addr"] = "\(peerDescription)"
         logger[metadataKey: "pool"] = "\(db)/\(name)"
+        return logger
     }
 }
