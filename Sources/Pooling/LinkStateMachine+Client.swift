@@ -347,6 +347,10 @@ extension LinkStateMachine {
             }
         }
         guard options.tracksActivity else { return .none }
+        if answeredSinceTick {
+            answeredSinceTick = false
+            lastActivity = max(lastActivity, now)
+        }
         let quiet = Double(now &- lastActivity) / 1e9
         switch phase {
         case .linked:

@@ -49,6 +49,7 @@ extension LinkStateMachine {
         read.readOnlyRefusal = scan.readOnlyRefusal
         read.readyCount = scan.readyCount
         read.transactionsEnded = scan.transactionsEnded
+        if scan.readyCount > 0 && options.tracksActivity { answeredSinceTick = true }
         tracker = scan.tracker
         if let updated = scan.ledger { ledger = updated }
         if let resolution = scan.resolution {

@@ -138,7 +138,11 @@ public struct LinkStateMachine: Sendable {
     var cancelsInFlight = 0
     var releaseAfterCancel = false
 
+    /// The client's last bytes, or the last ReadyForQuery that answered it (taken at the next tick): the
+    /// timeouts count from whichever is later, so idle_transaction_timeout counts from the end of the last
+    /// statement, not from the start of a long one.
     var lastActivity: UInt64
+    var answeredSinceTick = false
 
     public init(options: Options, now: UInt64) {
         self.options = options

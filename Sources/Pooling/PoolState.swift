@@ -173,7 +173,8 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     /// A client is done with its server. `reusable` is false when the server's state is unknown or dirty.
     public mutating func released(_ server: Server, loop: Int, createdAt: UInt64, reusable: Bool, now: UInt64) -> ReleaseAction {
         activeCount -= 1
-        let expired = settings.serverLifetime > 0 && elapsed(since: createdAt, now: now) >= seconds(settings.serverLifetime)
+        // server_lifetime = 0 is PgBouncer's "use once, then close", not "no limit".
+        let expired = settings.serverLifetime <= 0 || elapsed(since: createdAt, now: now) >= seconds(settings.serverLifetime)
         if !reusable || expired || paused || createdAt < closeBefore || totalServers >= settings.poolSize + settings.reservePoolSize + 1 {
             var connectFor: Int? = nil
             if !paused, let next = peekWaiter(), totalServers < settings.poolSize {

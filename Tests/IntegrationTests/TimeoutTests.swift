@@ -32,6 +32,19 @@ import Testing
         #expect(shoal.log.contains("closing because: idle transaction timeout"))
     }
 
+    /// A statement that runs longer than idle_transaction_timeout is not "idle": the clock starts at its answer.
+    @Test func aLongStatementInATransactionIsNotIdleTime() async throws {
+        let shoal = try await ShoalInstance { $0.idleTransactionTimeout = 1 }
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        try client.query("begin")
+        try client.query("select pg_sleep(1.6)")
+        // Half the timeout of real idleness (the application working between statements): still allowed.
+        try await Task.sleep(nanoseconds: 500_000_000)
+        #expect(try client.scalar("select 'still in the transaction'") == "still in the transaction")
+        try client.query("commit")
+    }
+
     @Test func clientIdleTimeoutClosesIdleClients() async throws {
         let shoal = try await ShoalInstance { $0.clientIdleTimeout = 1 }
         defer { Task { await shoal.stop() } }

@@ -238,6 +238,22 @@ extension LinkAction {
         guard case .fatal("client_idle_timeout", _, nil) = idle.tick(now: 6_000_000_000) else { Issue.record("no idle timeout"); return }
     }
 
+    /// idle_transaction_timeout counts from the end of the last statement: a statement that ran longer than the
+    /// timeout is not killed the moment it ends (PgBouncer counts from the last ReadyForQuery too).
+    @Test func idleTransactionTimeoutCountsFromTheLastAnswer() throws {
+        let second: UInt64 = 1_000_000_000
+        var machine = Self.machine { $0.idleTransactionTimeout = 1 }
+        _ = try Self.link(&machine, Wire.query("BEGIN"))
+        _ = machine.serverBytes(Wire.join(Wire.complete("BEGIN"), Wire.ready(.inTransaction))) { true }
+        _ = try machine.clientBytes(Wire.query("SELECT pg_sleep(2)"), now: 0)
+        #expect(machine.tick(now: second).closesServer == false, "a running statement is query_timeout's business")
+        _ = machine.serverBytes(Wire.join(Wire.complete("SELECT 1"), Wire.ready(.inTransaction))) { true }
+        #expect(machine.tick(now: 2 * second + second / 10).closesServer == false, "idle for 0 s, not 2.1 s")
+        guard case .fatal("idle transaction timeout", _, .some) = machine.tick(now: 3 * second + second / 5) else {
+            Issue.record("no idle transaction timeout after 1.1 s idle"); return
+        }
+    }
+
     @Test func sessionModeNeverReleasesBetweenTransactions() throws {
         var machine = Self.machine(.session)
         _ = try Self.link(&machine, Wire.query("SELECT 1"))

@@ -282,6 +282,17 @@ final class FakeClient {}
         #expect(closed === server && connectFor == 1)
     }
 
+    @Test func serverLifetimeZeroMeansUseOnce() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1, serverLifetime: 0))
+        let server = FakeServer()
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.connected(server, loop: 0, createdAt: 0, now: 0)
+        guard case .close(let closed, _) = pool.released(server, loop: 0, createdAt: 0, reusable: true, now: 1) else {
+            Issue.record("a server was kept with server_lifetime = 0"); return
+        }
+        #expect(closed === server)
+    }
+
     @Test func idleTimeoutKeepsMinPoolSize() {
         var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 3, minPoolSize: 1, serverIdleTimeout: 10))
         let servers = (0..<3).map { _ in FakeServer() }
