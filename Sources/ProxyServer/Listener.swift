@@ -42,6 +42,7 @@ public enum Listener {
             return ipv6 ? bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1) : bootstrap
         }
         var channels: [Channel] = []
+        var tcpListeners = 0
         // The main port, and readonly_listen_port whose clients are served by replicas under the same names.
         var ports = [(config.listenPort, false)]
         if config.readonlyListenPort > 0 { ports.append((config.readonlyListenPort, true)) }
@@ -57,12 +58,19 @@ public enum Listener {
                         for loop in loops {
                             let bootstrap = makeBootstrap(ipv6: host.contains(":"), readOnly: readOnly, loop: loop)
                             channels.append(try await bootstrap.bind(host: host, port: port).get())
+                            tcpListeners += 1
                         }
                         runtime.logger.info("listening on \(shown):\(port)\(what)\(config.soReuseport ? " (so_reuseport, \(loops.count) listeners)" : "")")
                     } catch {
                         runtime.logger.warning("cannot listen on \(shown):\(port): \(error)")
                     }
                 }
+            }
+            if !readOnly && !config.listenAddr.isEmpty && tcpListeners == 0 {
+                // PgBouncer (since 1.19.1) fails hard here: some addresses failing is tolerable, none working is
+                // a configuration error, and the Unix socket alone would hide it.
+                for channel in channels { channel.close(promise: nil) }
+                throw ListenerError.noListenAddress(config.listenAddr.joined(separator: ","))
             }
             if !config.unixSocketDir.isEmpty {
                 let path = "\(config.unixSocketDir)/.s.PGSQL.\(port)"
@@ -86,5 +94,12 @@ public enum Listener {
 
 public enum ListenerError: Error, CustomStringConvertible {
     case nowhereToListen
-    public var description: String { "nowhere to listen on" }
+    case noListenAddress(String)
+    /// PgBouncer's wording for both.
+    public var description: String {
+        switch self {
+        case .nowhereToListen: return "nowhere to listen on"
+        case .noListenAddress(let list): return "failed to listen on any address in listen_addr list: \(list)"
+        }
+    }
 }
