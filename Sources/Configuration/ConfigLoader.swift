@@ -92,7 +92,7 @@ public struct ConfigLoader {
         "server_round_robin": .bool(\.serverRoundRobin),
         "client_login_timeout": .seconds(\.clientLoginTimeout), "query_timeout": .seconds(\.queryTimeout),
         "query_wait_timeout": .seconds(\.queryWaitTimeout), "client_idle_timeout": .seconds(\.clientIdleTimeout),
-        "idle_transaction_timeout": .seconds(\.idleTransactionTimeout),
+        "idle_transaction_timeout": .seconds(\.idleTransactionTimeout), "transaction_timeout": .seconds(\.transactionTimeout),
         "ignore_startup_parameters": .list(\.ignoreStartupParameters),
         "track_extra_parameters": .list(\.trackExtraParameters),
         "max_packet_size": .int(\.maxPacketSize), "application_name_add_host": .bool(\.applicationNameAddHost),
@@ -132,7 +132,7 @@ public struct ConfigLoader {
         "stats_users_prefix": .unsupported, "suspend_timeout": .unsupported,
         "syslog": .unsupported, "syslog_facility": .unsupported, "syslog_ident": .unsupported,
         "tcp_defer_accept": .unsupported, "tcp_socket_buffer": .unsupported, "tcp_user_timeout": .unsupported,
-        "transaction_timeout": .unsupported, "unix_socket_group": .unsupported, "unix_socket_mode": .unsupported,
+        "unix_socket_group": .unsupported, "unix_socket_mode": .unsupported,
         "user": .unsupported, "auth_hba_file": .unsupported, "auth_ident_file": .unsupported, "auth_ldap_options": .unsupported,
     ]
 

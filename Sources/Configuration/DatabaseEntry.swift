@@ -134,6 +134,7 @@ public struct UserEntry: Sendable, Equatable {
     public var queryTimeout: Double?
     public var queryWaitTimeout: Double?
     public var idleTransactionTimeout: Double?
+    public var transactionTimeout: Double?
     public var clientIdleTimeout: Double?
 
     public init(name: String) { self.name = name }
@@ -157,6 +158,7 @@ public struct UserEntry: Sendable, Equatable {
             case "query_wait_timeout": let n = try int(); entry.queryWaitTimeout = n <= 0 ? nil : Double(n)
             case "idle_transaction_timeout": let n = try int(); entry.idleTransactionTimeout = n <= 0 ? nil : Double(n)
             case "client_idle_timeout": let n = try int(); entry.clientIdleTimeout = n <= 0 ? nil : Double(n)
+            case "transaction_timeout": let n = try int(); entry.transactionTimeout = n <= 0 ? nil : Double(n)
             default: throw .init(message: "unrecognized user parameter: \(key)")
             }
         }

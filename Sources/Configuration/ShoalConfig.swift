@@ -40,6 +40,8 @@ public struct ShoalConfig: Sendable {
     public var queryWaitTimeout = 120.0
     public var clientIdleTimeout = 0.0
     public var idleTransactionTimeout = 0.0
+    /// A transaction open longer than this is ended by closing its client and server (0 = off; PgBouncer 1.25).
+    public var transactionTimeout = 0.0
     public var ignoreStartupParameters: [String] = []
     public var trackExtraParameters: [String] = ["IntervalStyle"]
     public var maxPacketSize = 2_147_483_647

@@ -352,6 +352,15 @@ extension LinkStateMachine {
             lastActivity = max(lastActivity, now)
         }
         let quiet = Double(now &- lastActivity) / 1e9
+        if phase == .linked && tracker.transactionStatus != .idle {
+            let since = transactionSince ?? now
+            transactionSince = since
+            if options.transactionTimeout > 0 && Double(now &- since) / 1e9 >= options.transactionTimeout {
+                return serverSideTimeout("transaction timeout")
+            }
+        } else {
+            transactionSince = nil
+        }
         switch phase {
         case .linked:
             if tracker.awaitingServer {

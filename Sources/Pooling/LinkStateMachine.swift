@@ -38,6 +38,7 @@ public struct LinkStateMachine: Sendable {
         /// Seconds, 0 = off.
         public var queryTimeout = 0.0
         public var idleTransactionTimeout = 0.0
+        public var transactionTimeout = 0.0
         public var clientIdleTimeout = 0.0
         public var pinWarnTimeout = 0.0
         public var maxPinnedClients = 0
@@ -58,7 +59,7 @@ public struct LinkStateMachine: Sendable {
         }
 
         public var tracksPrepared: Bool { preparedCapacity > 0 }
-        public var tracksActivity: Bool { queryTimeout > 0 || idleTransactionTimeout > 0 || clientIdleTimeout > 0 }
+        public var tracksActivity: Bool { queryTimeout > 0 || idleTransactionTimeout > 0 || clientIdleTimeout > 0 || transactionTimeout > 0 }
     }
 
     public enum Phase: Sendable, Equatable {
@@ -143,6 +144,8 @@ public struct LinkStateMachine: Sendable {
     /// statement, not from the start of a long one.
     var lastActivity: UInt64
     var answeredSinceTick = false
+    /// The tick that first saw the server in a transaction block (transaction_timeout; nil outside one).
+    var transactionSince: UInt64?
 
     public init(options: Options, now: UInt64) {
         self.options = options

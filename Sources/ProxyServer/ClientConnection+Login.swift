@@ -258,6 +258,7 @@ extension ClientConnection {
         options.queryTimeout = userEntry?.queryTimeout ?? config.queryTimeout
         options.idleTransactionTimeout = userEntry?.idleTransactionTimeout ?? config.idleTransactionTimeout
         options.clientIdleTimeout = userEntry?.clientIdleTimeout ?? config.clientIdleTimeout
+        options.transactionTimeout = userEntry?.transactionTimeout ?? config.transactionTimeout
         options.pinWarnTimeout = config.pinWarnTimeout
         options.maxPinnedClients = config.maxPinnedClients
         if !config.serverResetQuery.isEmpty {

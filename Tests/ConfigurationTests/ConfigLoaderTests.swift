@@ -65,6 +65,13 @@ import Testing
         }
     }
 
+    @Test func transactionTimeoutIsReadGloballyAndPerUser() throws {
+        let ini = "[pgbouncer]\ntransaction_timeout = 5\n[users]\nmoodle = transaction_timeout=2\n"
+        let config = try loader(["a.ini": ini]).load(path: "a.ini").config
+        #expect(config.transactionTimeout == 5)
+        #expect(config.users["moodle"]?.transactionTimeout == 2)
+    }
+
     @Test func workerThreadsCountsLoopsAndOnlyARestartChangesIt() throws {
         let config = try loader(["a.ini": "[pgbouncer]\nworker_threads = 3\n"]).load(path: "a.ini").config
         #expect(config.eventLoopCount(cpusAvailable: 8) == 3)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Configuration
 
 @Suite(.serialized) struct TimeoutTests {
     @Test func idleTransactionAndQueryTimeoutsCloseTheClientAndFreeTheServer() async throws {
@@ -43,6 +44,27 @@ import Testing
         try await Task.sleep(nanoseconds: 500_000_000)
         #expect(try client.scalar("select 'still in the transaction'") == "still in the transaction")
         try client.query("commit")
+    }
+
+    /// transaction_timeout (PgBouncer 1.25): a block open longer ends, even though no statement ran long and the
+    /// client was never idle for long; the `[users]` value overrides the global one.
+    @Test func transactionTimeoutEndsABusyButLongTransaction() async throws {
+        var user = UserEntry(name: "postgres")
+        user.transactionTimeout = 1
+        let shoal = try await ShoalInstance { [user] in
+            $0.transactionTimeout = 30
+            $0.users["postgres"] = user
+        }
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        try client.query("begin")
+        do {
+            for _ in 0..<8 { try client.query("select pg_sleep(0.3)") }
+            Issue.record("a 2.4 s transaction outlived transaction_timeout = 1")
+        } catch let error as PQError {
+            #expect(error.message.contains("transaction timeout"), "\(error)")
+        }
+        #expect(try PQConnection(shoal.conninfo).scalar("select 'served'") == "served")
     }
 
     @Test func clientIdleTimeoutClosesIdleClients() async throws {

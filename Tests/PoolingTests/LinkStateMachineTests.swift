@@ -254,6 +254,32 @@ extension LinkAction {
         }
     }
 
+    /// transaction_timeout: a block open that long ends, busy or idle; outside a block the clock stops.
+    @Test func transactionTimeoutEndsALongBlockWhateverItDoes() throws {
+        let second: UInt64 = 1_000_000_000
+        var machine = Self.machine { $0.transactionTimeout = 2 }
+        _ = try Self.link(&machine, Wire.query("BEGIN"))
+        _ = machine.serverBytes(Wire.join(Wire.complete("BEGIN"), Wire.ready(.inTransaction))) { true }
+        #expect(machine.tick(now: second / 2).closesServer == false, "the block is first seen here")
+        for step in 1...3 {
+            let now = second / 2 + UInt64(step) * second / 2
+            _ = try machine.clientBytes(Wire.query("SELECT 1"), now: now)
+            _ = machine.serverBytes(Wire.join(Wire.complete("SELECT 1"), Wire.ready(.inTransaction))) { true }
+            #expect(machine.tick(now: now).closesServer == false, "\(step)")
+        }
+        guard case .fatal("transaction timeout", _, .some) = machine.tick(now: 2 * second + second * 6 / 10) else {
+            Issue.record("a block open 2.1 s outlived transaction_timeout = 2"); return
+        }
+
+        var short = Self.machine { $0.transactionTimeout = 2 }
+        _ = try Self.link(&short, Wire.query("BEGIN"))
+        _ = short.serverBytes(Wire.join(Wire.complete("BEGIN"), Wire.ready(.inTransaction))) { true }
+        _ = short.tick(now: second)
+        _ = try short.clientBytes(Wire.query("COMMIT"), now: second)
+        _ = short.serverBytes(Wire.join(Wire.complete("COMMIT"), Wire.ready(.idle))) { true }
+        #expect(short.tick(now: 5 * second).closesServer == false, "outside a block nothing counts")
+    }
+
     @Test func sessionModeNeverReleasesBetweenTransactions() throws {
         var machine = Self.machine(.session)
         _ = try Self.link(&machine, Wire.query("SELECT 1"))
