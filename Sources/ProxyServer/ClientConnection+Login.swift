@@ -246,6 +246,13 @@ extension ClientConnection {
         if let refusal = runtime.lifecycle.withLockedValue({ $0.loginRefusal(database: databaseName) }) {
             return fatal(refusal)
         }
+        if let refusal = runtime.clientLimits.admit(
+            database: databaseName, user: user,
+            databaseLimit: database.maxDbClientConnections ?? config.maxDbClientConnections,
+            userLimit: config.users[user]?.maxUserClientConnections ?? config.maxUserClientConnections) {
+            return fatal(refusal)
+        }
+        countedPerDatabaseAndUser = true
         let pool = runtime.pool(for: PoolKey(database: databaseName, user: database.user ?? user, readOnly: readOnlyRoute), database: database)
         self.pool = pool
         statsShard = pool.shards[loopIndex]

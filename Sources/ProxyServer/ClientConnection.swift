@@ -69,6 +69,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     var user = ""
     var databaseName = ""
     var counted = false
+    /// Counted in max_db_client_connections / max_user_client_connections (`ClientLimits`).
+    var countedPerDatabaseAndUser = false
     var cancelKey: (processID: Int32, secretKey: Int32)?
 
     // Pooling
@@ -226,6 +228,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         loginState = nil
         if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }
+        if countedPerDatabaseAndUser {
+            runtime.clientLimits.left(database: databaseName, user: user)
+            countedPerDatabaseAndUser = false
+        }
         if let key = cancelKey { runtime.cancelRegistry.unregister(processID: key.processID, secretKey: key.secretKey) }
         if runtime.snapshot.config.logDisconnections && previous != .startup {
             logger.info("closing because: \(reason) (age=\((NIODeadline.now() - connectedAt).nanoseconds / 1_000_000_000)s)")

@@ -90,6 +90,8 @@ public final class ShoalRuntime: @unchecked Sendable {
         }
     }
 
+    let clientLimits = ClientLimits()
+
     func clientLeft() {
         clientCountBox.withLockedValue { $0 -= 1 }
     }

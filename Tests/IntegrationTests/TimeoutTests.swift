@@ -92,6 +92,22 @@ import Configuration
         #expect(Int(servers)! <= 2)
     }
 
+    /// max_db_client_connections and max_user_client_connections were shown by SHOW and not enforced.
+    @Test func perDatabaseAndPerUserClientLimitsRefuseWithPgBouncersMessages() async throws {
+        let shoal = try await ShoalInstance { $0.maxDbClientConnections = 2; $0.maxUserClientConnections = 3 }
+        defer { Task { await shoal.stop() } }
+        let other = shoal.conninfo.replacingOccurrences(of: "dbname=postgres", with: "dbname=template1")
+        var held = [try PQConnection(shoal.conninfo), try PQConnection(shoal.conninfo)]
+        #expect(refusal(shoal.conninfo).contains("client connections exceeded (max_db_client_connections)"))
+        // Another database through the `*` entry: its own count, but the same user's.
+        held.append(try PQConnection(other))
+        #expect(refusal(other).contains("client connections exceeded (max_user_client_connections)"))
+        // A client that leaves frees its place.
+        held.removeFirst()
+        try waitUntil("a place freed", timeout: 10) { (try? PQConnection(shoal.conninfo)) != nil }
+        #expect(held.count == 2)
+    }
+
     @Test func maxClientConnRefusesTheNextClientWithPgBouncersMessage() async throws {
         let shoal = try await ShoalInstance { $0.maxClientConn = 2 }
         defer { Task { await shoal.stop() } }
