@@ -104,7 +104,7 @@ public struct LinkStateMachine: Sendable {
     /// Bytes of a dropped (injected Parse's) answer that continue into the next read.
     var dropContinuing = 0
     /// Query/Sync/FunctionCall messages sent on this link, Shoal's own included (the rewrite's batch numbers).
-    public internal(set) var unitsSent = 0
+    var unitsSent = 0
 
     // Session state.
     /// The tracked parameters and session settings this client expects on whatever server it uses.
@@ -126,7 +126,7 @@ public struct LinkStateMachine: Sendable {
     var probeNeeded = false
     var pinSlotWanted = false
     var pinRequestRefusable = false
-    public internal(set) var holdsPinSlot = false
+    var holdsPinSlot = false
     var pinnedSince: UInt64?
     var pinWarned = false
     public internal(set) var pinStatement = ""
@@ -183,7 +183,6 @@ public struct LinkStateMachine: Sendable {
     /// Held session state makes a leaving client's server need DISCARD ALL.
     var holdsSessionState: Bool { !pinned.isEmpty || probeNeeded || !parameters.session.isEmpty || needsDiscard }
 
-    public var hasPending: Bool { pending != nil }
     public var pendingBytes: Int { pending?.readableBytes ?? 0 }
     public var inLostTransaction: Bool { lost != nil }
     /// The client waits for an answer (query_timeout, disconnect wording).
