@@ -9,6 +9,9 @@ struct CommandLineOptions {
     var showHelp = false
     /// Shoal's own: read the config and the auth file, say what would be served, exit (non-zero on error).
     var check = false
+    /// `-R`: PgBouncer's deprecated online restart (taking over the old process's sockets). Shoal does not take
+    /// sockets over; it says so and starts normally, which PgBouncer also does when no old process answers.
+    var reboot = false
 
     enum ParseError: Error {
         case badOption(String)
@@ -33,7 +36,7 @@ struct CommandLineOptions {
                 case "--verbose": options.verbose += 1
                 case "--version": options.showVersion = true
                 case "--help": options.showHelp = true
-                case "--reboot": break
+                case "--reboot": options.reboot = true
                 case "--check": options.check = true
                 case let long where long.hasPrefix("--user="): options.user = String(long.dropFirst("--user=".count))
                 case "--user":
@@ -52,7 +55,7 @@ struct CommandLineOptions {
                     case "v": options.verbose += 1
                     case "V": options.showVersion = true
                     case "h": options.showHelp = true
-                    case "R": break
+                    case "R": options.reboot = true
                     case "u":
                         if !flags.isEmpty {
                             options.user = String(flags)
@@ -84,7 +87,7 @@ struct CommandLineOptions {
         Options:
           -d, --daemon         run in background (as a daemon)
           -q, --quiet          run quietly
-          -R, --reboot         accepted for compatibility; does nothing
+          -R, --reboot         not supported (use so_reuseport): logged, then a normal start
               --check          read the config and auth file, print what would be served, exit
                                (non-zero with file:line and key on an error)
           -u, --user=USERNAME  accepted for compatibility; not supported yet

@@ -48,6 +48,10 @@ let level: Logger.Level = max(options.verbose, config.verbose) >= 2 ? .trace : m
 LoggingSystem.bootstrap { PgBouncerLogHandler(label: $0, sink: sink, level: level) }
 let logger = Logger(label: "shoal")
 for warning in loaded.warnings { logger.warning("\(warning)") }
+if options.reboot {
+    // PgBouncer's own words for -R, then what Shoal does instead of taking the old process's sockets over.
+    logger.warning("Online restart is deprecated, use so_reuseport instead; Shoal does not take over another process's sockets (-R), starting normally")
+}
 
 if config.authType == .hba || config.authType == .cert {
     logger.critical("auth_type \(config.authType.rawValue) is not supported by Shoal yet")

@@ -81,14 +81,14 @@ import Testing
         var logPath: String { "\(directory)/shoal.log" }
         var configPath: String { "\(directory)/shoal.ini" }
 
-        init(poolSize: Int = 2, extra: String = "") throws {
+        init(poolSize: Int = 2, extra: String = "", arguments: [String] = []) throws {
             directory = "/tmp/shoal-proc-test-\(getpid())-\(port)"
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             try "\"postgres\" \"\(TestPostgres.password)\"\n".write(toFile: "\(directory)/userlist.txt", atomically: true, encoding: .utf8)
             try (Self.config(directory: directory, port: port, poolSize: poolSize) + "\n" + extra).write(toFile: "\(directory)/shoal.ini", atomically: true, encoding: .utf8)
             let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
                 .deletingLastPathComponent().appendingPathComponent(".build/debug/shoal").path
-            pid = try ProcessRunner.spawn(binary, ["-q", "\(directory)/shoal.ini"], stdout: "\(directory)/stdout", stderr: "\(directory)/stderr")
+            pid = try ProcessRunner.spawn(binary, arguments + ["-q", "\(directory)/shoal.ini"], stdout: "\(directory)/stdout", stderr: "\(directory)/stderr")
             let deadline = Date().addingTimeInterval(20)
             while !log.contains("listening on") {
                 guard Date() < deadline else { throw TestFailure("shoal did not start: \(log) \(stderr)") }
@@ -205,6 +205,13 @@ import Testing
         } catch {
             #expect("\(error)" == "failed to listen on any address in listen_addr list: 127.0.0.1", "\(error)")
         }
+    }
+
+    /// `-R` (PgBouncer's deprecated online restart) is not silently ignored: it is logged, then Shoal starts.
+    @Test func rebootFlagIsLoggedNotIgnored() throws {
+        let shoal = try ShoalProcess(arguments: ["-R"])
+        #expect(shoal.log.contains("Online restart is deprecated, use so_reuseport instead"), "\(shoal.log)")
+        #expect(try PQConnection(shoal.conninfo).scalar("select 1") == "1")
     }
 
     @Test func sigtermLetsOpenTransactionsCommitThenExits() async throws {
