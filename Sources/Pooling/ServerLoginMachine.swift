@@ -28,6 +28,8 @@ public struct ServerLoginMachine {
     /// The server certificate's tls-server-end-point hash when the connection is TLS (nil on plaintext).
     private let tlsServerEndPoint: [UInt8]?
     private var scram: SCRAMClientExchange?
+    /// The server proved it knows the password (SASLFinal checked): only then is its AuthenticationOk believed.
+    private var scramVerified = false
     /// The SASL mechanism chosen, for the log (`SCRAM-SHA-256-PLUS` when channel binding is in use).
     public private(set) var saslMechanism: String?
     public private(set) var parameters: [(String, String)] = []
@@ -85,6 +87,11 @@ public struct ServerLoginMachine {
         var out = ByteBuffer()
         switch code {
         case 0:
+            // An AuthenticationOk in the middle of a SCRAM exchange would let a server that does not know the
+            // password (an impostor on the path) skip proving it.
+            if scram != nil && !scramVerified {
+                return .fail(message: "server login failed: failed to verify server signature", code: "08P01")
+            }
             return .wait
         case 3: // cleartext
             guard case .password(let password) = secret else { return wrongPasswordType() }
@@ -123,6 +130,9 @@ public struct ServerLoginMachine {
             guard var exchange = scram else { return .fail(message: "server login failed: bad packet", code: "08P01") }
             do {
                 out.writeSASLResponse(try exchange.receiveServerFirst(body.readBytes(length: body.readableBytes) ?? []))
+            } catch .tooManyIterations(let iterations) {
+                return .fail(message: "server login failed: SCRAM iteration count \(iterations) is above \(SCRAMClientExchange.maxIterations)",
+                             code: "08P01")
             } catch {
                 return .fail(message: "server login failed: invalid server signature", code: "08P01")
             }
@@ -134,6 +144,7 @@ public struct ServerLoginMachine {
             } catch {
                 return .fail(message: "server login failed: failed to verify server signature", code: "08P01")
             }
+            scramVerified = true
             return .wait
         default:
             return .fail(message: "server login failed: wrong password type", code: "08P01")

@@ -199,7 +199,14 @@ public struct SCRAMClientExchange: Sendable {
         case invalidServerSignature
         /// The secret Shoal holds cannot answer this server (e.g. a ClientKey for another salt).
         case unusableSecret
+        /// The server asks for more PBKDF2 rounds than `maxIterations`: computing them would stall an EventLoop
+        /// (a hostile or misconfigured server could ask for two billion).
+        case tooManyIterations(Int)
     }
+
+    /// PostgreSQL's default is 4,096 (`scram_iterations`); this leaves room for hardened settings while keeping
+    /// one login under about 100 ms of CPU.
+    public static let maxIterations = 100_000
 
     /// What Shoal knows of the password.
     public enum Secret: Sendable {
@@ -266,6 +273,7 @@ public struct SCRAMClientExchange: Sendable {
               let iterationsText = attributes["i"], let iterations = Int(iterationsText), iterations > 0
         else { throw .malformedMessage }
         guard nonce.hasPrefix(clientNonce), nonce.count > clientNonce.count else { throw .nonceMismatch }
+        if case .password = secret, iterations > Self.maxIterations { throw .tooManyIterations(iterations) }
         let clientKey: [UInt8]
         let serverKey: [UInt8]
         switch secret {

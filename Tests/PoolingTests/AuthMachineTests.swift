@@ -90,6 +90,55 @@ import Testing
     }
 }
 
+extension AuthMachineTests {
+    /// Shoal logging in to a server by SCRAM, the server played by Shoal's own client-facing SCRAM: returns the
+    /// login machine after its SASLResponse, and the server's SASLFinal.
+    func serverLoginUpToFinal() throws -> (ServerLoginMachine, ByteBuffer)? {
+        var login = ServerLoginMachine(user: "postgres", secret: .password("pencil"))
+        var server = ClientAuthMachine(authType: .scramSHA256, user: "postgres", secret: "pencil")
+        guard case .send(let sasl) = server.start(), case .send(let initial) = login.messageReceived(
+            type: BackendMessage.authentication, body: sasl.getSlice(at: 5, length: sasl.readableBytes - 5)!) else { return nil }
+        guard case .send(let serverFirst) = server.passwordMessageReceived(initial.getSlice(at: 5, length: initial.readableBytes - 5)!),
+              case .send(let response) = login.messageReceived(
+                type: BackendMessage.authentication, body: serverFirst.getSlice(at: 5, length: serverFirst.readableBytes - 5)!),
+              case .authenticated(let final?, _, _) = server.passwordMessageReceived(response.getSlice(at: 5, length: response.readableBytes - 5)!)
+        else { return nil }
+        return (login, final.getSlice(at: 5, length: final.readableBytes - 5)!)
+    }
+
+    @Test func serverLoginBelievesAuthenticationOkOnlyAfterTheServersSignature() throws {
+        let ok = body { $0.writeAuthenticationOk() }
+        guard var (skipping, _) = try serverLoginUpToFinal() else { Issue.record("exchange did not run"); return }
+        guard case .fail(let message, _) = skipping.messageReceived(type: BackendMessage.authentication, body: ok) else {
+            Issue.record("an AuthenticationOk without SASLFinal was believed"); return
+        }
+        #expect(message == "server login failed: failed to verify server signature")
+
+        guard var (honest, final) = try serverLoginUpToFinal() else { Issue.record("exchange did not run"); return }
+        guard case .wait = honest.messageReceived(type: BackendMessage.authentication, body: final),
+              case .wait = honest.messageReceived(type: BackendMessage.authentication, body: ok) else {
+            Issue.record("a verified exchange was refused"); return
+        }
+    }
+
+    @Test func serverLoginRefusesAnIterationCountThatWouldStallTheLoop() {
+        var login = ServerLoginMachine(user: "postgres", secret: .password("pencil"))
+        let sasl = body { $0.writeAuthenticationSASL(mechanisms: [SCRAM.mechanism]) }
+        guard case .send(let initial) = login.messageReceived(type: BackendMessage.authentication, body: sasl) else {
+            Issue.record("no SASLInitialResponse"); return
+        }
+        let text = String(decoding: initial.readableBytesView, as: UTF8.self)
+        guard let nonce = text.components(separatedBy: "r=").last else { Issue.record("no nonce in \(text)"); return }
+        let serverFirst = body {
+            $0.writeAuthenticationSASLContinue(Array("r=\(nonce)server,s=c2FsdHNhbHQ=,i=2000000000".utf8))
+        }
+        guard case .fail(let message, let code) = login.messageReceived(type: BackendMessage.authentication, body: serverFirst) else {
+            Issue.record("two billion PBKDF2 rounds were attempted"); return
+        }
+        #expect(message == "server login failed: SCRAM iteration count 2000000000 is above 100000" && code == "08P01")
+    }
+}
+
 @Suite struct HostFailureClassificationTests {
     @Test func unreachableOrShuttingDownIsTheHostsFaultARefusedLoginIsNot() {
         #expect(ServerLoginMachine.isHostFailure(code: "08006", message: "connect failed"))
