@@ -171,6 +171,12 @@ public struct ConfigLoader {
             guard let type = AuthType(rawValue: value.lowercased()) else {
                 throw bad("any, trust, plain, md5, cert, hba or scram-sha-256")
             }
+            guard type != .hba && type != .cert else {
+                // Refused wherever a config is read — start-up, RELOAD/SIGHUP, SET, --check — so it can never
+                // fail open: accepting it would let everyone in by password with none of its rules applied.
+                throw ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key,
+                                       "auth_type \(type.rawValue) is not supported by Shoal yet (no HBA or certificate rules)")
+            }
             config.authType = type
         case .sslmode(let path):
             let modes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]

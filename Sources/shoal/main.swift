@@ -53,10 +53,6 @@ if options.reboot {
     logger.warning("Online restart is deprecated, use so_reuseport instead; Shoal does not take over another process's sockets (-R), starting normally")
 }
 
-if config.authType == .hba || config.authType == .cert {
-    logger.critical("auth_type \(config.authType.rawValue) is not supported by Shoal yet")
-    exit(1)
-}
 if options.daemon && config.pidfile == nil {
     logger.critical("daemon needs pidfile configured")
     exit(1)

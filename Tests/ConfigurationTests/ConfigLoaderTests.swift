@@ -65,6 +65,22 @@ import Testing
         }
     }
 
+    /// auth_type hba/cert are refused by the loader itself, so start-up, RELOAD, SET and --check all refuse them
+    /// (they used to be refused at start-up only, and a reload then admitted everyone by password).
+    @Test func authTypesShoalCannotEnforceAreRefusedEverywhere() throws {
+        for type in ["hba", "cert"] {
+            do {
+                _ = try loader(["a.ini": "[pgbouncer]\nauth_type = \(type)\n"]).load(path: "a.ini")
+                Issue.record("auth_type \(type) loaded")
+            } catch {
+                #expect(error.line == 2 && error.key == "auth_type" && error.description.contains("not supported"), "\(error)")
+            }
+            var config = ShoalConfig()
+            #expect(throws: ConfigDiagnostic.self) { try ConfigLoader.set("auth_type", to: type, in: &config) }
+            #expect(config.authType != .hba && config.authType != .cert)
+        }
+    }
+
     @Test func transactionTimeoutIsReadGloballyAndPerUser() throws {
         let ini = "[pgbouncer]\ntransaction_timeout = 5\n[users]\nmoodle = transaction_timeout=2\n"
         let config = try loader(["a.ini": ini]).load(path: "a.ini").config
