@@ -53,6 +53,8 @@ public struct ShoalConfig: Sendable {
     public var tcpKeepidle = 0
     public var tcpKeepintvl = 0
     public var tcpKeepcnt = 0
+    /// TCP_USER_TIMEOUT in milliseconds (0 = the kernel's default), as PgBouncer's tcp_user_timeout.
+    public var tcpUserTimeout = 0
 
     // MARK: Process and logging
     public var logfile: String?

@@ -32,8 +32,7 @@ public enum Listener {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         if case .unixDomainSocket = channel.localAddress {} else {
-                            try? channel.syncOptions?.setOption(.tcpOption(.tcp_nodelay), value: 1)
-                            if config.tcpKeepalive { try? channel.syncOptions?.setOption(.socketOption(.so_keepalive), value: 1) }
+                            try? TCPTuning.apply(to: channel, config: config)
                         }
                         try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop, readOnlyRoute: readOnly))
                     }

@@ -136,10 +136,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             .channelOption(.maxMessagesPerRead, value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if !isUnix {
-                        try channel.syncOptions?.setOption(.tcpOption(.tcp_nodelay), value: 1)
-                        if config.tcpKeepalive { try channel.syncOptions?.setOption(.socketOption(.so_keepalive), value: 1) }
-                    }
+                    if !isUnix { try TCPTuning.apply(to: channel, config: config) }
                     try channel.pipeline.syncOperations.addHandler(server)
                 }
             }

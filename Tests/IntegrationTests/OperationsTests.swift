@@ -207,6 +207,24 @@ import Testing
         }
     }
 
+    /// tcp_keepidle (and its siblings) reach the sockets: with 7 s the kernel's keepalive timer on a client's
+    /// connection runs from 7 s, not from the 2-hour default.
+    @Test func tcpKeepaliveKeysReachTheSockets() async throws {
+        let shoal = try await ShoalInstance { $0.tcpKeepidle = 7; $0.tcpKeepintvl = 3; $0.tcpKeepcnt = 4; $0.tcpUserTimeout = 20_000 }
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        #expect(try client.scalar("select 1") == "1")
+        // `timer:(keepalive,6.9sec,0)`: the seconds left before the first probe (once the last send is acknowledged;
+        // until then the timer shows the retransmission's).
+        var sockets = ""
+        try waitUntil("the keepalive timer shows", timeout: 5) {
+            sockets = try ProcessRunner.run("ss", ["-tnoH", "state", "established", "( sport = :\(shoal.port) )"]).stdout
+            return sockets.contains("timer:(keepalive,")
+        }
+        let left = sockets.components(separatedBy: "timer:(keepalive,").dropFirst().first?.prefix { $0.isNumber || $0 == "." }
+        #expect(left.flatMap { Double($0) }.map { $0 <= 7 } == true, "\(sockets)")
+    }
+
     /// `-R` (PgBouncer's deprecated online restart) is not silently ignored: it is logged, then Shoal starts.
     @Test func rebootFlagIsLoggedNotIgnored() throws {
         let shoal = try ShoalProcess(arguments: ["-R"])

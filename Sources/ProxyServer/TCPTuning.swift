@@ -1,0 +1,26 @@
+import Configuration
+import Glibc
+import NIOCore
+
+/// Socket options for every TCP connection, to clients and to servers: no Nagle delay, and PgBouncer's keepalive
+/// keys (0 leaves the kernel's default), so a peer that vanished without a reset is noticed.
+enum TCPTuning {
+    static func apply(to channel: Channel, config: ShoalConfig) throws {
+        guard let options = channel.syncOptions else { return }
+        try options.setOption(.tcpOption(.tcp_nodelay), value: 1)
+        // TCP_USER_TIMEOUT (milliseconds): how long sent data may stay unacknowledged before the kernel drops
+        // the connection — what notices a dead peer while a query is on the wire.
+        if config.tcpUserTimeout > 0 {
+            try options.setOption(tcp(TCP_USER_TIMEOUT), value: min(config.tcpUserTimeout, Int(Int32.max)))
+        }
+        guard config.tcpKeepalive else { return }
+        try options.setOption(.socketOption(.so_keepalive), value: 1)
+        if config.tcpKeepidle > 0 { try options.setOption(tcp(TCP_KEEPIDLE), value: min(config.tcpKeepidle, Int(Int32.max))) }
+        if config.tcpKeepintvl > 0 { try options.setOption(tcp(TCP_KEEPINTVL), value: min(config.tcpKeepintvl, Int(Int32.max))) }
+        if config.tcpKeepcnt > 0 { try options.setOption(tcp(TCP_KEEPCNT), value: min(config.tcpKeepcnt, Int(Int32.max))) }
+    }
+
+    private static func tcp(_ name: Int32) -> ChannelOptions.Types.SocketOption {
+        ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: name))
+    }
+}
