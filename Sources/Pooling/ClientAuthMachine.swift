@@ -31,9 +31,11 @@ public struct ClientAuthMachine {
     private var method: Method
 
     /// `parsedVerifier`: the secret already parsed as a SCRAM verifier (the caller may cache parses; base64
-    /// decoding showed in login profiles). `verifierCache` derives verifiers for plaintext secrets.
+    /// decoding showed in login profiles). `verifierCache` derives verifiers for plaintext secrets (user,
+    /// password). `salts` gives the salt of users without a stored verifier, unknown ones included.
     public init(authType: AuthType, user: String, secret: String?, parsedVerifier: SCRAM.Verifier? = nil,
-                scramIterations: Int = SCRAM.defaultIterations, verifierCache: ((String) -> SCRAM.Verifier)? = nil) {
+                scramIterations: Int = SCRAM.defaultIterations, salts: SaltSource = .random(),
+                verifierCache: ((String, String) -> SCRAM.Verifier)? = nil) {
         self.user = user
         self.secret = secret
         let storedVerifier = parsedVerifier ?? secret.flatMap(SCRAM.Verifier.init(parsing:))
@@ -48,17 +50,18 @@ public struct ClientAuthMachine {
             if let storedVerifier {
                 method = .scramStart(storedVerifier)
             } else if let secret, !MD5Password.isStoredHash(secret), !secret.isEmpty {
-                method = .scramStart(verifierCache?(secret) ?? SCRAM.Verifier(password: secret, salt: Self.randomSalt(), iterations: scramIterations))
+                method = .scramStart(verifierCache?(user, secret)
+                                     ?? SCRAM.Verifier(password: secret, salt: salts.salt(for: user), iterations: scramIterations))
             } else {
-                // Unknown user or an md5 secret: run the exchange against a throwaway verifier so the failure looks alike.
-                method = .scramStart(SCRAM.Verifier(iterations: scramIterations, salt: Self.randomSalt(), storedKey: Array(repeating: 0, count: 32), serverKey: Array(repeating: 0, count: 32)))
+                // Unknown user or an md5 secret: run the exchange against a throwaway verifier so the failure looks
+                // alike — with the salt this user name always gets, as a real user's stays the same (a fresh one on
+                // every try would tell an attacker the name does not exist).
+                method = .scramStart(SCRAM.Verifier(iterations: scramIterations, salt: salts.salt(for: user),
+                                                    storedKey: Array(repeating: 0, count: 32), serverKey: Array(repeating: 0, count: 32)))
             }
         }
     }
 
-    static func randomSalt() -> [UInt8] {
-        SCRAM.randomBytes(16)
-    }
 
     public mutating func start() -> Action {
         var out = ByteBuffer()
@@ -142,4 +145,21 @@ public struct ClientAuthMachine {
 
     private func passwordFailed() -> Action { .fail(message: "password authentication failed", code: "28P01") }
     private func saslFailed() -> Action { .fail(message: "SASL authentication failed", code: "28P01") }
+}
+
+/// SCRAM salts for users Shoal has no stored verifier for (a plaintext password in the auth file, or no such
+/// user): derived from the user name with a key secret to this process, so a name always gets the same salt —
+/// unknown names cannot be told from real ones by a changing salt — and two users with the same password get
+/// different salts.
+public struct SaltSource: Sendable {
+    private let key: [UInt8]
+
+    public init(key: [UInt8]) { self.key = key }
+
+    /// A new secret key (one per process).
+    public static func random() -> SaltSource { SaltSource(key: SCRAM.randomBytes(32)) }
+
+    public func salt(for user: String) -> [UInt8] {
+        Array(SCRAM.hmac(key: key, "scram salt for \(user)").prefix(16))
+    }
 }

@@ -190,7 +190,8 @@ extension ClientConnection {
         authSecret = secret
         var machine = ClientAuthMachine(authType: config.authType, user: user, secret: secret,
                                         parsedVerifier: secret.flatMap(runtime.parsedVerifier),
-                                        verifierCache: { [runtime] in runtime.scramVerifier(forPassword: $0) })
+                                        salts: runtime.salts,
+                                        verifierCache: { [runtime] in runtime.scramVerifier(user: $0, password: $1) })
         handle(machine.start())
         auth = machine
         if state == .authenticating { context?.flush() }

@@ -110,11 +110,15 @@ public final class ShoalRuntime: @unchecked Sendable {
         return parsed
     }
 
-    func scramVerifier(forPassword password: String) -> SCRAM.Verifier {
-        if let cached = verifierCache.withLockedValue({ $0[password] }) { return cached }
-        let salt = SCRAM.randomBytes(16)
-        let verifier = SCRAM.Verifier(password: password, salt: salt, iterations: SCRAM.defaultIterations)
-        verifierCache.withLockedValue { $0[password] = verifier }
+    /// The salts of users without a stored verifier; one key per process.
+    let salts = SaltSource.random()
+
+    /// The verifier for a plaintext auth-file password, with this user's own salt (cached: PBKDF2 is the cost).
+    func scramVerifier(user: String, password: String) -> SCRAM.Verifier {
+        let key = "\(user)\u{0}\(password)"
+        if let cached = verifierCache.withLockedValue({ $0[key] }) { return cached }
+        let verifier = SCRAM.Verifier(password: password, salt: salts.salt(for: user), iterations: SCRAM.defaultIterations)
+        verifierCache.withLockedValue { $0[key] = verifier }
         return verifier
     }
 

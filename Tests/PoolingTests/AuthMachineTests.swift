@@ -91,6 +91,33 @@ import Testing
 }
 
 extension AuthMachineTests {
+    /// The salt a SCRAM login as `user` is offered.
+    func offeredSalt(user: String, secret: String?, salts: SaltSource) -> String? {
+        var server = ClientAuthMachine(authType: .scramSHA256, user: user, secret: secret, salts: salts)
+        var client = SCRAMClientExchange(secret: .password("whatever"))
+        _ = server.start()
+        guard case .send(var first) = server.passwordMessageReceived(body {
+            $0.writeSASLInitialResponse(mechanism: SCRAM.mechanism, data: client.clientFirst())
+        }) else { return nil }
+        first.moveReaderIndex(forwardBy: 9)
+        let text = String(decoding: first.readableBytesView, as: UTF8.self)
+        return text.split(separator: ",").first { $0.hasPrefix("s=") }.map(String.init)
+    }
+
+    /// An unknown user gets the same salt on every try, as a real one does (a fresh random salt each time told the
+    /// two apart), and users sharing a plaintext password get different salts.
+    @Test func saltsDoNotTellUnknownUsersOrSharedPasswords() throws {
+        let salts = SaltSource(key: Array(repeating: 7, count: 32))
+        let ghost = offeredSalt(user: "ghost", secret: nil, salts: salts)
+        #expect(ghost != nil && ghost == offeredSalt(user: "ghost", secret: nil, salts: salts))
+        #expect(ghost != offeredSalt(user: "phantom", secret: nil, salts: salts))
+        let alice = offeredSalt(user: "alice", secret: "pencil", salts: salts)
+        #expect(alice == offeredSalt(user: "alice", secret: "pencil", salts: salts))
+        #expect(alice != offeredSalt(user: "bob", secret: "pencil", salts: salts))
+        #expect(ghost != offeredSalt(user: "ghost", secret: nil, salts: .random()), "the key is the process's secret")
+    }
+
+
     /// Shoal logging in to a server by SCRAM, the server played by Shoal's own client-facing SCRAM: returns the
     /// login machine after its SASLResponse, and the server's SASLFinal.
     func serverLoginUpToFinal() throws -> (ServerLoginMachine, ByteBuffer)? {
