@@ -37,7 +37,11 @@ struct ClientScan: FrameVisitor {
     var stateStatement = ""
     /// Each setting change with the number of client ReadyForQuery messages due before its unit's.
     var settingChanges: [(change: StatementEffects.SettingChange, unitsAhead: Int)] = []
+    /// The Parse/Bind/Describe/Close messages that name a statement (the rewrite's work; unnamed ones, PHP's
+    /// pg_query_params, go as they came and cost no entry here).
     var statementMessages: [StatementMessage] = []
+    /// The statement message whose body comes next.
+    var currentStatement = StatementMessage(offset: 0, size: 0, unitsBefore: 0)
 
     init(tracker: TransactionTracker, detectsSessionState: Bool, tracksPrepared: Bool, length: Int) {
         self.tracker = tracker
@@ -48,7 +52,12 @@ struct ClientScan: FrameVisitor {
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
         // DEALLOCATE ALL / DISCARD ALL matter to prepared-statement tracking even with pinning off.
-        (detectsSessionState || tracksPrepared) && (type == FrontendMessage.query || type == FrontendMessage.parse)
+        if tracksPrepared { return type == FrontendMessage.query || Self.isStatementMessage(type) }
+        return detectsSessionState && (type == FrontendMessage.query || type == FrontendMessage.parse)
+    }
+
+    @inline(__always) static func isStatementMessage(_ type: UInt8) -> Bool {
+        type == FrontendMessage.parse || type == FrontendMessage.bind || type == FrontendMessage.describe || type == FrontendMessage.close
     }
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
@@ -56,12 +65,12 @@ struct ClientScan: FrameVisitor {
             terminated = true
             return false
         }
-        if tracksPrepared && (type == FrontendMessage.parse || type == FrontendMessage.bind || type == FrontendMessage.describe
-                              || type == FrontendMessage.close) {
+        if tracksPrepared && Self.isStatementMessage(type) {
             // Held back until whole (the scanner then holds nothing of it); `offset` is never negative here,
-            // since the scanner holds partial headers back too.
+            // since the scanner holds partial headers back too. Its body, whole in this buffer, says whether it
+            // names a statement.
             guard offset >= 0, offset + 1 + length <= self.length else { return false }
-            statementMessages.append(StatementMessage(offset: offset, size: 1 + length, unitsBefore: units))
+            currentStatement = StatementMessage(offset: offset, size: 1 + length, unitsBefore: units)
         }
         tracker.clientSent(type: type)
         if type == FrontendMessage.parse { parses &+= 1 } else if type == FrontendMessage.bind { binds &+= 1 }
@@ -71,6 +80,11 @@ struct ClientScan: FrameVisitor {
     }
 
     mutating func messageBody(type: UInt8, body: ByteBuffer) {
+        if tracksPrepared && Self.isStatementMessage(type) {
+            if Self.namesStatement(type: type, body: body) { statementMessages.append(currentStatement) }
+            // A Parse's text is looked at below too (DEALLOCATE ALL, session state).
+            guard type == FrontendMessage.parse else { return }
+        }
         let found = type == FrontendMessage.query ? SessionStateScanner.scanQuery(body) : SessionStateScanner.scanParse(body)
         guard !found.isEmpty else { return }
         if !found.creates.isEmpty && stateStatement.isEmpty {
@@ -87,6 +101,25 @@ struct ClientScan: FrameVisitor {
             // A Query is its own unit (already counted); a Parse's unit is the Sync still to come.
             let ahead = type == FrontendMessage.query ? tracker.pendingReadyForQuery - 1 : tracker.pendingReadyForQuery
             for change in found.settings { settingChanges.append((change, ahead)) }
+        }
+    }
+}
+
+extension ClientScan {
+    /// Whether a Parse, Bind, Describe or Close names a prepared statement (only those are rewritten).
+    @inline(__always) static func namesStatement(type: UInt8, body: ByteBuffer) -> Bool {
+        let start = body.readerIndex
+        switch type {
+        case FrontendMessage.parse:
+            return body.getInteger(at: start, as: UInt8.self).map { $0 != 0 } ?? false
+        case FrontendMessage.bind:
+            // The portal name comes first.
+            guard let portalEnd = body.readableBytesView.firstIndex(of: 0) else { return false }
+            return body.getInteger(at: portalEnd + 1, as: UInt8.self).map { $0 != 0 } ?? false
+        default:
+            // Describe/Close: 'S' for a statement ('P' for a portal), then the name.
+            guard body.getInteger(at: start, as: UInt8.self) == UInt8(ascii: "S") else { return false }
+            return body.getInteger(at: start + 1, as: UInt8.self).map { $0 != 0 } ?? false
         }
     }
 }
