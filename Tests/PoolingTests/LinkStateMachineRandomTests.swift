@@ -13,16 +13,8 @@ import Testing
 ///   it has (a leak to the next client) — a name may only be marked unknown, which forces a reset;
 /// - what the machine holds of the client's bytes stays below one message.
 @Suite struct LinkStateMachineRandomTests {
-    struct Random: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
+    /// The same seeded generator as the ledger's random test: a failure replays exactly.
+    typealias Random = SettingsLedgerRandomTests.SplitMix64
 
     /// One PostgreSQL backend: reads complete frontend messages, answers as PostgreSQL does.
     struct Backend {
