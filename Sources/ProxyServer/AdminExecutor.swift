@@ -62,8 +62,10 @@ struct AdminExecutor {
                 controller?.requestShutdown(.immediate)
                 return loop.makeSucceededFuture(.silent)
             }
-            // Reply first, then shut down: the console session itself never holds the shutdown up.
-            loop.scheduleTask(in: .milliseconds(20)) { controller?.requestShutdown(mode) }
+            // The shutdown is in force before the reply (a RESUME right after it is refused, as in PgBouncer); its
+            // work starts once the reply is out, so the console session itself never holds it up.
+            let alreadyShuttingDown = controller?.beginShutdown(mode) ?? false
+            loop.scheduleTask(in: .milliseconds(20)) { controller?.carryOutShutdown(mode, alreadyShuttingDown: alreadyShuttingDown) }
             return loop.makeSucceededFuture(.done(tag: "SHUTDOWN"))
         }
     }

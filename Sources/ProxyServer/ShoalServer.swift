@@ -146,10 +146,19 @@ public final class ShoalServer: @unchecked Sendable {
     /// SHUTDOWN, SHUTDOWN WAIT_FOR_SERVERS / WAIT_FOR_CLIENTS, and SIGTERM / SIGINT. A second request while one
     /// is under way exits at once, as PgBouncer does.
     public func requestShutdown(_ mode: AdminCommand.ShutdownMode) {
-        let alreadyShuttingDown = runtime.lifecycle.withLockedValue { state -> Bool in
+        carryOutShutdown(mode, alreadyShuttingDown: beginShutdown(mode))
+    }
+
+    /// Records the shutdown: from now on logins and RESUME are refused. Returns whether one was already under way.
+    func beginShutdown(_ mode: AdminCommand.ShutdownMode) -> Bool {
+        runtime.lifecycle.withLockedValue { state -> Bool in
             defer { if state.shutdown == nil { state.shutdown = mode } }
             return state.shutdown != nil
         }
+    }
+
+    /// Stops listening and waits as `mode` says, or exits at once.
+    func carryOutShutdown(_ mode: AdminCommand.ShutdownMode, alreadyShuttingDown: Bool) {
         if mode == .immediate || alreadyShuttingDown {
             runtime.onExit("")
             return
@@ -216,6 +225,8 @@ public final class ShoalServer: @unchecked Sendable {
 protocol ServerController: AnyObject, Sendable {
     func reload() -> Bool
     func requestShutdown(_ mode: AdminCommand.ShutdownMode)
+    func beginShutdown(_ mode: AdminCommand.ShutdownMode) -> Bool
+    func carryOutShutdown(_ mode: AdminCommand.ShutdownMode, alreadyShuttingDown: Bool)
     func pauseAll()
     func resumeAll()
     func setAccepting(_ accepting: Bool)

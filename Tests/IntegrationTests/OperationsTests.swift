@@ -232,6 +232,18 @@ import Testing
         #expect(try PQConnection(shoal.conninfo).scalar("select 1") == "1")
     }
 
+    /// SHUTDOWN WAIT_FOR_SERVERS is in force when it answers: a RESUME right after it, in the same session, is
+    /// refused as shutting down (it used to land before the shutdown began and answer "not paused").
+    @Test func shutdownTakesEffectBeforeItsReply() throws {
+        let shoal = try ShoalProcess()
+        let holder = try PQConnection(shoal.conninfo)
+        try holder.query("begin")
+        let answer = try ProcessRunner.run("psql", ["-X", "-At", shoal.consoleConninfo, "-c", "SHUTDOWN WAIT_FOR_SERVERS", "-c", "RESUME"])
+        #expect(answer.stderr.contains("pooler is shutting down"), "\(answer.stdout) \(answer.stderr)")
+        #expect(!answer.stderr.contains("not paused"), "\(answer.stderr)")
+        try holder.query("commit")
+    }
+
     @Test func sigtermLetsOpenTransactionsCommitThenExits() async throws {
         let shoal = try ShoalProcess()
         var connection: PQConnection? = try PQConnection(shoal.conninfo)
