@@ -41,13 +41,24 @@ final class AuthQueryConnection: ChannelInboundHandler, @unchecked Sendable {
                        completion: @escaping (Outcome) -> Void) {
         let config = runtime.config
         guard let authUser = database.authUser ?? config.authUser else { return completion(.noSuchUser) }
+        // auth_dbname names a [databases] entry (PgBouncer's meaning): the query runs where that entry points.
+        var target = database
+        if let name = database.authDbname ?? config.authDbname {
+            guard !config.isConsoleDatabase(name), let entry = config.database(named: name) else {
+                return completion(.failed("authentication database \"\(name)\" is not configured"))
+            }
+            if runtime.lifecycle.withLockedValue({ $0.disabledDatabases.contains(name) }) {
+                return completion(.failed("authentication database \"\(name)\" is disabled"))
+            }
+            target = entry
+        }
         var secret = ServerLoginSecret(authFileSecret: runtime.userList.secrets[authUser]).loginSecret
-        if case .none = secret, let password = database.password { secret = .password(password) }
+        if case .none = secret, let password = target.password ?? database.password { secret = .password(password) }
         let handler = AuthQueryConnection(
             query: database.authQuery ?? config.authQuery, user: user, authUser: authUser, secret: secret,
-            database: database.authDbname ?? config.authDbname ?? database.dbname ?? database.name, completion: completion)
+            database: target.dbname ?? target.name, completion: completion)
         // Several hosts: the writer, or any host up (a down first host must not stop logins during a failover).
-        let address = runtime.hosts.lookupHost(for: database, config: config)
+        let address = runtime.hosts.lookupHost(for: target, config: config)
         let host = address.host
         let port = address.port
         let bootstrap = ClientBootstrap(group: eventLoop)

@@ -27,4 +27,30 @@ import Testing
         #expect(refusal("\(base) user=nosuchrole").contains("no such user"))
         #expect(try PQConnection("\(base) user=postgres").scalar("select current_user") == "postgres")
     }
+
+    /// auth_dbname names a [databases] entry, as in PgBouncer: the lookup runs on that entry's host and database.
+    /// A name that is no entry is a configuration error, said in the log, and the client gets PgBouncer's
+    /// `bouncer config error`.
+    @Test func authDbnameNamesADatabasesEntry() async throws {
+        try TestPostgres.shared.psql("drop role if exists chemistry; create role chemistry login password 'atoms'")
+        let shoal = try await ShoalInstance {
+            $0.authUser = "postgres"
+            var source = $0.databases["postgres"]!
+            source.name = "authsource"
+            $0.databases["authsource"] = source
+            $0.authDbname = "authsource"
+        }
+        defer { Task { await shoal.stop() } }
+        let base = "host=127.0.0.1 port=\(shoal.port) dbname=postgres"
+        #expect(try PQConnection("\(base) user=chemistry password=atoms").scalar("select current_user") == "chemistry")
+
+        let misconfigured = try await ShoalInstance {
+            $0.authUser = "postgres"
+            $0.databases["*"] = nil
+            $0.authDbname = "nosuchentry"
+        }
+        defer { Task { await misconfigured.stop() } }
+        #expect(refusal("host=127.0.0.1 port=\(misconfigured.port) dbname=postgres user=chemistry password=atoms").contains("bouncer config error"))
+        #expect(misconfigured.log.contains("authentication database \"nosuchentry\" is not configured"), "\(misconfigured.log)")
+    }
 }
