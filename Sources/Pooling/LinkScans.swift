@@ -4,17 +4,12 @@ import PostgresWire
 
 /// A Parse, Bind, Describe or Close found complete in a client read: the prepared-statement rewrite works
 /// from these, not from a second walk over the bytes.
-public struct StatementMessage: Sendable {
+struct StatementMessage: Sendable {
     /// Where the message starts in the scanned bytes, and its size with type byte and length.
-    public var offset: Int
-    public var size: Int
+    var offset: Int
+    var size: Int
     /// Query/Sync/FunctionCall messages before it in the same bytes (its ReadyForQuery batch, relative).
-    public var unitsBefore: Int
-    public init(offset: Int, size: Int, unitsBefore: Int) {
-        self.offset = offset
-        self.size = size
-        self.unitsBefore = unitsBefore
-    }
+    var unitsBefore: Int
 }
 
 /// Client → server, once per read: counts requests into the tracker, finds Terminate, what statements do to

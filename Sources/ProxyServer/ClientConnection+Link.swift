@@ -131,7 +131,6 @@ extension ClientConnection {
         }
         if let context, !context.channel.isWritable { server.setReadPaused(true) }
         run(step.action)
-        if case .none = step.action { server.flush() }
     }
 
     // MARK: Server traffic
