@@ -9,6 +9,8 @@ let package = Package(
         .executable(name: "shoal-load", targets: ["shoal-load"]),
         // The pure parts, for the package-benchmark suite in Benchmarks/ (its own package, so CI does not build it).
         .library(name: "ShoalCore", targets: ["PostgresWire", "Pooling", "Configuration"]),
+        // What the fuzz targets in Fuzz/ drive (their own package: they build with -sanitize=fuzzer).
+        .library(name: "ShoalFuzzable", targets: ["PostgresWire", "Pooling", "Configuration", "AdminConsole", "LinkModel"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -40,6 +42,9 @@ let package = Package(
             // lets the proxy use specialised copies instead of runtime generic metadata on every lease (perf).
             swiftSettings: [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
         ),
+        // A model PostgreSQL backend and the client lives that drive LinkStateMachine against it: the randomized
+        // test and the link-machine fuzz target share them.
+        .target(name: "LinkModel", dependencies: ["Pooling", "PostgresWire", "Configuration", .product(name: "NIOCore", package: "swift-nio")]),
         // The admin console's grammar and result sets (PgBouncer's columns), built from live data handed in.
         .target(
             name: "AdminConsole",
@@ -91,7 +96,7 @@ let package = Package(
         ),
         .testTarget(name: "PostgresWireTests", dependencies: ["PostgresWire"]),
         .testTarget(name: "ConfigurationTests", dependencies: ["Configuration"]),
-        .testTarget(name: "PoolingTests", dependencies: ["Pooling", "Configuration", "PostgresWire"]),
+        .testTarget(name: "PoolingTests", dependencies: ["Pooling", "Configuration", "PostgresWire", "LinkModel"]),
         .testTarget(name: "AdminConsoleTests", dependencies: ["AdminConsole", "Configuration", "Pooling"]),
         .testTarget(name: "LoadHarnessTests", dependencies: ["LoadHarness"]),
         .testTarget(

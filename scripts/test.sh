@@ -6,8 +6,12 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export PATH="/usr/lib/postgresql/15/bin:$PATH"
 swift build --build-tests
-# The image test packs the release binary as the Dockerfile does (static Swift runtime).
-swift build -c release --static-swift-stdlib --product shoal
+# docker/Dockerfile's build stage, run on exactly the files its COPY lines and .dockerignore take from this
+# checkout: the image and .deb tests use the binary it makes (static Swift runtime, stripped).
+python3 docker/run-build-stage.py
 # swift test runs XCTest then Swift Testing; its exit status covers both (never grep its output).
 # Suites one after another: the integration suites share one PostgreSQL and two cores.
 swift test --skip-build --no-parallel
+# Every libFuzzer target for a few seconds on its seed corpus (Fuzz/README.md): a crash, leak or broken invariant
+# fails the suite. Its own build (ASan + coverage) goes to .build-fuzz.
+bash Fuzz/run.sh "${FUZZ_SECONDS:-5}"

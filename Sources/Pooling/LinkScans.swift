@@ -148,6 +148,9 @@ struct ServerScan: FrameVisitor {
     var ownEnd: Int?
     let mode: PoolMode
     var releasable = false
+    /// Something other than an asynchronous message (notice, parameter status, notification) came after the
+    /// ReadyForQuery that made the server releasable: nothing asked for it, so the server is not provably clean.
+    var strayAfterReady = false
     /// ReadyForQuery messages that answered the client, and how many of them said idle.
     var readyCount = 0
     var transactionsEnded = 0
@@ -176,6 +179,10 @@ struct ServerScan: FrameVisitor {
     }
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
+        if releasable && type != BackendMessage.noticeResponse && type != BackendMessage.parameterStatus
+            && type != BackendMessage.notificationResponse {
+            strayAfterReady = true
+        }
         currentOwn = swallow > 0
         if swallow > 0 {
             if type == BackendMessage.errorResponse && probing { probeFailed = true }

@@ -108,8 +108,15 @@ extension LinkStateMachine {
             read.action = endSessionForHost()
             return read
         }
-        guard scan.releasable || probeFinished, options.mode != .session, phase == .linked,
-              releaseBlocker == nil || releaseBlocker == .cancelInFlight else { return read }
+        guard scan.releasable || probeFinished, options.mode != .session, phase == .linked else { return read }
+        if scan.strayAfterReady || !serverScanner.atBoundary {
+            // The server went on talking after its last ReadyForQuery (PostgreSQL never does; a broken proxy or
+            // server might): what it says next would reach another client. The client has all its answers.
+            _ = abandonServer()
+            read.action = .closeServer(reason: "idle server got dirty")
+            return read
+        }
+        guard releaseBlocker == nil || releaseBlocker == .cancelInFlight else { return read }
         if probeNeeded {
             read.action = .sendToServer(startOwn(.probe, sql: SessionStateProbe.sql))
         } else if pinned.isEmpty {

@@ -161,6 +161,8 @@ public struct LinkStateMachine: Sendable {
         case owesReplies
         /// The client stopped in the middle of a message the server has part of.
         case midMessage
+        /// The server stopped in the middle of a message (one nobody asked for: it went on after ReadyForQuery).
+        case serverMidMessage
         /// Shoal's own statement (settings replay, session-state probe) is on the server.
         case shoalStatement
         /// A cancel request for this client is still on its way to the server.
@@ -172,6 +174,7 @@ public struct LinkStateMachine: Sendable {
     public var releaseBlocker: ReleaseBlocker? {
         if !tracker.isReleasable { return .owesReplies }
         if !clientScanner.atBoundary { return .midMessage }
+        if !serverScanner.atBoundary { return .serverMidMessage }
         if own != nil { return .shoalStatement }
         if cancelsInFlight > 0 { return .cancelInFlight }
         return nil

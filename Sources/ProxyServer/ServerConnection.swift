@@ -218,8 +218,14 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                 // An idle server speaking unprompted: a notice, a reported change (in_hot_standby at a
                 // promotion), or a FATAL before it goes away. The close follows a FATAL.
                 var visitor = IdleServerVisitor()
-                _ = try? scanner.scan(buffer, visitor: &visitor)
+                let scanned = (try? scanner.scan(buffer, visitor: &visitor)) != nil
                 if let message = visitor.fatal { logger.info("server sent while idle: \(message)") }
+                if !scanned || visitor.unsolicited || !scanner.atBoundary {
+                    // Anything else, a bad frame, or half a message: the next client would read it as the start
+                    // of its answer. PgBouncer's words for a server that is not clean.
+                    if pool.withState({ $0.takeOneIdle { $0 === self } }) != nil { close(reason: "idle server got dirty") }
+                    return
+                }
                 // A promotion reports in_hot_standby = off to every session. A client may be leasing this
                 // server on another loop right now, so its fields are not rewritten here: taken out of the idle
                 // list under the pool lock, it closes, and the pool's next login reports the host as it is.
@@ -681,8 +687,19 @@ struct LoginVisitor: FrameVisitor {
 struct IdleServerVisitor: FrameVisitor {
     var fatal: String?
     var parameterUpdates: [(String, String)] = []
+    /// A message other than the asynchronous ones (notice, parameter status, notification) or a FATAL.
+    var unsolicited = false
     func wantsBody(type: UInt8) -> Bool { type == BackendMessage.errorResponse || type == BackendMessage.parameterStatus }
-    mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool { true }
+    mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
+        switch type {
+        case BackendMessage.noticeResponse, BackendMessage.parameterStatus, BackendMessage.notificationResponse,
+             BackendMessage.errorResponse:
+            break
+        default:
+            unsolicited = true
+        }
+        return true
+    }
     mutating func messageBody(type: UInt8, body: ByteBuffer) {
         var body = body
         if type == BackendMessage.parameterStatus {

@@ -24,7 +24,9 @@ if options.showHelp {
     exit(0)
 }
 if options.showVersion {
-    print("Shoal \(version)\nPgBouncer-compatible configuration and console (PgBouncer 1.25 level)\nCPUs available (worker_threads = 0): \(System.coreCount)")
+    // Line 1 as PgBouncer prints it and as SHOW VERSION answers: scripts read the version from `--version | head -1`.
+    print("PgBouncer \(ShowTables.pgbouncerVersion) (Shoal \(version))\nShoal \(version)\ntls: swift-nio-ssl (BoringSSL)\n"
+          + "CPUs available (worker_threads = 0): \(System.coreCount)")
     exit(0)
 }
 

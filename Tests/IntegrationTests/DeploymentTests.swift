@@ -8,6 +8,18 @@ import Testing
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static let shoal = root.appendingPathComponent(".build/debug/shoal").path
 
+    /// The binary docker/Dockerfile's build stage makes (static Swift runtime, stripped), built by running that
+    /// stage on exactly the files its COPY lines and .dockerignore take from the checkout. scripts/test.sh runs
+    /// it first; alone, a test runs it here (minutes on two cores).
+    static func imageBinary() throws -> String {
+        let binary = root.appendingPathComponent(".build-docker/out/usr/bin/shoal").path
+        if !FileManager.default.fileExists(atPath: binary) {
+            let stage = try ProcessRunner.run("python3", [root.appendingPathComponent("docker/run-build-stage.py").path], timeout: 2400)
+            #expect(stage.status == 0, "\(stage.stdout)\(stage.stderr)")
+        }
+        return binary
+    }
+
     @Test(arguments: ["base", "overlays/moodle-azure", "overlays/aurora-departments"])
     func kustomizationRendersValidatesAndItsConfigPassesCheck(_ directory: String) throws {
         let scratch = "/tmp/shoal-k8s-\(getpid())-\(directory.replacingOccurrences(of: "/", with: "-"))"
@@ -38,17 +50,11 @@ import Testing
     }
 
     /// The runtime image built here as docker/Dockerfile lays it out (no registry to pull a base image from):
-    /// FROM scratch with the release binary and its libraries, run by buildah as uid 10001 on the host network,
-    /// serving psql.
+    /// FROM scratch with the build stage's binary and its libraries, run by buildah as uid 10001 on the host
+    /// network, serving psql.
     @Test func scratchImageBuiltWithBuildahServesPsql() async throws {
         guard getuid() == 0 else { throw TestFailure("buildah with vfs storage runs as root here (CI runs as root)") }
-        let release = Self.root.appendingPathComponent(".build/release/shoal").path
-        if !FileManager.default.fileExists(atPath: release) {
-            // scripts/test.sh builds it first; alone, this test builds it (minutes on two cores).
-            let build = try ProcessRunner.run("swift", ["build", "--package-path", Self.root.path, "-c", "release", "--static-swift-stdlib",
-                                                        "--product", "shoal"], timeout: 1800)
-            #expect(build.status == 0, "\(build.stderr)")
-        }
+        let release = try Self.imageBinary()
         let image = "localhost/shoal-test:\(getpid())"
         let built = try ProcessRunner.run("bash", [Self.root.appendingPathComponent("docker/build-scratch-image.sh").path, release, image], timeout: 300)
         #expect(built.status == 0, "\(built.stdout)\(built.stderr)")
@@ -120,13 +126,30 @@ import Testing
         let scratch = "/tmp/shoal-deb-\(getpid())"
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let build = try ProcessRunner.run("bash", [Self.root.appendingPathComponent("packaging/deb/build-deb.sh").path, Self.shoal, scratch], timeout: 300)
+        // A binary that needs the Swift toolchain's libraries is refused: no Debian host has them.
+        let dynamic = try ProcessRunner.run("bash", [Self.root.appendingPathComponent("packaging/deb/build-deb.sh").path, Self.shoal, scratch], timeout: 300)
+        #expect(dynamic.status != 0 && dynamic.stderr.contains("libswiftCore.so"), "\(dynamic.stdout)\(dynamic.stderr)")
+        let build = try ProcessRunner.run("bash", [Self.root.appendingPathComponent("packaging/deb/build-deb.sh").path, try Self.imageBinary(), scratch],
+                                          timeout: 300)
         #expect(build.status == 0, "\(build.stderr)")
         let package = build.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let contents = try ProcessRunner.run("dpkg-deb", ["--contents", package])
         for path in ["./usr/bin/shoal", "./lib/systemd/system/shoal.service", "./etc/shoal/shoal.ini"] {
             #expect(contents.stdout.contains(path), "\(path) missing: \(contents.stdout)")
         }
+        let depends = try ProcessRunner.run("dpkg-deb", ["-f", package, "Depends"]).stdout
+        #expect(depends.contains("libc6") && depends.contains("libstdc++6") && depends.contains("libgcc-s1"), "\(depends)")
+
+        // The packaged binary runs in a root that holds only it and the libraries Depends: names — no Swift toolchain.
+        let bare = "\(scratch)/bare"
+        #expect(try ProcessRunner.run("dpkg-deb", ["-x", package, bare]).status == 0)
+        let libraries = try ProcessRunner.run("ldd", ["\(bare)/usr/bin/shoal"]).stdout
+        for library in libraries.split(separator: "\n").compactMap({ $0.split(separator: " ").first(where: { $0.hasPrefix("/") }) }) {
+            #expect(try ProcessRunner.run("cp", ["--parents", "-L", String(library), bare]).status == 0)
+        }
+        #expect(!libraries.contains("swift") && !libraries.contains("Foundation") && !libraries.contains("dispatch"), "\(libraries)")
+        let chrooted = try ProcessRunner.run("chroot", [bare, "/usr/bin/shoal", "--version"])
+        #expect(chrooted.status == 0 && chrooted.stdout.hasPrefix("PgBouncer"), "\(chrooted.stdout)\(chrooted.stderr)")
         let install = try ProcessRunner.run("dpkg", ["-i", package])
         #expect(install.status == 0, "\(install.stdout)\(install.stderr)")
         defer { _ = try? ProcessRunner.run("dpkg", ["--purge", "shoal"]) }

@@ -2,6 +2,7 @@ import Configuration
 import NIOCore
 import Pooling
 import PostgresWire
+import LinkModel
 import Testing
 
 /// Messages as drivers and PostgreSQL send them, for feeding the machine.
@@ -53,13 +54,6 @@ extension LinkAction {
     var releasedSession: ServerSession? { if case .release(let session, _) = self { return session } else { return nil } }
     var resetQuery: String?? { if case .release(_, let reset) = self { return .some(reset) } else { return nil } }
     var sent: ByteBuffer? { if case .sendToServer(let bytes) = self { return bytes } else { return nil } }
-    var closesServer: Bool {
-        switch self {
-        case .closeServer: return true
-        case .fatal(_, _, let reason): return reason != nil
-        default: return false
-        }
-    }
 }
 
 /// The linked phase, event by event: what the machine forwards, queues, answers and decides.
@@ -92,6 +86,28 @@ extension LinkAction {
         #expect(read.action.isRelease)
         #expect(read.action.resetQuery == .some(nil))
         #expect(machine.phase == .idle)
+    }
+
+    /// Found by the fuzz-link-raw target: a server that goes on after the ReadyForQuery that ends the client's
+    /// work (with a message nobody asked for, or half of one) is not clean; it is closed, never given back, while
+    /// asynchronous messages after it (notice, parameter status, notification) are fine.
+    @Test(arguments: [
+        (Wire.join(Wire.ready(.idle), Wire.row("1")), true),
+        (Wire.join(Wire.ready(.idle), Wire.message(0, { $0.writeInteger(Int32(826_408_960)) })), true),
+        (Wire.join(Wire.ready(.idle), Wire.row("1").getSlice(at: 0, length: 3)!), true),
+        (Wire.join(Wire.ready(.idle), Wire.parameterStatus("TimeZone", "UTC")), false),
+    ])
+    func aServerTalkingAfterItsLastReadyForQueryIsClosed(after: ByteBuffer, dirty: Bool) throws {
+        var machine = Self.machine()
+        _ = try Self.link(&machine, Wire.query("SELECT 1"))
+        let action = machine.serverBytes(Wire.join(Wire.row("1"), Wire.complete("SELECT 1"), after)) { true }.action
+        if dirty {
+            guard case .closeServer(let reason) = action else { Issue.record("\(action)"); return }
+            #expect(reason == "idle server got dirty")
+            #expect(machine.phase == .idle)
+        } else {
+            #expect(action.isRelease)
+        }
     }
 
     @Test func aTransactionBlockKeepsTheServerUntilItEnds() throws {

@@ -7,14 +7,24 @@ cd "$(dirname "$0")/../.."
 binary=${1:-}
 out=${2:-.}
 if [ -z "$binary" ]; then
-    swift build -c release --product shoal --scratch-path .build-release >/dev/null
+    # Static Swift runtime: the package must start on a host with no Swift toolchain.
+    swift build -c release --static-swift-stdlib --product shoal --scratch-path .build-release >/dev/null
     binary=.build-release/release/shoal
 fi
-version=$("$binary" --version | head -1 | awk '{print $2}')
+# Only the system libraries `Depends:` names below may be linked dynamically (a binary built without
+# --static-swift-stdlib needs libswiftCore.so and friends, which no Debian host has).
+unexpected=$(ldd "$binary" | awk '{print $1}' | grep -v -E '^(linux-vdso\.so|/lib64/ld-linux|ld-linux|libc\.so|libm\.so|libstdc\+\+\.so|libgcc_s\.so)' || true)
+if [ -n "$unexpected" ]; then
+    echo "build-deb.sh: $binary links libraries the package cannot depend on: $(echo $unexpected)" >&2
+    echo "build it with: swift build -c release --static-swift-stdlib --product shoal" >&2
+    exit 1
+fi
+version=$("$binary" --version | grep -m1 -o 'Shoal [0-9][0-9.]*' | awk '{print $2}')
 arch=$(dpkg --print-architecture)
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-install -D -m 0755 "$binary" "$root/usr/bin/shoal"
+# Stripped, as in the image: symbols are about 45% of a static Swift binary.
+install -D -m 0755 -s "$binary" "$root/usr/bin/shoal"
 install -D -m 0644 conf/shoal.service "$root/lib/systemd/system/shoal.service"
 install -D -m 0640 packaging/deb/shoal.ini "$root/etc/shoal/shoal.ini"
 install -D -m 0640 packaging/deb/userlist.txt "$root/etc/shoal/userlist.txt"
@@ -28,7 +38,7 @@ Architecture: $arch
 Maintainer: Shoal developers <shoal@localhost>
 Section: database
 Priority: optional
-Depends: libc6, adduser
+Depends: libc6, libstdc++6, libgcc-s1, adduser
 Description: PostgreSQL connection pooler, a drop-in for PgBouncer
  Shoal reads pgbouncer.ini and userlist.txt, serves PgBouncer's admin console,
  pools in session, transaction and statement modes and keeps session state
@@ -36,6 +46,5 @@ Description: PostgreSQL connection pooler, a drop-in for PgBouncer
 CONTROL
 printf '/etc/shoal/shoal.ini\n/etc/shoal/userlist.txt\n' > "$root/DEBIAN/conffiles"
 install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
-# Swift's runtime libraries the binary was linked against travel with it when it was not built static.
 dpkg-deb --root-owner-group --build "$root" "$out/shoal_${version}_${arch}.deb" >/dev/null
 echo "$out/shoal_${version}_${arch}.deb"
