@@ -275,6 +275,8 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         public var close: [Server] = []
         /// Loops to dial new servers on (min_pool_size, reserve pool).
         public var connect: [Int] = []
+        /// The waiter for whom a reserve-pool server is dialed (PgBouncer logs it on that client).
+        public var reserveFor: Waiter?
         /// Idle servers unused for server_check_delay: run server_check_query on them, then release them.
         public var check: [Server] = []
     }
@@ -300,6 +302,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
            totalServers < settings.poolSize + settings.reservePoolSize, connectingCount < waitingCount {
             connectingCount += 1
             result.connect.append(first.loop)
+            result.reserveFor = first.waiter
         }
         var kept: [IdleServer] = []
         let checking = !settings.serverCheckQuery.isEmpty

@@ -29,6 +29,9 @@ final class Janitor: @unchecked Sendable {
         for server in work.check {
             server.check(query: checkQuery)
         }
+        if let waiter = work.reserveFor {
+            waiter.eventLoop.execute { waiter.logger.warning("taking connection from reserve_pool") }
+        }
         for loop in work.connect {
             ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
         }

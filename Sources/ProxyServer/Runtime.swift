@@ -128,6 +128,9 @@ public final class ShoalRuntime: @unchecked Sendable {
         poolsLock.withLock {
             if let pool = pools[key] { return pool }
             let config = self.config
+            if config.databases[key.database] == nil, !pools.keys.contains(where: { $0.database == key.database }) {
+                logger.info("registered new auto-database: \(key.database)")
+            }
             let pool = Pool(key: key, database: database, settings: PoolSettings(config: config, database: database, user: key.user),
                             loopCount: loops.count, routed: hosts.isRouted(database, config))
             pool.serverSecret = initialServerSecret(database: database, user: key.user)

@@ -174,7 +174,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             localPort = local.port ?? 0
         }
         if runtime.snapshot.config.logConnections {
-            logger.info("new connection to server")
+            // PgBouncer names the local end of a TCP connection (which port to look for in pg_stat_activity).
+            logger.info(localPort > 0 ? "new connection to server (from \(localHost):\(localPort))" : "new connection to server")
         }
         let tls = runtime.tls.withLockedValue { $0 }
         // As libpq and PgBouncer: TLS over TCP only, never on a Unix socket.

@@ -120,18 +120,22 @@ public final class ShoalServer: @unchecked Sendable {
         if !already { _ = runtime.pause(database: nil) }
     }
 
-    /// SIGUSR2: RESUME after PAUSE or SUSPEND; ignored while shutting down or when not paused.
-    public func resumeAll() {
-        let resumed = runtime.lifecycle.withLockedValue { state -> Bool in
-            guard state.shutdown == nil, state.pausedAll || state.suspended else { return false }
+    /// SIGUSR2: RESUME after PAUSE or SUSPEND; ignored while shutting down or when not paused. Returns the
+    /// log line PgBouncer writes for it.
+    @discardableResult public func resumeAll() -> String {
+        let outcome = runtime.lifecycle.withLockedValue { state -> String in
+            if state.shutdown != nil { return "got SIGUSR2 while shutting down, ignoring" }
+            guard state.pausedAll || state.suspended else { return "got SIGUSR2, but not paused/suspended, ignoring" }
+            let line = state.suspended ? "got SIGUSR2, continuing from SUSPEND" : "got SIGUSR2, continuing from PAUSE"
             state.pausedAll = false
             state.suspended = false
-            return true
+            return line
         }
-        if resumed {
+        if outcome.contains("continuing") {
             setAccepting(true)
             runtime.resume(database: nil)
         }
+        return outcome
     }
 
     /// SUSPEND and its RESUME: stop or restart taking new connections on every listener.
@@ -228,7 +232,7 @@ protocol ServerController: AnyObject, Sendable {
     func beginShutdown(_ mode: AdminCommand.ShutdownMode) -> Bool
     func carryOutShutdown(_ mode: AdminCommand.ShutdownMode, alreadyShuttingDown: Bool)
     func pauseAll()
-    func resumeAll()
+    @discardableResult func resumeAll() -> String
     func setAccepting(_ accepting: Bool)
 }
 

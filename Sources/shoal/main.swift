@@ -142,8 +142,7 @@ onSignal(SIGUSR1) {
     server.pauseAll()
 }
 onSignal(SIGUSR2) {
-    logger.info("got SIGUSR2, continuing from PAUSE")
-    server.resumeAll()
+    logger.info("\(server.resumeAll())")
 }
 // The console's SHUTDOWN, and the end of a WAIT_FOR_* shutdown.
 server.runtime.onExit = { _ in

@@ -159,6 +159,9 @@ import Testing
         #expect(!held.isDone)
         shoal.signal(SIGUSR2)
         #expect(try await held.value() == "after SIGUSR2")
+        #expect(shoal.waitForLog("got SIGUSR2, continuing from PAUSE"))
+        shoal.signal(SIGUSR2)
+        #expect(shoal.waitForLog("got SIGUSR2, but not paused/suspended, ignoring"))
     }
 
     @Test func listensOnSeveralAddressesAndTheUnixSocketWithJSONLogs() async throws {

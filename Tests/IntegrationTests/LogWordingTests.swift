@@ -1,0 +1,31 @@
+import Configuration
+import Foundation
+import Testing
+
+/// Log lines PgBouncer users grep for, in PgBouncer's words (issue 16's wording list).
+@Suite(.serialized) struct LogWordingTests {
+    @Test func serverConnectionsAutoDatabasesAndTheReservePoolAreLoggedAsPgBouncerDoes() async throws {
+        _ = try? TestPostgres.shared.psql("CREATE DATABASE wording_auto")
+        let shoal = try await ShoalInstance {
+            $0.defaultPoolSize = 1
+            $0.reservePoolSize = 1
+            $0.reservePoolTimeout = 0.5
+        }
+        defer { Task { await shoal.stop() } }
+        // A server connection names its local end, the port pg_stat_activity shows as client_port.
+        let holder = try PQConnection(shoal.conninfo)
+        try holder.query("BEGIN")
+        let port = try holder.scalar("select client_port from pg_stat_activity where pid = pg_backend_pid()")
+        #expect(shoal.log.contains("new connection to server (from 127.0.0.1:\(port ?? "?"))"), "\(shoal.log)")
+        // The pool of one is held: a second client waits past reserve_pool_timeout and gets the reserve server.
+        let waiting = try PQConnection(shoal.conninfo)
+        #expect(try waiting.scalar("select 'served from the reserve'") == "served from the reserve")
+        #expect(shoal.log.contains("WARNING C-") && shoal.log.contains("taking connection from reserve_pool"), "\(shoal.log)")
+        try holder.query("COMMIT")
+        // A database served through the `*` entry is registered once.
+        let auto = shoal.conninfo.replacingOccurrences(of: "dbname=postgres", with: "dbname=wording_auto")
+        #expect(try PQConnection(auto).scalar("select current_database()") == "wording_auto")
+        #expect(try PQConnection(auto).scalar("select 1") == "1")
+        #expect(shoal.log.components(separatedBy: "registered new auto-database: wording_auto").count == 2, "\(shoal.log)")
+    }
+}
