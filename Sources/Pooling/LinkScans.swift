@@ -18,9 +18,14 @@ struct ClientScan: FrameVisitor {
     var tracker: TransactionTracker
     let detectsSessionState: Bool
     let tracksPrepared: Bool
-    /// Readable bytes of the scanned buffer: a statement message must be complete in it to be rewritten, so the
-    /// scan stops before one that is not and the machine holds it back.
-    let length: Int
+    /// The scanned buffer: a statement message that names a prepared statement must be complete in it to be
+    /// rewritten, so the scan stops before one that is not and the machine holds it back.
+    let buffer: ByteBuffer
+    var length: Int { buffer.readableBytes }
+    /// A Query or Parse went through unscanned: it may have deallocated the server's prepared statements.
+    var unscanned = false
+    /// A statement message too long to hold (the machine refuses the client).
+    var tooLongToHold: (type: UInt8, length: Int)?
     var terminated = false
     var parses = 0
     var binds = 0
@@ -35,20 +40,19 @@ struct ClientScan: FrameVisitor {
     /// The Parse/Bind/Describe/Close messages that name a statement (the rewrite's work; unnamed ones, PHP's
     /// pg_query_params, go as they came and cost no entry here).
     var statementMessages: [StatementMessage] = []
-    /// The statement message whose body comes next.
-    var currentStatement = StatementMessage(offset: 0, size: 0, unitsBefore: 0)
 
-    init(tracker: TransactionTracker, detectsSessionState: Bool, tracksPrepared: Bool, length: Int) {
+    init(tracker: TransactionTracker, detectsSessionState: Bool, tracksPrepared: Bool, buffer: ByteBuffer) {
         self.tracker = tracker
         self.detectsSessionState = detectsSessionState
         self.tracksPrepared = tracksPrepared
-        self.length = length
+        self.buffer = buffer
     }
 
     @inline(__always) func wantsBody(type: UInt8) -> Bool {
-        // DEALLOCATE ALL / DISCARD ALL matter to prepared-statement tracking even with pinning off.
-        if tracksPrepared { return type == FrontendMessage.query || Self.isStatementMessage(type) }
-        return detectsSessionState && (type == FrontendMessage.query || type == FrontendMessage.parse)
+        // The SQL of a Query or Parse: session state, and DEALLOCATE ALL / DISCARD ALL, which matter to
+        // prepared-statement tracking even with pinning off. Bind/Describe/Close are decided on from where they
+        // start (messageStarted), never gathered.
+        (detectsSessionState || tracksPrepared) && (type == FrontendMessage.query || type == FrontendMessage.parse)
     }
 
     @inline(__always) static func isStatementMessage(_ type: UInt8) -> Bool {
@@ -61,11 +65,24 @@ struct ClientScan: FrameVisitor {
             return false
         }
         if tracksPrepared && Self.isStatementMessage(type) {
-            // Held back until whole (the scanner then holds nothing of it); `offset` is never negative here,
-            // since the scanner holds partial headers back too. Its body, whole in this buffer, says whether it
-            // names a statement.
-            guard offset >= 0, offset + 1 + length <= self.length else { return false }
-            currentStatement = StatementMessage(offset: offset, size: 1 + length, unitsBefore: units)
+            // `offset` is never negative here: the scanner holds partial headers back too. The start of the body
+            // says whether the message names a statement; one that does is held back until whole (the scanner
+            // then holds nothing of it) so it can be rewritten, one that does not streams as it comes.
+            guard offset >= 0 else { return false }
+            let whole = offset + 1 + length <= self.length
+            let available = buffer.getSlice(at: buffer.readerIndex + offset + 5, length: min(length - 4, self.length - offset - 5))!
+            switch Self.namesStatement(type: type, bodyStart: available, whole: whole) {
+            case nil:
+                return false // not enough of it yet to tell
+            case true?:
+                guard whole else {
+                    if 1 + length > LinkStateMachine.heldStatementLimit { tooLongToHold = (type, 1 + length) }
+                    return false
+                }
+                statementMessages.append(StatementMessage(offset: offset, size: 1 + length, unitsBefore: units))
+            case false?:
+                break
+            }
         }
         tracker.clientSent(type: type)
         if type == FrontendMessage.parse { parses &+= 1 } else if type == FrontendMessage.bind { binds &+= 1 }
@@ -74,12 +91,17 @@ struct ClientScan: FrameVisitor {
         return true
     }
 
+    /// A Query or Parse too long to gather for the scan: what it does is unknown, so the server is probed after
+    /// it and cleaned with DISCARD ALL before its next client.
+    mutating func messageBodyOmitted(type: UInt8, length: Int) {
+        guard type == FrontendMessage.query || type == FrontendMessage.parse else { return }
+        effects.mayRelease = true
+        effects.opaqueSetting = true
+        unscanned = true
+        if stateStatement.isEmpty { stateStatement = "(a statement of \(length) bytes, too long to scan)" }
+    }
+
     mutating func messageBody(type: UInt8, body: ByteBuffer) {
-        if tracksPrepared && Self.isStatementMessage(type) {
-            if Self.namesStatement(type: type, body: body) { statementMessages.append(currentStatement) }
-            // A Parse's text is looked at below too (DEALLOCATE ALL, session state).
-            guard type == FrontendMessage.parse else { return }
-        }
         let found = type == FrontendMessage.query ? SessionStateScanner.scanQuery(body) : SessionStateScanner.scanParse(body)
         guard !found.isEmpty else { return }
         if !found.creates.isEmpty && stateStatement.isEmpty {
@@ -101,21 +123,25 @@ struct ClientScan: FrameVisitor {
 }
 
 extension ClientScan {
-    /// Whether a Parse, Bind, Describe or Close names a prepared statement (only those are rewritten).
-    @inline(__always) static func namesStatement(type: UInt8, body: ByteBuffer) -> Bool {
+    /// Whether a Parse, Bind, Describe or Close names a prepared statement (only those are rewritten), from the
+    /// start of its body; nil when that start is not enough to tell and more of the message is to come.
+    @inline(__always) static func namesStatement(type: UInt8, bodyStart body: ByteBuffer, whole: Bool) -> Bool? {
         let start = body.readerIndex
+        let answer: Bool?
         switch type {
         case FrontendMessage.parse:
-            return body.getInteger(at: start, as: UInt8.self).map { $0 != 0 } ?? false
+            answer = body.getInteger(at: start, as: UInt8.self).map { $0 != 0 }
         case FrontendMessage.bind:
             // The portal name comes first.
-            guard let portalEnd = body.readableBytesView.firstIndex(of: 0) else { return false }
-            return body.getInteger(at: portalEnd + 1, as: UInt8.self).map { $0 != 0 } ?? false
+            guard let portalEnd = body.readableBytesView.firstIndex(of: 0) else { return whole ? false : nil }
+            answer = body.getInteger(at: portalEnd + 1, as: UInt8.self).map { $0 != 0 }
         default:
             // Describe/Close: 'S' for a statement ('P' for a portal), then the name.
-            guard body.getInteger(at: start, as: UInt8.self) == UInt8(ascii: "S") else { return false }
-            return body.getInteger(at: start + 1, as: UInt8.self).map { $0 != 0 } ?? false
+            guard let kind = body.getInteger(at: start, as: UInt8.self) else { return whole ? false : nil }
+            guard kind == UInt8(ascii: "S") else { return false }
+            answer = body.getInteger(at: start + 1, as: UInt8.self).map { $0 != 0 }
         }
+        return answer ?? (whole ? false : nil)
     }
 }
 

@@ -44,8 +44,11 @@ extension LinkStateMachine {
         }
         let trackerBefore = tracker
         var scan = ClientScan(tracker: tracker, detectsSessionState: options.detectsSessionState,
-                              tracksPrepared: options.tracksPrepared, length: buffer.readableBytes)
+                              tracksPrepared: options.tracksPrepared, buffer: buffer)
         let consumed = try clientScanner.scan(buffer, visitor: &scan)
+        if let (type, length) = scan.tooLongToHold {
+            throw .tooLongToHold(type: type, length: length, limit: Self.heldStatementLimit)
+        }
         tracker = scan.tracker
         if !scan.terminated && consumed < buffer.readableBytes {
             carry = buffer.getSlice(at: buffer.readerIndex + consumed, length: buffer.readableBytes - consumed)
@@ -64,8 +67,10 @@ extension LinkStateMachine {
                     return read
                 }
             }
-            if scan.effects.deallocatesAll && options.tracksPrepared {
-                statements.removeAll()
+            if (scan.effects.deallocatesAll || scan.unscanned) && options.tracksPrepared {
+                // DEALLOCATE ALL / DISCARD ALL end the client's statements too; a statement too long to scan
+                // only makes the server's uncertain (each is closed and prepared again before its next use).
+                if scan.effects.deallocatesAll { statements.removeAll() }
                 if phase == .linked { server?.statements.removeAllUncertain() } else { clearServerStatementsAtLink = true }
             }
         }

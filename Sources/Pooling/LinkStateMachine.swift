@@ -73,6 +73,15 @@ public struct LinkStateMachine: Sendable {
     /// Shoal's own statement on the server, ahead of the client's units.
     enum OwnStatement: Sendable { case replay, probe }
 
+    /// The longest Query or Parse whose text is gathered across reads for the session-state scan: a longer one
+    /// streams through unscanned and counts as suspect (probe after it, DISCARD ALL before the server's next
+    /// client), so a client's statement cannot make Shoal hold up to max_packet_size bytes.
+    public static let scannedStatementLimit = 1 << 20
+    /// The longest Parse/Bind/Describe/Close naming a prepared statement that is held until whole to be
+    /// rewritten (max_prepared_statements): a longer one is refused with SQLSTATE 54000. Unnamed ones (PHP's
+    /// pg_query_params) are never held: they stream as they come, whatever their size.
+    public static let heldStatementLimit = 16 << 20
+
     public let options: Options
     public internal(set) var phase: Phase = .idle
     public internal(set) var tracker = TransactionTracker()
@@ -149,7 +158,8 @@ public struct LinkStateMachine: Sendable {
 
     public init(options: Options, now: UInt64) {
         self.options = options
-        self.clientScanner = FrameScanner(maxMessageLength: options.maxMessageLength, holdsPartialHeaders: true)
+        self.clientScanner = FrameScanner(maxMessageLength: options.maxMessageLength, holdsPartialHeaders: true,
+                                          maxCollectedBody: Self.scannedStatementLimit)
         self.lastActivity = now
     }
 

@@ -125,7 +125,9 @@ public struct ClientStatements: Sendable {
                 expecting.append(ExpectedResponse(type: UInt8(ascii: "1"), drop: false, batch: batch))
                 return .replace(out, expecting: expecting)
             }
-            let definition = body.slice()
+            // A copy of exactly the definition: a slice would keep the whole receive buffer it came in alive for
+            // as long as the statement (and the process-wide name map) lives.
+            let definition = ByteBuffer(bytes: body.readableBytesView)
             let serverName = names.name(for: definition)
             statements[name] = Statement(serverName: serverName, definition: definition)
             var out: [ByteBuffer] = []

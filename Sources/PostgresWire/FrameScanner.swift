@@ -11,11 +11,20 @@ public protocol FrameVisitor {
     mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool
     /// The complete body of a message the visitor asked for.
     mutating func messageBody(type: UInt8, body: ByteBuffer)
+    /// A message the visitor asked for is longer than the scanner collects across reads (`maxCollectedBody`):
+    /// its body is passed over instead, and `messageBody` is not called for it.
+    mutating func messageBodyOmitted(type: UInt8, length: Int)
+}
+
+extension FrameVisitor {
+    public mutating func messageBodyOmitted(type: UInt8, length: Int) {}
 }
 
 public enum FrameScanError: Error, Equatable, Sendable {
     /// The length field is below 4 or above the configured maximum. `header` holds up to 8 bytes for the log line.
     case badLength(type: UInt8, length: Int, header: [UInt8])
+    /// A message the reader would have to hold whole is longer than it holds (`limit`).
+    case tooLongToHold(type: UInt8, length: Int, limit: Int)
 }
 
 /// Finds message boundaries in a stream of `type(1) length(4) body` frames without copying the stream.
@@ -37,9 +46,15 @@ public struct FrameScanner: Sendable {
     @usableFromInline var pendingBody: ByteBuffer? = nil
     @usableFromInline var pendingType: UInt8 = 0
 
-    public init(maxMessageLength: Int = Int(Int32.max), holdsPartialHeaders: Bool = false) {
+    /// The largest body gathered across reads for the visitor. A longer one is passed over (the visitor hears
+    /// `messageBodyOmitted`), so one message cannot make the scanner hold up to `maxMessageLength` bytes. A body
+    /// whole in one buffer is always handed over: it costs no copy.
+    public let maxCollectedBody: Int
+
+    public init(maxMessageLength: Int = Int(Int32.max), holdsPartialHeaders: Bool = false, maxCollectedBody: Int = Int(Int32.max)) {
         self.maxMessageLength = maxMessageLength
         self.holdsPartialHeaders = holdsPartialHeaders
+        self.maxCollectedBody = maxCollectedBody
     }
 
     /// Body bytes of a message being passed over (not collected) that the next buffer begins with; nil when a
@@ -142,6 +157,9 @@ public struct FrameScanner: Sendable {
             if end - index >= bodyLength {
                 visitor.messageBody(type: type, body: buffer.getSlice(at: index, length: bodyLength)!)
                 index += bodyLength
+            } else if bodyLength > maxCollectedBody {
+                visitor.messageBodyOmitted(type: type, length: length)
+                remainingBody = bodyLength
             } else {
                 var body = ByteBufferAllocator().buffer(capacity: min(bodyLength, 1 << 16))
                 var slice = buffer.getSlice(at: index, length: end - index)!

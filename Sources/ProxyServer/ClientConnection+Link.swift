@@ -13,8 +13,13 @@ extension ClientConnection {
         do {
             read = try link.clientBytes(buffer, now: now)
         } catch {
-            guard case .badLength(_, _, let header) = error else { return fatal("bad packet header") }
-            return fatal("bad packet header: '\(MD5Password.hex(header))'")
+            switch error {
+            case .badLength(_, _, let header):
+                return fatal("bad packet header: '\(MD5Password.hex(header))'")
+            case .tooLongToHold(_, let length, let limit):
+                return fatal("prepared statement message too long: \(length) bytes, at most \(limit) are held for max_prepared_statements",
+                             code: "54000")
+            }
         }
         if let warning = read.warning { logger.warning("\(warning)") }
         if let refused = read.refused { logger.warning("refused: \(refused)") }

@@ -165,6 +165,48 @@ import Testing
         #expect(try next.scalar("SELECT 'served'") == "served")
     }
 
+    /// Statements far larger than Shoal holds: an unnamed Parse of 48 MiB streams through to PostgreSQL and is
+    /// answered, a named one (which prepared-statement tracking would have to hold whole) is refused with 54000;
+    /// Shoal's memory follows neither.
+    @Test func aHugeStatementStreamsOrIsRefusedWithoutShoalHoldingIt() async throws {
+        let shoal = try await singleServerShoal { $0.authType = .trust }
+        defer { Task { await shoal.stop() } }
+        let text = 48 << 20
+        let sqlHead = Array("SELECT length('".utf8), sqlTail = Array("')".utf8) + [0]
+        let fill = [UInt8](repeating: 120, count: 1 << 20)
+        func sendAll(_ bytes: [UInt8], _ client: RawClient) -> Bool {
+            bytes.withUnsafeBytes { Foundation.send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == bytes.count
+        }
+        func parseHeader(named name: String) -> [UInt8] {
+            let nameBytes = Array(name.utf8) + [0]
+            return [UInt8(ascii: "P")] + be32(4 + nameBytes.count + sqlHead.count + text + sqlTail.count + 2) + nameBytes + sqlHead
+        }
+        let before = residentBytes()
+        let streaming = try RawClient(port: shoal.port, receiveTimeout: 60)
+        try streaming.login()
+        #expect(sendAll(parseHeader(named: ""), streaming))
+        for _ in 0..<(text >> 20) { #expect(sendAll(fill, streaming)) }
+        let bindExecuteSync: [UInt8] = [UInt8(ascii: "B"), 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]
+            + [UInt8(ascii: "E"), 0, 0, 0, 9, 0, 0, 0, 0, 0] + [UInt8(ascii: "S"), 0, 0, 0, 4]
+        #expect(sendAll(sqlTail + [0, 0] + bindExecuteSync, streaming))
+        let answer = String(decoding: try streaming.readBytesUntilReady(), as: UTF8.self)
+        #expect(answer.contains("\(text)"), "the length PostgreSQL counted: \(answer.suffix(200)) \(shoal.log.suffix(1500))")
+        let grownStreaming = residentBytes() - before
+        streaming.close()
+
+        // The refusal comes on the header alone (nothing more is sent, so the close is clean).
+        let named = try RawClient(port: shoal.port, receiveTimeout: 10)
+        try named.login()
+        #expect(sendAll(parseHeader(named: "big"), named))
+        let refusal = String(decoding: named.readAll(), as: UTF8.self)
+        #expect(refusal.contains("54000") && refusal.contains("prepared statement message too long"), "\(refusal)")
+        let grown = residentBytes() - before
+        print("huge statements: Shoal's process grew \(grownStreaming >> 20) MiB streaming a 48 MiB Parse")
+        #expect(grown < 32 << 20, "RSS grew \(grown >> 20) MiB for a 48 MiB statement")
+        let next = try PQConnection(shoal.conninfo)
+        #expect(try next.scalar("SELECT 'served'") == "served")
+    }
+
     /// Every client message split at every byte boundary (Query, Parse/Bind/Execute/Sync, COPY data, an
     /// error, Terminate): answered as whole, and the server serves the next client.
     @Test func messagesSplitAtEveryByteAreServed() async throws {

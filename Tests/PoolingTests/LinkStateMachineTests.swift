@@ -228,6 +228,69 @@ extension LinkAction {
         #expect(read.forward == .ranges([5..<answer.readableBytes]), "the injected Parse's ParseComplete is dropped")
     }
 
+    /// An unnamed Bind (PHP's pg_query_params) is never held, whatever its size: its first read goes on at once,
+    /// and nothing of it stays in the machine. A named one is held until whole, so it can be renamed.
+    @Test func anUnnamedBindStreamsAndANamedOneIsHeldUntilWhole() throws {
+        var machine = Self.machine(detect: false, prepared: 10)
+        _ = try Self.link(&machine, Wire.join(Wire.parse("q", "SELECT $1"), Wire.sync()))
+        _ = machine.serverBytes(Wire.join(Wire.parseComplete(), Wire.ready(.idle))) { true }
+        let big = Wire.message(FrontendMessage.bind) {
+            $0.writeCString(""); $0.writeCString("")
+            $0.writeInteger(Int16(0)); $0.writeInteger(Int16(1)); $0.writeInteger(Int32(3 << 20))
+            $0.writeRepeatingByte(65, count: 3 << 20); $0.writeInteger(Int16(0))
+        }
+        let first = big.getSlice(at: 0, length: 64 << 10)!
+        let rest = big.getSlice(at: 64 << 10, length: big.readableBytes - (64 << 10))!
+        #expect(try Self.link(&machine, first)?.readableBytes == 64 << 10, "sent on as it came")
+        #expect(machine.pendingBytes == 0)
+        #expect(try machine.clientBytes(rest, now: 0).toServer?.readableBytes == rest.readableBytes)
+
+        var named = Self.machine(detect: false, prepared: 10)
+        _ = try Self.link(&named, Wire.join(Wire.parse("q", "SELECT $1"), Wire.sync()))
+        _ = named.serverBytes(Wire.join(Wire.parseComplete(), Wire.ready(.idle))) { true }
+        let bind = Wire.bind("q")
+        #expect(try named.clientBytes(bind.getSlice(at: 0, length: 9)!, now: 0).requestServer == false, "held: nothing to send yet")
+        let whole = try named.clientBytes(bind.getSlice(at: 9, length: bind.readableBytes - 9)!, now: 0)
+        #expect(whole.requestServer)
+    }
+
+    /// A Parse naming a statement longer than the machine holds is refused (54000 at the glue) instead of being
+    /// gathered up to max_packet_size.
+    @Test func aNamedStatementMessageTooLongToHoldIsRefused() throws {
+        var machine = Self.machine(detect: false, prepared: 10)
+        var header = ByteBuffer()
+        header.writeInteger(FrontendMessage.parse)
+        header.writeInteger(Int32(LinkStateMachine.heldStatementLimit + 100))
+        header.writeCString("big")
+        header.writeString("SELECT ")
+        #expect(throws: FrameScanError.tooLongToHold(type: FrontendMessage.parse, length: LinkStateMachine.heldStatementLimit + 101,
+                                                      limit: LinkStateMachine.heldStatementLimit)) {
+            _ = try machine.clientBytes(header, now: 0)
+        }
+    }
+
+    /// A Query too long to gather for the session-state scan streams through; since what it did is unknown, the
+    /// server is probed after it and cleaned with DISCARD ALL before another client has it.
+    @Test func aQueryTooLongToScanIsProbedAndItsServerDiscarded() throws {
+        var machine = Self.machine()
+        var query = ByteBuffer()
+        query.writeQuery("SELECT '" + String(repeating: "x", count: LinkStateMachine.scannedStatementLimit + 10) + "'")
+        let first = query.getSlice(at: 0, length: 64 << 10)!
+        let rest = query.getSlice(at: 64 << 10, length: query.readableBytes - (64 << 10))!
+        _ = try Self.link(&machine, first)
+        _ = try machine.clientBytes(rest, now: 0)
+        let answered = machine.serverBytes(Wire.join(Wire.row("x"), Wire.complete("SELECT 1"), Wire.ready(.idle))) { true }
+        let probe = try #require(answered.action.sent, "\(answered.action)")
+        var text = probe
+        text.moveReaderIndex(forwardBy: 5)
+        #expect(text.readNullTerminatedString() == SessionStateProbe.sql)
+        // The probe finds nothing held: the server goes back, with DISCARD ALL.
+        var row = ByteBuffer()
+        row.writeDataRow(["0", "0", "0", "0", "0"])
+        let released = machine.serverBytes(Wire.join(row, Wire.complete("SELECT 1"), Wire.ready(.idle))) { true }.action
+        #expect(released.resetQuery == .some("DISCARD ALL"), "\(released)")
+    }
+
     @Test func aLostServerInATransactionLeavesTheClientInAFailedBlock() throws {
         var machine = Self.machine()
         _ = try Self.link(&machine, Wire.query("BEGIN"))

@@ -46,7 +46,19 @@ final class RawClient {
 
     /// Reads messages up to and including the first of type `last`; returns their types.
     func readUntil(_ last: UInt8) throws -> [UInt8] {
+        try readUntil(last, received: nil)
+    }
+
+    /// Reads messages up to and including the first ReadyForQuery; returns their bytes.
+    func readBytesUntilReady() throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        _ = try readUntil(UInt8(ascii: "Z"), received: &bytes)
+        return bytes
+    }
+
+    private func readUntil(_ last: UInt8, received output: UnsafeMutablePointer<[UInt8]>?) throws -> [UInt8] {
         var received: [UInt8] = []
+        defer { output?.pointee = received }
         var types: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
