@@ -144,10 +144,14 @@ import Testing
         let bare = "\(scratch)/bare"
         #expect(try ProcessRunner.run("dpkg-deb", ["-x", package, bare]).status == 0)
         let libraries = try ProcessRunner.run("ldd", ["\(bare)/usr/bin/shoal"]).stdout
-        for library in libraries.split(separator: "\n").compactMap({ $0.split(separator: " ").first(where: { $0.hasPrefix("/") }) }) {
+        for library in libraries.split(separator: "\n").compactMap({ $0.split(whereSeparator: \.isWhitespace).first(where: { $0.hasPrefix("/") }) }) {
             #expect(try ProcessRunner.run("cp", ["--parents", "-L", String(library), bare]).status == 0)
         }
         #expect(!libraries.contains("swift") && !libraries.contains("Foundation") && !libraries.contains("dispatch"), "\(libraries)")
+        // /proc as every host and container has it (Swift reads the command line from /proc/self/cmdline).
+        try FileManager.default.createDirectory(atPath: "\(bare)/proc", withIntermediateDirectories: true)
+        #expect(try ProcessRunner.run("mount", ["-t", "proc", "proc", "\(bare)/proc"]).status == 0)
+        defer { _ = try? ProcessRunner.run("umount", ["\(bare)/proc"]) }
         let chrooted = try ProcessRunner.run("chroot", [bare, "/usr/bin/shoal", "--version"])
         #expect(chrooted.status == 0 && chrooted.stdout.hasPrefix("PgBouncer"), "\(chrooted.stdout)\(chrooted.stderr)")
         let install = try ProcessRunner.run("dpkg", ["-i", package])
