@@ -32,6 +32,15 @@ if ! command -v buildah >/dev/null 2>&1; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq buildah >/dev/null
 fi
+# The Kubernetes overlays are rendered with `kubectl kustomize` (Debian's own archive has no kubectl: the
+# package comes from the Kubernetes or Google Cloud apt repository where one is configured).
+if ! command -v kubectl >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kubectl >/dev/null \
+        || echo "install-deps: no kubectl package in the configured apt sources; the Kustomize test will fail" >&2
+fi
 # The Kubernetes manifests are checked against the API schema with kubernetes-validate (PyPI; Debian has none).
 if ! /usr/bin/python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
     /usr/bin/python3 -m pip install --quiet --break-system-packages kubernetes-validate >/dev/null 2>&1 \
