@@ -51,7 +51,9 @@ public struct DatabaseEntry: Sendable, Equatable {
     }
 
     /// Whether pools of this entry choose among hosts by role and health rather than using the only one.
-    public var isRouted: Bool { hosts.count > 1 || targetSessionAttrs != nil || auroraTopology == true }
+    /// Routing by role and health asks for it: `target_session_attrs` or Aurora's topology. A plain host list
+    /// is PgBouncer's: hosts taken in turn (load_balance_hosts), no health-check connections, no roles.
+    public var isRouted: Bool { targetSessionAttrs != nil || auroraTopology == true }
 
     static let knownKeys: Set<String> = [
         "host", "port", "dbname", "user", "password", "auth_user", "auth_query", "auth_dbname", "pool_size",

@@ -23,6 +23,8 @@ public struct HostStatus: Sendable, Equatable {
     public var writerSequence = 0
     /// Why the last change of health or role happened.
     public var reason = ""
+    /// Seconds since the epoch when it was last marked down.
+    public var downSince: Double?
 
     public init(address: HostAddress) { self.address = address }
 }
@@ -68,6 +70,10 @@ public struct HostTable: Sendable {
     public private(set) var generation = 0
     private var writerSequence = 0
     public var maxReplicaLag: Double
+    /// Hosts whose health checks cannot run (no user to log in as): their role is learned from the server
+    /// connections pools open, as libpq learns it from the connection it opened (`in_hot_standby`, reported at
+    /// login since PostgreSQL 14), and `choose` sends a pool to one of them to find out when none fits yet.
+    public private(set) var learnsFromServers: Set<HostAddress> = []
 
     public init(maxReplicaLag: Double = 0) { self.maxReplicaLag = maxReplicaLag }
 
@@ -96,14 +102,47 @@ public struct HostTable: Sendable {
     /// A check answered: `inRecovery` from pg_is_in_recovery(), `lag` in seconds when known.
     public mutating func checkSucceeded(_ address: HostAddress, inRecovery: Bool, lag: Double?, latency: Double, now: Double) -> [HostEvent] {
         guard var status = hosts[address] else { return [] }
-        var events: [HostEvent] = []
-        let newRole: HostStatus.Role = inRecovery ? .replica : .primary
         status.lastCheck = now
         status.checkLatency = latency
         status.consecutiveFailures = 0
+        hosts[address] = status
+        return observe(address, inRecovery: inRecovery, lag: lag, reason: "check succeeded")
+    }
+
+    /// A server connection to the host logged in and reported `in_hot_standby` (or changed it while open: a
+    /// promotion reports `off` to every session): up, with that role.
+    public mutating func roleReported(_ address: HostAddress, inRecovery: Bool) -> [HostEvent] {
+        observe(address, inRecovery: inRecovery, lag: nil, reason: "a server connection reported in_hot_standby")
+    }
+
+    /// Whether the host's role comes from server connections (its checks cannot run).
+    public mutating func setLearnsFromServers(_ address: HostAddress, _ learns: Bool) {
+        let changed = learns ? learnsFromServers.insert(address).inserted : learnsFromServers.remove(address) != nil
+        if changed { generation &+= 1 }
+    }
+
+    /// Hosts that learn from servers and have been down since before `cutoff`: their health becomes unknown, so
+    /// a pool tries them again (nothing else would: no check runs). Returns them, for the log.
+    public mutating func retryDown(before cutoff: Double) -> [HostAddress] {
+        var retried: [HostAddress] = []
+        for address in learnsFromServers {
+            guard var status = hosts[address], status.health == .down, let since = status.downSince, since < cutoff else { continue }
+            status.health = .unknown
+            status.reason = "down since \(since); tried again"
+            hosts[address] = status
+            retried.append(address)
+        }
+        if !retried.isEmpty { generation &+= 1 }
+        return retried
+    }
+
+    private mutating func observe(_ address: HostAddress, inRecovery: Bool, lag: Double?, reason: String) -> [HostEvent] {
+        guard var status = hosts[address] else { return [] }
+        var events: [HostEvent] = []
+        let newRole: HostStatus.Role = inRecovery ? .replica : .primary
         if status.health != .up {
             status.health = .up
-            status.reason = "check succeeded"
+            status.reason = reason
             events.append(.up(address, role: newRole))
         }
         if status.role != newRole {
@@ -145,13 +184,14 @@ public struct HostTable: Sendable {
         status.consecutiveFailures += 1
         hosts[address] = status
         guard status.consecutiveFailures >= max(1, limit) else { return [] }
-        return markDown(address, reason: "\(status.consecutiveFailures) failed health checks, last: \(reason)")
+        return markDown(address, reason: "\(status.consecutiveFailures) failed health checks, last: \(reason)", now: now)
     }
 
     /// A server connection to the host failed to connect or died: down at once, until a check says otherwise.
-    public mutating func markDown(_ address: HostAddress, reason: String) -> [HostEvent] {
+    public mutating func markDown(_ address: HostAddress, reason: String, now: Double = 0) -> [HostEvent] {
         guard var status = hosts[address], status.health != .down else { return [] }
         status.health = .down
+        status.downSince = now
         status.reason = reason
         hosts[address] = status
         generation &+= 1
@@ -219,16 +259,34 @@ public struct HostTable: Sendable {
         case .any:
             usable = candidates.filter { hosts[$0]?.health != .down }
         case .readWrite, .primary:
-            return writer.flatMap { candidates.contains($0) ? $0 : nil }
+            if let writer, candidates.contains(writer) { return writer }
+            usable = []
         case .readOnly, .standby:
             usable = candidates.filter { hosts[$0].map(isReadable) ?? false }
         case .preferStandby:
             let replicas = candidates.filter { hosts[$0].map(isReadable) ?? false }
-            if replicas.isEmpty { return writer.flatMap { candidates.contains($0) ? $0 : nil } }
+            if replicas.isEmpty, let writer, candidates.contains(writer) { return writer }
             usable = replicas
         }
-        guard !usable.isEmpty else { return nil }
+        guard !usable.isEmpty else { return probe(for: target, among: candidates, turn: turn) }
         return usable[abs(turn % usable.count)]
+    }
+
+    /// No host fits by what is known: among hosts that learn their role from server connections, one to connect
+    /// to and find out, as libpq walks a host list — one whose role is unknown; for a writer pool with none
+    /// unknown, a replica (it may have been promoted since it was seen). The caller closes a connection that
+    /// turns out not to fit, and the pool tries again on its next round.
+    private func probe(for target: TargetSessionAttrs, among candidates: [HostAddress], turn: Int) -> HostAddress? {
+        let open = candidates.filter { learnsFromServers.contains($0) && hosts[$0] != nil && hosts[$0]!.health != .down }
+        let unknown = open.filter { hosts[$0]!.role == .unknown }
+        let pick: [HostAddress]
+        switch target {
+        case .readWrite, .primary: pick = unknown.isEmpty ? open.filter { hosts[$0]!.role == .replica } : unknown
+        case .readOnly, .standby, .preferStandby: pick = unknown
+        case .any: pick = []
+        }
+        guard !pick.isEmpty else { return nil }
+        return pick[abs(turn % pick.count)]
     }
 
     private func isReadable(_ status: HostStatus) -> Bool {

@@ -91,14 +91,16 @@ final class HostMonitor: @unchecked Sendable {
         entry.addresses(socketDirectory: config.unixSocketDir).map(\.description).joined(separator: ",")
     }
 
+    /// Routing asks for this entry's hosts to be watched: a target, Aurora, or the read-only listener serving
+    /// the replicas of a host list.
     func isRouted(_ entry: DatabaseEntry, _ config: ShoalConfig) -> Bool {
-        entry.isRouted || usesAurora(entry, config)
+        entry.isRouted || usesAurora(entry, config) || (config.readonlyListenPort > 0 && entry.hosts.count > 1)
     }
 
     private func usesAurora(_ entry: DatabaseEntry, _ config: ShoalConfig) -> Bool {
         if let setting = entry.auroraTopology { return setting }
         if config.auroraTopology { return true }
-        guard entry.isRouted else { return false }
+        guard entry.isRouted || (config.readonlyListenPort > 0 && entry.hosts.count > 1) else { return false }
         let key = clusterKey(entry, config)
         return lock.withLock { detected.contains(key) }
     }
@@ -169,7 +171,7 @@ final class HostMonitor: @unchecked Sendable {
 
     /// A server connection to `address` failed to connect, died, or refused a write: down at once, checked again now.
     func serverFailed(_ address: HostAddress, reason: String) {
-        let events = lock.withLock { table.markDown(address, reason: reason) }
+        let events = lock.withLock { table.markDown(address, reason: reason, now: Date().timeIntervalSince1970) }
         report(events)
         eventLoop.execute {
             self.slots[address]?.requested = true
@@ -186,6 +188,12 @@ final class HostMonitor: @unchecked Sendable {
             self.slots[address]?.requested = true
             self.tick()
         }
+    }
+
+    /// A server connection of a routed pool logged in (or, idle, reported a change) with `in_hot_standby`:
+    /// the host's role as PostgreSQL states it. This is how hosts without health checks get a role at all.
+    func roleReported(_ address: HostAddress, inRecovery: Bool) {
+        report(lock.withLock { table.roleReported(address, inRecovery: inRecovery) })
     }
 
     /// SHOW HOSTS and /metrics.
@@ -218,6 +226,13 @@ final class HostMonitor: @unchecked Sendable {
         let hunting = lock.withLock { table.writerLost }
         let period = hunting ? 200_000_000 : UInt64(config.healthCheckPeriod * 1e9)
         let timeout = UInt64(max(0.1, config.healthCheckTimeout) * 1e9)
+        // Hosts without checks that went down are tried again by the pools after server_login_retry (nothing else
+        // would find them back).
+        let retried = lock.withLock { table.retryDown(before: Date().timeIntervalSince1970 - config.serverLoginRetry) }
+        if !retried.isEmpty {
+            for address in retried { runtime.logger.info("host \(address) has no health checks: trying it again after server_login_retry") }
+            runtime.routingChanged()
+        }
         var topologySources: [HostAddress: TopologySource]?
         for address in Array(slots.keys) {
             guard var slot = slots[address] else { continue }
@@ -295,7 +310,9 @@ final class HostMonitor: @unchecked Sendable {
             // pools, as PgBouncer would use them; writer and replica targets wait for a role). Said once per host.
             slots[address]?.connection = nil
             if warnedLogin.insert(address).inserted {
-                runtime.logger.warning("health checks of \(address) cannot run: \(failure.reason)")
+                runtime.logger.warning("health checks of \(address) cannot run: \(failure.reason); its role is learned from the server connections pools open")
+                lock.withLock { table.setLearnsFromServers(address, true) }
+                runtime.routingChanged()
             }
         case .failure(let failure):
             if slots[address]?.connection?.isOpen == false { slots[address]?.connection = nil }
@@ -306,7 +323,7 @@ final class HostMonitor: @unchecked Sendable {
                 events = lock.withLock { table.checkFailed(address, reason: reason, limit: config.healthCheckFailures, now: wallNow) }
                 break
             }
-            warnedLogin.remove(address)
+            if warnedLogin.remove(address) != nil { lock.withLock { table.setLearnsFromServers(address, false) } }
             let inRecovery = row[0] == "t"
             let lag = row[1].flatMap(Double.init)
             events = lock.withLock {
@@ -331,7 +348,7 @@ final class HostMonitor: @unchecked Sendable {
     private func auroraFound(on address: HostAddress, config: ShoalConfig) {
         guard !config.auroraTopology else { return }
         var found: [String] = []
-        for entry in config.databases.values where entry.auroraTopology == nil && entry.isRouted
+        for entry in config.databases.values where entry.auroraTopology == nil && isRouted(entry, config)
             && entry.addresses(socketDirectory: config.unixSocketDir).contains(address) {
             let key = clusterKey(entry, config)
             if lock.withLock({ detected.insert(key).inserted }) { found.append(key) }

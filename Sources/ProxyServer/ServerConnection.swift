@@ -106,7 +106,11 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             guard let chosen = runtime.hosts.choose(for: pool, config: config) else { return deferDial(pool: pool) }
             hostAddress = chosen
         } else {
-            hostAddress = database.addresses(socketDirectory: config.unixSocketDir)[0]
+            // A plain host list, as PgBouncer uses it: hosts in turn (load_balance_hosts = round-robin, the
+            // default), or always the first (disable). A host that fails is passed by the next dial in turn.
+            let addresses = database.addresses(socketDirectory: config.unixSocketDir)
+            hostAddress = addresses.count == 1 || database.loadBalanceHosts == "disable" ? addresses[0]
+                : addresses[abs(pool.nextTurn() % addresses.count)]
         }
         let limits = ConnectionBudget.Limits(
             database: database.maxDbConnections ?? config.maxDbConnections,
@@ -233,8 +237,9 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                 let changed = visitor.parameterUpdates.first { name, value in
                     ParameterSet.serverOwned.contains(name.lowercased()) && session.facts?.reports(name, value) == false
                 }
-                if let (name, value) = changed, pool.withState({ $0.takeOneIdle { $0 === self } }) != nil {
-                    close(reason: "server reported \(name) = \(value) while idle")
+                if let (name, value) = changed {
+                    if routed && name.lowercased() == "in_hot_standby" { runtime.hosts.roleReported(hostAddress, inRecovery: value == "on") }
+                    if pool.withState({ $0.takeOneIdle { $0 === self } }) != nil { close(reason: "server reported \(name) = \(value) while idle") }
                 }
             }
         case .loggingIn(var login):
@@ -430,6 +435,19 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         pool.welcome = login.parameters
         let reported = ServerFacts(reported: login.parameters)
         if let shared = pool.welcomeFacts, shared.sameValues(as: reported) { session.facts = shared } else { session.facts = reported }
+        if routed {
+            // The host's role as PostgreSQL states it at login (14 and later): hosts without health checks learn
+            // it only this way. A connection made to find out, that does not fit this pool, goes; the pool tries
+            // again on its next round, with what it now knows.
+            if let standby = login.parameters.first(where: { $0.0 == "in_hot_standby" })?.1 {
+                runtime.hosts.roleReported(hostAddress, inRecovery: standby == "on")
+            }
+            if !hostStillFits() {
+                close(reason: "host \(hostAddress) does not fit target_session_attrs=\(pool.target.rawValue)")
+                Self.deferDial(pool: pool)
+                return
+            }
+        }
         let action = pool.withState { $0.connected(self, loop: loopIndex, createdAt: createdAt, now: NIODeadline.now().uptimeNanoseconds) }
         switch action {
         case .handOver(let server, let waiter):

@@ -150,6 +150,8 @@ import Testing
         #expect(each.auroraTopology == true && each.loadBalanceHosts == "disable")
         #expect(try DatabaseEntry.parse(name: "m", value: "host=/var/run/postgresql").addresses(socketDirectory: "/tmp").first?.isUnixSocket == true)
         #expect(!(try DatabaseEntry.parse(name: "m", value: "host=one")).isRouted)
+        // A plain host list is PgBouncer's: taken in turn, no roles, no health-check connections.
+        #expect(!(try DatabaseEntry.parse(name: "m", value: "host=one,two")).isRouted)
     }
 
     @Test func badRoutingValuesAreRefusedWithTheirName() {

@@ -132,11 +132,16 @@ import Testing
 
     /// Numbered inserts through Shoal from four clients while the primary stops (`stopMode`) and the first
     /// replica is promoted.
-    static func failover(_ cluster: ReplicatedCluster, stopMode: String) async throws -> FailoverOutcome {
-        let shoal = try await shoal(for: cluster.hosts, port: cluster.port, target: .readWrite)
+    /// `checks: false` leaves Shoal no user to run health checks with (the usual case when the auth file holds
+    /// SCRAM secrets): roles then come only from the server connections pools open.
+    static func failover(_ cluster: ReplicatedCluster, stopMode: String, checks: Bool = true) async throws -> FailoverOutcome {
+        let shoal = try await shoal(for: cluster.hosts, port: cluster.port, target: .readWrite) { config in
+            if !checks { config.healthCheckUser = nil }
+        }
         defer { Task { await shoal.stop() } }
         // No primary key: a statement replayed by the pooler would show as a duplicate row, not be refused.
         try cluster.primary.psql("CREATE TABLE numbered (n int)")
+        if !checks { _ = try PQConnection(shoal.conninfo).scalar("SELECT 1") }
         try waitUntil("the writer is known") { try Self.hosts(shoal)[cluster.primary.address]?.role == "primary" }
         let lock = NSLock()
         var outcome = FailoverOutcome()
@@ -215,6 +220,15 @@ import Testing
         let cluster = try ReplicatedCluster(name: "failover", firstOctet: 21)
         defer { cluster.stopAll() }
         Self.check(try await Self.failover(cluster, stopMode: "fast"), "failover (fast stop, async replication)")
+    }
+
+    /// issue 17: target_session_attrs=read-write with no user for health checks serves, and follows a failover,
+    /// by learning each host's role from the connections it opens (in_hot_standby at login), as libpq does.
+    @Test func writesFollowThePromotedReplicaWithoutHealthChecks() async throws {
+        let cluster = try ReplicatedCluster(name: "nochecks", firstOctet: 81)
+        defer { cluster.stopAll() }
+        let outcome = try await Self.failover(cluster, stopMode: "fast", checks: false)
+        Self.check(outcome, "failover without health checks (fast stop, async replication)")
     }
 
     @Test func synchronousReplicationLosesNoCommitOnACrash() async throws {
@@ -335,29 +349,35 @@ import Testing
         #expect(log.contains("aurora_topology for 127.0.0.31:\(cluster.port): instances"))
     }
 
-    @Test func aPgBouncerHostListWithoutACheckUserStillServes() async throws {
-        // PgBouncer's own multi-host entry (round-robin, no user= in it): the checks have nobody to log in as, or
-        // a login the server refuses. That must not take the hosts out: they are used as PgBouncer uses them.
-        for checkUser in [nil, "nosuch_user"] {
-            let shoal = try await ShoalInstance { config in
-                var entry = DatabaseEntry(name: "postgres")
-                entry.hosts = ["127.0.0.1", "localhost"]
-                entry.ports = [TestPostgres.shared.port]
-                entry.dbname = "postgres"
-                config.databases = ["postgres": entry]
-                config.healthCheckPeriod = 0.2
-                config.healthCheckFailures = 1
-                config.healthCheckUser = checkUser
-                config.adminUsers = ["postgres"]
-            }
-            usleep(1_000_000)
-            let client = try PQConnection(shoal.conninfo)
-            #expect(try client.scalar("SELECT 'served'") == "served")
-            let log = try String(contentsOfFile: shoal.logPath, encoding: .utf8)
-            #expect(log.contains("health checks of 127.0.0.1:\(TestPostgres.shared.port) cannot run"), "\(log.suffix(1500))")
-            #expect(!log.contains("is down"), "\(log.suffix(1500))")
-            await shoal.stop()
+    /// issue 16: PgBouncer's own multi-host entry (no target_session_attrs, no Aurora) opens no health-check
+    /// connections, even with a check user configured, and takes its hosts in turn (load_balance_hosts).
+    @Test func aPgBouncerHostListOpensNoCheckConnectionsAndTakesHostsInTurn() async throws {
+        let shoal = try await ShoalInstance { config in
+            var entry = DatabaseEntry(name: "postgres")
+            entry.hosts = ["127.0.0.1", "localhost"]
+            entry.ports = [TestPostgres.shared.port]
+            entry.dbname = "postgres"
+            config.databases = ["postgres": entry]
+            config.healthCheckPeriod = 0.2
+            config.healthCheckUser = "postgres"
+            config.adminUsers = ["postgres"]
         }
+        defer { Task { await shoal.stop() } }
+        let first = try PQConnection(shoal.conninfo)
+        let second = try PQConnection(shoal.conninfo)
+        try first.query("BEGIN")
+        try second.query("BEGIN")
+        #expect(try first.scalar("SELECT 'served'") == "served")
+        #expect(try second.scalar("SELECT 'served'") == "served")
+        let console = try PQConnection(shoal.consoleConninfo())
+        let servers = try console.query("SHOW SERVERS")
+        #expect(Set(servers.map { $0[5] }) == ["127.0.0.1", "localhost"], "\(servers)")
+        usleep(600_000)
+        #expect(try Self.hosts(shoal).isEmpty, "no host is watched")
+        let log = try String(contentsOfFile: shoal.logPath, encoding: .utf8)
+        #expect(!log.contains("health check"), "\(log.suffix(1500))")
+        try first.query("COMMIT")
+        try second.query("COMMIT")
     }
 
     @Test func maxHostConnectionsHoldsAcrossDatabasesAsLoadShifts() async throws {

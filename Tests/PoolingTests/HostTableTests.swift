@@ -25,6 +25,35 @@ import Testing
         #expect(table.choose(for: .readOnly, among: all, turn: 0) == nil)
     }
 
+    /// Hosts whose checks cannot run (no check user) learn their role from the connections pools open, as
+    /// libpq does: a writer pool connects to an unknown host to find out, then to a replica (it may have been
+    /// promoted) once the writer is gone; a host that went down is tried again after a while.
+    @Test func hostsWithoutChecksAreProbedByConnectingAndLearnFromLogins() {
+        var table = HostTable()
+        _ = table.track(all)
+        #expect(table.choose(for: .readWrite, among: all, turn: 0) == nil, "checks may still run: wait for them")
+        for host in all { table.setLearnsFromServers(host, true) }
+        #expect(table.choose(for: .readWrite, among: all, turn: 1) == r1, "an unknown host, in turn")
+        #expect(table.roleReported(r1, inRecovery: true) == [.up(r1, role: .replica)])
+        #expect(table.choose(for: .readOnly, among: all, turn: 0) == r1)
+        #expect(!table.isUsable(r1, for: .readWrite, among: all), "the probe's connection is closed")
+        #expect(table.choose(for: .readWrite, among: all, turn: 0) == w, "the unknown ones next")
+        _ = table.roleReported(w, inRecovery: false)
+        _ = table.roleReported(r2, inRecovery: true)
+        #expect(table.writer == w)
+        #expect(table.choose(for: .readWrite, among: all, turn: 5) == w)
+        // The writer dies; no check will ever say which replica was promoted: the writer pool tries replicas.
+        _ = table.markDown(w, reason: "server connection closed by the server", now: 100)
+        #expect(table.writer == nil)
+        #expect([r1, r2].contains(table.choose(for: .readWrite, among: all, turn: 0)))
+        let events = table.roleReported(r2, inRecovery: false)
+        #expect(events.contains(.writerChanged(from: w, to: r2)))
+        #expect(table.choose(for: .readWrite, among: all, turn: 0) == r2)
+        #expect(table.retryDown(before: 50).isEmpty)
+        #expect(table.retryDown(before: 200) == [w])
+        #expect(table.hosts[w]?.health == .unknown)
+    }
+
     @Test func targetsPickByRoleAndRotate() {
         let table = healthyTable()
         #expect(table.writer == w)
