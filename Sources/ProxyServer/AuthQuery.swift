@@ -1,14 +1,20 @@
 import Configuration
+import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
 import Pooling
 import PostgresWire
 
-/// Looks up a user's secret with auth_query, logged in as auth_user on a connection of its own
-/// (one per lookup, closed after; the query runs with the user name as a bound parameter, never spliced in).
-final class AuthQueryConnection: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+/// auth_query: a user's secret looked up on the server, logged in as auth_user.
+///
+/// Lookups run on a few connections per target (host, database, auth_user) that stay open between lookups,
+/// `AuthLookups.connectionsPerTarget` at most; more lookups at once wait their turn. So a burst of startup
+/// packets with random user names costs at most that many backends, not one backend and one login each, and
+/// the connections go through the same TLS as the pools' (server_tls_sslmode, verify-full honoured): the auth
+/// user's login and the rows it reads never cross the network in clear when the servers get TLS. The user
+/// name is a bound parameter, never spliced into the SQL.
+final class AuthLookups: @unchecked Sendable {
+    /// Open connections per target, each running one lookup at a time.
+    static let connectionsPerTarget = 2
 
     enum Outcome {
         /// The secret (nil when the row's secret is NULL, e.g. an expired password).
@@ -17,27 +23,34 @@ final class AuthQueryConnection: ChannelInboundHandler, @unchecked Sendable {
         case failed(String)
     }
 
-    private let query: String
-    private let user: String
-    private var login: ServerLoginMachine
-    private let startup: [(String, String)]
-    private var scanner = FrameScanner(maxMessageLength: 1 << 20)
-    private var loggedIn = false
-    private var row: [String?]?
-    private var error: String?
-    private var completion: ((Outcome) -> Void)?
-
-    private init(query: String, user: String, authUser: String, secret: ServerLoginMachine.Secret, database: String,
-                 completion: @escaping (Outcome) -> Void) {
-        self.query = query
-        self.user = user
-        self.login = ServerLoginMachine(user: authUser, secret: secret)
-        self.startup = [("user", authUser), ("database", database)]
-        self.completion = completion
+    private struct Target: Hashable {
+        var address: HostAddress
+        var database: String
+        var user: String
     }
 
-    /// Runs the lookup on `eventLoop`; `completion` is called once, on that loop.
-    static func lookUp(user: String, database: DatabaseEntry, runtime: ShoalRuntime, on eventLoop: EventLoop,
+    private struct Lookup {
+        var sql: String
+        var user: String
+        var timeout: TimeAmount
+        var finish: (Outcome) -> Void
+    }
+
+    private struct Connections {
+        var idle: [HostCheckConnection] = []
+        var open = 0
+        var waiting: [Lookup] = []
+    }
+
+    /// Everything below lives on this loop.
+    private let eventLoop: EventLoop
+    private var targets: [Target: Connections] = [:]
+    private var stopped = false
+
+    init(eventLoop: EventLoop) { self.eventLoop = eventLoop }
+
+    /// Looks `user` up for a client of `database`; `completion` is called once, on `clientLoop`.
+    static func lookUp(user: String, database: DatabaseEntry, runtime: ShoalRuntime, on clientLoop: EventLoop,
                        completion: @escaping (Outcome) -> Void) {
         let config = runtime.config
         guard let authUser = database.authUser ?? config.authUser else { return completion(.noSuchUser) }
@@ -54,118 +67,110 @@ final class AuthQueryConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         var secret = ServerLoginSecret(authFileSecret: runtime.userList.secrets[authUser]).loginSecret
         if case .none = secret, let password = target.password ?? database.password { secret = .password(password) }
-        let handler = AuthQueryConnection(
-            query: database.authQuery ?? config.authQuery, user: user, authUser: authUser, secret: secret,
-            database: target.dbname ?? target.name, completion: completion)
+        let tls = runtime.tls.withLockedValue { $0 }
+        let login = HostCheckConnection.Login(
+            user: authUser, database: target.dbname ?? target.name, secret: secret, tls: tls.forServers,
+            tlsRequired: tls.serverMode != "prefer" && tls.serverMode != "allow", connectTimeout: config.serverConnectTimeout,
+            applicationName: "shoal auth_query")
         // Several hosts: the writer, or any host up (a down first host must not stop logins during a failover).
         let address = runtime.hosts.lookupHost(for: target, config: config)
-        let host = address.host
-        let port = address.port
-        let bootstrap = ClientBootstrap(group: eventLoop)
-            .connectTimeout(.milliseconds(Int64(config.serverConnectTimeout * 1000)))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
+        // Called at most once, on the client's loop: the answer, or the timeout, whichever comes first.
+        let answered = NIOLockedValueBox(false)
+        let finish: (Outcome) -> Void = { outcome in
+            guard answered.withLockedValue({ done in defer { done = true }; return !done }) else { return }
+            clientLoop.execute { completion(outcome) }
+        }
+        clientLoop.scheduleTask(in: .milliseconds(Int64(config.serverConnectTimeout * 1000))) {
+            finish(.failed("auth_query timeout"))
+        }
+        let lookups = runtime.authLookups
+        lookups.eventLoop.execute {
+            lookups.enqueue(Lookup(sql: database.authQuery ?? config.authQuery, user: user,
+                                   timeout: .milliseconds(Int64(config.serverConnectTimeout * 1000)), finish: finish),
+                            target: Target(address: address, database: login.database, user: authUser), login: login)
+        }
+    }
+
+    private func enqueue(_ lookup: Lookup, target: Target, login: HostCheckConnection.Login) {
+        guard !stopped else { return lookup.finish(.failed("shutting down")) }
+        var connections = targets[target] ?? Connections()
+        if let connection = connections.idle.popLast() {
+            targets[target] = connections
+            return run(lookup, on: connection, target: target, login: login)
+        }
+        guard connections.open < Self.connectionsPerTarget else {
+            connections.waiting.append(lookup)
+            targets[target] = connections
+            return
+        }
+        connections.open += 1
+        targets[target] = connections
+        var opened: HostCheckConnection?
+        opened = HostCheckConnection.open(address: target.address, login: login, on: eventLoop,
+                                          query: .bound(lookup.sql, [lookup.user])) { [self] result in
+            done(lookup, result, connection: opened, target: target, login: login)
+        }
+        bound(lookup, on: opened!)
+    }
+
+    private func run(_ lookup: Lookup, on connection: HostCheckConnection, target: Target, login: HostCheckConnection.Login) {
+        let started = connection.run(.bound(lookup.sql, [lookup.user])) { [self] result in
+            done(lookup, result, connection: connection, target: target, login: login)
+        }
+        if started {
+            bound(lookup, on: connection)
+        } else {
+            // Closed while idle (the server went away): take another, or open one.
+            targets[target]?.open -= 1
+            enqueue(lookup, target: target, login: login)
+        }
+    }
+
+    /// A server that accepts and never answers must not hold a connection slot forever: the connection is
+    /// abandoned after the lookup's timeout (which fails the lookup, if the client has not been answered yet).
+    private func bound(_ lookup: Lookup, on connection: HostCheckConnection) {
+        let request = connection.requestsStarted
+        eventLoop.scheduleTask(in: lookup.timeout) { [weak connection] in
+            if let connection, connection.stillRunning(request: request) { connection.abandon(reason: "auth_query timeout") }
+        }
+    }
+
+    private func done(_ lookup: Lookup, _ result: Result<HostCheckConnection.Answer, HostCheckConnection.CheckFailure>,
+                      connection: HostCheckConnection?, target: Target, login: HostCheckConnection.Login) {
+        switch result {
+        case .success(let answer):
+            if let error = answer.error {
+                lookup.finish(.failed("S: error in auth_query: \(error.message)"))
+            } else if let row = answer.results.first?.first {
+                lookup.finish(.found(row.count >= 2 ? row[1] : nil))
+            } else {
+                lookup.finish(.noSuchUser)
             }
-        let connected = host.hasPrefix("/")
-            ? bootstrap.connect(unixDomainSocketPath: "\(host)/.s.PGSQL.\(port)")
-            : bootstrap.connect(host: host, port: port)
-        connected.whenFailure { error in handler.finish(.failed("auth_query connect failed: \(error)")) }
-        eventLoop.scheduleTask(in: .milliseconds(Int64(config.serverConnectTimeout * 1000))) {
-            handler.finish(.failed("auth_query timeout"))
+        case .failure(let failure):
+            lookup.finish(.failed(failure.reason.hasPrefix("login failed")
+                                  ? "S: error in auth_query login: \(failure.reason.dropFirst("login failed: ".count))"
+                                  : "auth_query: \(failure.reason)"))
         }
+        guard var connections = targets[target] else { return }
+        if let connection, connection.isOpen, !stopped {
+            connections.idle.append(connection)
+        } else {
+            connections.open -= 1
+        }
+        let next = connections.waiting.isEmpty ? nil : connections.waiting.removeFirst()
+        targets[target] = connections
+        if let next { enqueue(next, target: target, login: login) }
     }
 
-    private var context: ChannelHandlerContext?
-
-    func channelActive(context: ChannelHandlerContext) {
-        self.context = context
-        var buffer = context.channel.allocator.buffer(capacity: 64)
-        buffer.writeStartupMessage(parameters: startup)
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var visitor = LoginVisitor()
-        do {
-            _ = try scanner.scan(unwrapInboundIn(data), visitor: &visitor)
-        } catch {
-            return finish(.failed("bad packet from server during auth_query"))
-        }
-        for (type, body) in visitor.messages {
-            if !loggedIn {
-                switch login.messageReceived(type: type, body: body) {
-                case .wait: continue
-                case .send(let bytes): context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
-                case .fail(let message, _): return finish(.failed("S: error in auth_query login: \(message)"))
-                case .ready:
-                    loggedIn = true
-                    sendQuery(context: context)
-                }
-                continue
+    /// Closes the idle connections and fails what waits (shutdown).
+    func stop() {
+        eventLoop.execute { [self] in
+            stopped = true
+            for (_, connections) in targets {
+                for connection in connections.idle { connection.abandon(reason: "shutting down") }
+                for lookup in connections.waiting { lookup.finish(.failed("shutting down")) }
             }
-            var body = body
-            switch type {
-            case BackendMessage.dataRow:
-                guard row == nil, let count = body.readInteger(as: Int16.self) else { continue }
-                var values: [String?] = []
-                for _ in 0..<max(0, Int(count)) {
-                    guard let length = body.readInteger(as: Int32.self) else { break }
-                    values.append(length < 0 ? nil : body.readString(length: Int(length)))
-                }
-                row = values
-            case BackendMessage.errorResponse:
-                error = ErrorFields(body: body).message
-            case BackendMessage.readyForQuery:
-                if let error { return finish(.failed("S: error in auth_query: \(error)")) }
-                guard let row else { return finish(.noSuchUser) }
-                return finish(.found(row.count >= 2 ? row[1] : nil))
-            default:
-                continue
-            }
+            targets = [:]
         }
-    }
-
-    private func sendQuery(context: ChannelHandlerContext) {
-        var out = context.channel.allocator.buffer(capacity: 256)
-        out.writePostgresMessage(FrontendMessage.parse) {
-            $0.writeCString("")
-            $0.writeCString(query)
-            $0.writeInteger(Int16(0))
-        }
-        out.writePostgresMessage(FrontendMessage.bind) {
-            $0.writeCString("")
-            $0.writeCString("")
-            $0.writeInteger(Int16(0))
-            $0.writeInteger(Int16(1))
-            $0.writeInteger(Int32(user.utf8.count))
-            $0.writeString(user)
-            $0.writeInteger(Int16(0))
-        }
-        out.writePostgresMessage(FrontendMessage.execute) {
-            $0.writeCString("")
-            $0.writeInteger(Int32(0))
-        }
-        out.writePostgresMessage(FrontendMessage.sync) { _ in }
-        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        finish(.failed("auth_query: server closed the connection"))
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        context.close(promise: nil)
-    }
-
-    private func finish(_ outcome: Outcome) {
-        guard let completion else { return }
-        self.completion = nil
-        if let context {
-            var terminate = context.channel.allocator.buffer(capacity: 5)
-            terminate.writeTerminate()
-            context.writeAndFlush(wrapOutboundOut(terminate), promise: nil)
-            context.close(promise: nil)
-        }
-        completion(outcome)
     }
 }

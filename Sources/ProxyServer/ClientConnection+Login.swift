@@ -162,7 +162,7 @@ extension ClientConnection {
         if secret == nil, let database = databaseEntry, authUser != nil, config.authType != .any {
             // Not in the auth file: ask the database (auth_query as auth_user), then authenticate. Under trust too:
             // trust skips the password, not the question whether the user exists (PgBouncer's rule).
-            AuthQueryConnection.lookUp(user: user, database: database, runtime: runtime, on: eventLoop) { [weak self] outcome in
+            AuthLookups.lookUp(user: user, database: database, runtime: runtime, on: eventLoop) { [weak self] outcome in
                 guard let self, self.state == .authenticating else { return }
                 switch outcome {
                 case .found(let secret):

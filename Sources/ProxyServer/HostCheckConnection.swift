@@ -6,11 +6,13 @@ import NIOTLS
 import Pooling
 import PostgresWire
 
-/// The dedicated connection a host's health checks run on, kept open between checks so that a full pool
-/// never blinds the checker and a check costs one round trip, not a backend fork.
+/// A connection Shoal itself queries on: a host's health checks (kept open between checks so that a full pool
+/// never blinds the checker and a check costs one round trip, not a backend fork), and auth_query lookups
+/// (`AuthLookups`). TLS as server_tls_sslmode says, like the pools' server connections.
 ///
-/// Lives on one EventLoop; `run` is called there. Each run sends one simple Query (which may hold several
-/// statements) and answers with the rows of every statement, or an error.
+/// Lives on one EventLoop; `run` is called there. Each run sends one request — a simple Query (which may hold
+/// several statements), or one statement with bound parameters — and answers with the rows of every
+/// statement, or an error.
 final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -22,6 +24,14 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
         var tls: NIOSSLContext?
         var tlsRequired: Bool
         var connectTimeout: Double
+        var applicationName = "shoal health check"
+    }
+
+    enum Request {
+        case simple(String)
+        /// One statement with text parameters (Parse/Bind/Describe/Execute/Sync): values are never spliced
+        /// into the SQL.
+        case bound(String, [String?])
     }
 
     /// The rows of each statement in the Query, and the first error (the statements after it did not run).
@@ -38,7 +48,7 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
     private var state: State = .connecting
     private var context: ChannelHandlerContext?
     private var scanner = FrameScanner(maxMessageLength: 1 << 20)
-    private var pendingQuery: String?
+    private var pendingQuery: Request?
     private var answer = Answer()
     private var completion: ((Result<Answer, CheckFailure>) -> Void)?
 
@@ -60,12 +70,25 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
         return true
     }
 
+    /// Requests handed to this connection so far (the first one at `open`).
+    private(set) var requestsStarted = 0
+
+    /// Whether request number `request` is still unanswered (connecting, logging in or querying).
+    func stillRunning(request: Int) -> Bool {
+        guard requestsStarted == request else { return false }
+        switch state {
+        case .idle, .closed: return false
+        case .connecting, .requestingTLS, .handshakingTLS, .loggingIn, .querying: return true
+        }
+    }
+
     /// Opens a connection and runs `query` on it once logged in.
-    static func open(address: HostAddress, login: Login, on eventLoop: EventLoop, query: String,
+    static func open(address: HostAddress, login: Login, on eventLoop: EventLoop, query: Request,
                      completion: @escaping (Result<Answer, CheckFailure>) -> Void) -> HostCheckConnection {
         let handler = HostCheckConnection(address: address, eventLoop: eventLoop, login: login)
         handler.pendingQuery = query
         handler.completion = completion
+        handler.requestsStarted = 1
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(.milliseconds(Int64(login.connectTimeout * 1000)))
             .channelInitializer { channel in
@@ -81,10 +104,11 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
         return handler
     }
 
-    /// Runs another check on the open, idle connection. Returns false if it is not idle.
-    func run(_ query: String, completion: @escaping (Result<Answer, CheckFailure>) -> Void) -> Bool {
+    /// Runs another request on the open, idle connection. Returns false if it is not idle.
+    func run(_ query: Request, completion: @escaping (Result<Answer, CheckFailure>) -> Void) -> Bool {
         guard case .idle = state, let context else { return false }
         self.completion = completion
+        requestsStarted += 1
         send(query, context: context)
         return true
     }
@@ -112,7 +136,7 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
         state = .loggingIn(ServerLoginMachine(user: login.user, secret: login.secret))
         var startup = context.channel.allocator.buffer(capacity: 96)
         startup.writeStartupMessage(parameters: [("user", login.user), ("database", login.database),
-                                                 ("application_name", "shoal health check")])
+                                                 ("application_name", login.applicationName)])
         context.writeAndFlush(wrapOutboundOut(startup), promise: nil)
     }
 
@@ -175,11 +199,34 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    private func send(_ query: String, context: ChannelHandlerContext) {
+    private func send(_ request: Request, context: ChannelHandlerContext) {
         state = .querying
         answer = Answer()
-        var out = context.channel.allocator.buffer(capacity: query.utf8.count + 6)
-        out.writeQuery(query)
+        var out = context.channel.allocator.buffer(capacity: 256)
+        switch request {
+        case .simple(let query):
+            out.writeQuery(query)
+        case .bound(let statement, let parameters):
+            out.writePostgresMessage(FrontendMessage.parse) { $0.writeCString(""); $0.writeCString(statement); $0.writeInteger(Int16(0)) }
+            out.writePostgresMessage(FrontendMessage.bind) {
+                $0.writeCString(""); $0.writeCString("")
+                $0.writeInteger(Int16(0))
+                $0.writeInteger(Int16(parameters.count))
+                for value in parameters {
+                    if let value {
+                        $0.writeInteger(Int32(value.utf8.count))
+                        $0.writeString(value)
+                    } else {
+                        $0.writeInteger(Int32(-1))
+                    }
+                }
+                $0.writeInteger(Int16(0))
+            }
+            // Describe: a RowDescription starts the statement's rows, as in a simple Query.
+            out.writePostgresMessage(FrontendMessage.describe) { $0.writeInteger(UInt8(ascii: "P")); $0.writeCString("") }
+            out.writePostgresMessage(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) }
+            out.writePostgresMessage(FrontendMessage.sync) { _ in }
+        }
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
     }
 

@@ -274,14 +274,14 @@ final class HostMonitor: @unchecked Sendable {
         let finish: (Result<HostCheckConnection.Answer, HostCheckConnection.CheckFailure>) -> Void = { [weak self] result in
             self?.checkFinished(address, result: result, started: started, topologyFor: topologyFor)
         }
-        if let connection = slots[address]?.connection, connection.isOpen, connection.run(query, completion: finish) {
+        if let connection = slots[address]?.connection, connection.isOpen, connection.run(.simple(query), completion: finish) {
             return
         }
         guard let login = checkLogin(for: address, config: config) else {
             return checkFinished(address, result: .failure(.init(reason: "no user to check with (set health_check_user)", refusedLogin: true)),
                                  started: started, topologyFor: nil)
         }
-        slots[address]?.connection = HostCheckConnection.open(address: address, login: login, on: eventLoop, query: query, completion: finish)
+        slots[address]?.connection = HostCheckConnection.open(address: address, login: login, on: eventLoop, query: .simple(query), completion: finish)
     }
 
     private func checkLogin(for address: HostAddress, config: ShoalConfig) -> HostCheckConnection.Login? {

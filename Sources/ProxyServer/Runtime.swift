@@ -34,6 +34,8 @@ public final class ShoalRuntime: @unchecked Sendable {
     let lifecycle = NIOLockedValueBox(LifecycleState())
     /// TLS contexts of the current config (rebuilt on reload; a failed rebuild keeps the old ones).
     let tls = NIOLockedValueBox(TLSContexts.none)
+    /// auth_query's connections, a few per target, kept open between lookups.
+    let authLookups: AuthLookups
     /// Server-side names of prepared statements, shared by every pool (one per distinct text and types).
     let statementNames = StatementNames()
     /// Open admin console sessions (SUSPEND resumes when the last one goes).
@@ -61,6 +63,7 @@ public final class ShoalRuntime: @unchecked Sendable {
         self.logger = logger
         self.configBox = NIOLockedValueBox(ConfigSnapshot(config))
         self.userListBox = NIOLockedValueBox(userList)
+        self.authLookups = AuthLookups(eventLoop: loops[0])
         self.hosts = HostMonitor(runtime: self, eventLoop: loops[0])
     }
 

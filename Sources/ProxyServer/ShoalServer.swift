@@ -210,6 +210,7 @@ public final class ShoalServer: @unchecked Sendable {
         runtime.ready = false
         janitor.stop()
         runtime.hosts.stop()
+        runtime.authLookups.stop()
         statsReporter.stop()
         for sweeper in runtime.sweepers { sweeper.stop() }
         closeListeners(tcpOnly: false)

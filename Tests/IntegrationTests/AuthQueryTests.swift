@@ -18,6 +18,24 @@ import Testing
         #expect(refusal("\(base) user=nosuchrole password=x").contains("no such user"))
     }
 
+    /// issue 15: a burst of logins with random user names costs at most `AuthLookups.connectionsPerTarget`
+    /// backends, kept open between lookups — not one backend and one login per startup packet.
+    @Test func aBurstOfUnknownUsersStaysWithinTheAuthPool() async throws {
+        let shoal = try await ShoalInstance { $0.authUser = "postgres" }
+        defer { Task { await shoal.stop() } }
+        let base = "host=127.0.0.1 port=\(shoal.port) dbname=postgres"
+        let count = "select count(*) from pg_stat_activity where application_name = 'shoal auth_query'"
+        let attempts = (0..<40).map { n in background { refusal("\(base) user=intruder_\(n)_\(UInt32.random(in: 0...UInt32.max)) password=x") } }
+        var most = 0
+        while attempts.contains(where: { !$0.isDone }) {
+            most = max(most, Int(try TestPostgres.shared.psql(count).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0)
+            usleep(10_000)
+        }
+        for attempt in attempts { #expect(try await attempt.value().contains("no such user")) }
+        #expect(most <= 2, "auth_query backends at once: \(most)")
+        #expect(Int(try TestPostgres.shared.psql(count).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 >= 1, "kept open for the next lookup")
+    }
+
     /// auth_type = trust skips the password, not the user check: a name in neither the auth file nor the
     /// database (auth_query) is refused, as PgBouncer refuses it, instead of getting a pool of its own.
     @Test func trustStillAsksAuthQueryWhetherTheUserExists() async throws {

@@ -52,6 +52,32 @@ import Testing
         #expect(shoal.log.contains("tls=TLSv1.3"))
     }
 
+    /// issue 15: auth_query goes through TLS as server_tls_sslmode says: against a TLS-only server (hostssl) a
+    /// user missing from the auth file is looked up and served; with server TLS off, the lookup is refused by the
+    /// server (it never went out in clear to succeed).
+    @Test func authQueryRunsOverTLSToATLSOnlyServer() async throws {
+        try TLSPostgres.shared.psql("drop role if exists optics; create role optics login password 'lenses'")
+        let secure = try await ShoalInstance {
+            self.configureTLS(&$0, serverMode: "verify-full")
+            $0.authUser = "postgres"
+        }
+        defer { Task { await secure.stop() } }
+        let base = "host=127.0.0.1 port=\(secure.port) dbname=postgres connect_timeout=10"
+        let optics = try PQConnection("\(base) user=optics password=lenses")
+        #expect(try optics.scalar("select current_user || ' ' || ssl from pg_stat_ssl where pid = pg_backend_pid()") == "optics true")
+        #expect(try TLSPostgres.shared.psql("select count(*) from pg_stat_ssl s join pg_stat_activity a using (pid) where a.application_name = 'shoal auth_query' and s.ssl") != "0\n",
+                "the lookup connection is TLS")
+
+        let plain = try await ShoalInstance {
+            self.configureTLS(&$0, serverMode: "disable")
+            $0.authUser = "postgres"
+        }
+        defer { Task { await plain.stop() } }
+        let refused = refusal("host=127.0.0.1 port=\(plain.port) dbname=postgres user=optics password=lenses connect_timeout=10")
+        #expect(!refused.isEmpty && !refused.contains("optics true"), "\(refused)")
+        #expect(plain.log.contains("auth_query"), "\(plain.log.suffix(800))")
+    }
+
     @Test func healthChecksSpeakTLSAndVerifyTheHost() async throws {
         // Two names for the TLS-only server; the certificate covers localhost, not 127.0.0.2. Checks that did
         // not speak TLS would find both down (hostssl only); checks that did not verify would find both up.
