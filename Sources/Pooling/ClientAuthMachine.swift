@@ -128,13 +128,17 @@ public struct ClientAuthMachine {
         case .scramContinue(var exchange):
             method = .done
             let data = body.readBytes(length: body.readableBytes) ?? []
-            guard let secret, !secret.isEmpty, !MD5Password.isStoredHash(secret) else { return saslFailed() }
             do {
+                // Run for unknown users too (against the throwaway verifier, which no proof matches): the answer
+                // then takes as long as for a real user.
                 let serverFinal = try exchange.receiveClientFinal(data)
+                guard let secret, !secret.isEmpty, !MD5Password.isStoredHash(secret) else { return passwordFailed() }
                 var out = ByteBuffer()
                 out.writeAuthenticationSASLFinal(serverFinal)
                 let keys = exchange.clientKey.map { (clientKey: $0, serverKey: exchange.verifier.serverKey) }
                 return .authenticated(saslFinal: out, scramKeys: keys, cleartextPassword: nil)
+            } catch .wrongProof {
+                return passwordFailed()
             } catch {
                 return saslFailed()
             }
@@ -143,7 +147,11 @@ public struct ClientAuthMachine {
         }
     }
 
-    private func passwordFailed() -> Action { .fail(message: "password authentication failed", code: "28P01") }
+    /// PostgreSQL's words for a wrong password or an unknown user, whatever the method (28P01): what drivers,
+    /// PHP code and people's alerts look for. (PgBouncer says `SASL authentication failed` after SCRAM and
+    /// `password authentication failed` otherwise; both greps still match this, bar the SASL one.)
+    private func passwordFailed() -> Action { .fail(message: "password authentication failed for user \"\(user)\"", code: "28P01") }
+    /// The exchange itself broke (malformed message, nonce mismatch): PgBouncer's words.
     private func saslFailed() -> Action { .fail(message: "SASL authentication failed", code: "28P01") }
 }
 

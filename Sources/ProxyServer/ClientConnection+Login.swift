@@ -169,7 +169,10 @@ extension ClientConnection {
                     self.beginAuthentication(secret: secret ?? "", config: config)
                 case .noSuchUser:
                     self.logger.info("no such user: \(self.user)")
-                    self.fatal("no such user", code: "28000")
+                    // Under trust there is no password to fail; otherwise the exchange runs against a throwaway
+                    // secret and fails as a wrong password does, so an unknown name cannot be told from a real one.
+                    if config.authType == .trust { return self.fatal("no such user", code: "28000") }
+                    self.beginAuthentication(secret: nil, config: config)
                 case .failed(let message):
                     self.logger.error("\(message)")
                     self.fatal("bouncer config error")

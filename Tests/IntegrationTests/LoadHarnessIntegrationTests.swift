@@ -34,7 +34,7 @@ import Testing
         let shoal = try await ShoalInstance()
         defer { Task { await shoal.stop() } }
         let wrong = SchemaInit.preflight(conninfo: "host=127.0.0.1 port=\(shoal.port) dbname=postgres user=postgres password=nope")
-        #expect(wrong?.contains("SASL authentication failed") == true)
+        #expect(wrong?.contains("password authentication failed for user \"postgres\"") == true)
         let nobody = SchemaInit.preflight(conninfo: "host=127.0.0.1 port=\(freePort()) dbname=postgres user=postgres connect_timeout=2")
         #expect(nobody?.contains("refused") == true)
         #expect(SchemaInit.preflight(conninfo: shoal.conninfo) == nil)

@@ -21,12 +21,15 @@ import Testing
     @Test func wrongPasswordAndUnknownDatabaseAreRefusedWithPgBouncersWords() async throws {
         let shoal = try await ShoalInstance()
         defer { Task { await shoal.stop() } }
-        #expect(refusal("host=127.0.0.1 port=\(shoal.port) user=postgres dbname=postgres password=wrong").contains("SASL authentication failed"))
-        #expect(refusal("host=127.0.0.1 port=\(shoal.port) user=nobody dbname=postgres password=x").contains("SASL authentication failed"))
+        #expect(refusal("host=127.0.0.1 port=\(shoal.port) user=postgres dbname=postgres password=wrong").contains("password authentication failed for user"))
+        #expect(refusal("host=127.0.0.1 port=\(shoal.port) user=nobody dbname=postgres password=x").contains("password authentication failed for user"))
         let shoalMD5 = try await ShoalInstance { $0.authType = .md5; $0.databases["*"] = nil }
         defer { Task { await shoalMD5.stop() } }
         #expect(refusal("host=127.0.0.1 port=\(shoalMD5.port) user=postgres dbname=nope password=\(TestPostgres.password)")
             .contains("no such database: nope"))
+        // PostgreSQL's words for a wrong password, md5 as SCRAM (issue 15).
+        #expect(refusal("host=127.0.0.1 port=\(shoalMD5.port) user=postgres dbname=postgres password=wrong")
+            .contains("password authentication failed for user \"postgres\""))
         // Plain md5 auth against a plaintext auth_file secret works.
         let ok = try PQConnection(shoalMD5.conninfo)
         #expect(try ok.scalar("select 1") == "1")
