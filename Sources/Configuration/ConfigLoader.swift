@@ -69,6 +69,8 @@ public struct ConfigLoader {
         /// A Shoal key that reads like PostgreSQL's booleans: on/off, true/false, yes/no, 1/0.
         case `switch`(WritableKeyPath<ShoalConfig, Bool>)
         case tlsProtocols(WritableKeyPath<ShoalConfig, [String]>)
+        /// Permission bits, written in octal (`0700`).
+        case mode(WritableKeyPath<ShoalConfig, Int>)
         /// A PgBouncer key that Shoal accepts but does not act on yet.
         case unsupported
     }
@@ -120,11 +122,13 @@ public struct ConfigLoader {
         "health_check_user": .optionalString(\.healthCheckUser), "max_replica_lag": .seconds(\.maxReplicaLag),
         "max_host_connections": .int(\.maxHostConnections), "aurora_topology": .switch(\.auroraTopology),
         "aurora_instance_host_pattern": .string(\.auroraInstanceHostPattern),
+        "unix_socket_mode": .mode(\.unixSocketMode), "unix_socket_group": .string(\.unixSocketGroup),
+        "login_notify_message": .string(\.loginNotifyMessage),
         // Known to PgBouncer, accepted, not acted on yet.
         "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported,
         "client_tls_dheparams": .unsupported, "client_tls_ecdhcurve": .unsupported,
         "conffile": .unsupported, "disable_pqexec": .unsupported, "dns_max_ttl": .unsupported, "dns_nxdomain_ttl": .unsupported,
-        "dns_zone_check_period": .unsupported, "job_name": .unsupported, "login_notify_message": .unsupported,
+        "dns_zone_check_period": .unsupported, "job_name": .unsupported,
         "peer_id": .unsupported, "pkt_buf": .unsupported,
         "pool_idle_timeout": .unsupported, "query_wait_notify": .unsupported, "resolv_conf": .unsupported,
         "sbuf_loopcnt": .unsupported, "scram_iterations": .unsupported, "server_fast_close": .unsupported,
@@ -132,7 +136,6 @@ public struct ConfigLoader {
         "stats_users_prefix": .unsupported, "suspend_timeout": .unsupported,
         "syslog": .unsupported, "syslog_facility": .unsupported, "syslog_ident": .unsupported,
         "tcp_defer_accept": .unsupported, "tcp_socket_buffer": .unsupported,
-        "unix_socket_group": .unsupported, "unix_socket_mode": .unsupported,
         "user": .unsupported, "auth_hba_file": .unsupported, "auth_ident_file": .unsupported, "auth_ldap_options": .unsupported,
     ]
 
@@ -196,6 +199,9 @@ public struct ConfigLoader {
         case .logFormat:
             guard ["text", "json"].contains(value.lowercased()) else { throw bad("text or json") }
             config.logFormat = value.lowercased()
+        case .mode(let path):
+            guard let bits = Int(value, radix: 8), (0...0o7777).contains(bits) else { throw bad("permission bits in octal, e.g. 0700") }
+            config[keyPath: path] = bits
         case .unsupported:
             config.unsupportedSettings[entry.key] = value
             warnings.append(ConfigDiagnostic(.warning, file: entry.file, line: entry.line, key: entry.key, "parameter \(entry.key) is not supported by Shoal yet; ignored"))
@@ -254,6 +260,7 @@ public struct ConfigLoader {
         case .logFormat: return config.logFormat
         case .switch(let path): return config[keyPath: path] ? "on" : "off"
         case .tlsProtocols(let path): return config[keyPath: path].joined(separator: ",")
+        case .mode(let path): return "0" + String(config[keyPath: path], radix: 8)
         case .unsupported: return config.unsupportedSettings[key]
         }
     }

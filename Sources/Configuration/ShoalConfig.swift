@@ -4,6 +4,11 @@ public struct ShoalConfig: Sendable {
     public var listenAddr: [String] = []
     public var listenPort = 6432
     public var unixSocketDir = "/tmp"
+    /// The Unix socket's permission bits and group (PgBouncer's unix_socket_mode, unix_socket_group).
+    public var unixSocketMode = 0o777
+    public var unixSocketGroup = ""
+    /// Sent to every client as a NOTICE once it is logged in (PgBouncer's login_notify_message).
+    public var loginNotifyMessage = ""
     public var listenBacklog = 128
 
     // MARK: Authentication

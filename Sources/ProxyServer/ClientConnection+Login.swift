@@ -328,6 +328,8 @@ extension ClientConnection {
         let key = runtime.cancelRegistry.register(self)
         cancelKey = key
         out.writeBackendKeyData(processID: key.processID, secretKey: key.secretKey)
+        let notice = runtime.snapshot.config.loginNotifyMessage
+        if !notice.isEmpty { out.writeErrorResponse(severity: "NOTICE", code: "00000", message: notice, notice: true) }
         out.writeReadyForQuery(.idle)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         state = .pooled

@@ -76,7 +76,17 @@ public enum Listener {
                 try? FileManager.default.removeItem(atPath: path)
                 do {
                     let channel = try await makeBootstrap(readOnly: readOnly).bind(unixDomainSocketPath: path).get()
-                    chmod(path, 0o777)
+                    chmod(path, mode_t(config.unixSocketMode))
+                    if !config.unixSocketGroup.isEmpty {
+                        // PgBouncer's unix_socket_group: the socket's group, for a mode like 0770.
+                        if let group = getgrnam(config.unixSocketGroup) {
+                            if chown(path, uid_t.max, group.pointee.gr_gid) != 0 {
+                                runtime.logger.warning("unix_socket_group: cannot give unix:\(path) to group \(config.unixSocketGroup): errno \(errno)")
+                            }
+                        } else {
+                            runtime.logger.warning("unix_socket_group: no group named \(config.unixSocketGroup); unix:\(path) keeps its group")
+                        }
+                    }
                     runtime.logger.info("listening on unix:\(path)\(what)")
                     channels.append(channel)
                 } catch {

@@ -88,6 +88,13 @@ import Testing
         #expect(config.users["moodle"]?.transactionTimeout == 2)
     }
 
+    @Test func unixSocketModeIsOctalAndShownAsWritten() throws {
+        let config = try loader(["a.ini": "[pgbouncer]\nunix_socket_mode = 0700\nunix_socket_group = pgb\n"]).load(path: "a.ini").config
+        #expect(config.unixSocketMode == 0o700 && config.unixSocketGroup == "pgb")
+        #expect(ConfigLoader.settings(of: config).first { $0.key == "unix_socket_mode" }?.value == "0700")
+        #expect(throws: ConfigDiagnostic.self) { _ = try loader(["a.ini": "[pgbouncer]\nunix_socket_mode = 0789\n"]).load(path: "a.ini") }
+    }
+
     @Test func workerThreadsCountsLoopsAndOnlyARestartChangesIt() throws {
         let config = try loader(["a.ini": "[pgbouncer]\nworker_threads = 3\n"]).load(path: "a.ini").config
         #expect(config.eventLoopCount(cpusAvailable: 8) == 3)

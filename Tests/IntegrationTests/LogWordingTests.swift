@@ -28,4 +28,22 @@ import Testing
         #expect(try PQConnection(auto).scalar("select 1") == "1")
         #expect(shoal.log.components(separatedBy: "registered new auto-database: wording_auto").count == 2, "\(shoal.log)")
     }
+
+    /// unix_socket_mode, unix_socket_group and login_notify_message act as PgBouncer documents them (issue 15:
+    /// they were accepted and ignored; the socket was always 0777).
+    @Test func unixSocketModeGroupAndLoginNotice() async throws {
+        let group = try #require(getgrnam("postgres")).pointee.gr_gid
+        let shoal = try await ShoalInstance {
+            $0.unixSocketMode = 0o770
+            $0.unixSocketGroup = "postgres"
+            $0.loginNotifyMessage = "Welcome to the department pooler"
+        }
+        defer { Task { await shoal.stop() } }
+        var info = stat()
+        #expect(stat("\(shoal.directory)/.s.PGSQL.\(shoal.port)", &info) == 0)
+        #expect(info.st_mode & 0o7777 == 0o770, "mode \(String(info.st_mode & 0o7777, radix: 8))")
+        #expect(info.st_gid == group)
+        let psql = try ProcessRunner.run("psql", ["-X", "-At", shoal.conninfo, "-c", "select 'in'"])
+        #expect(psql.stdout.contains("in") && psql.stderr.contains("NOTICE:  Welcome to the department pooler"), "\(psql.stdout)\(psql.stderr)")
+    }
 }
