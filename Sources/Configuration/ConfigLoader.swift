@@ -124,6 +124,8 @@ public struct ConfigLoader {
         "aurora_instance_host_pattern": .string(\.auroraInstanceHostPattern),
         "unix_socket_mode": .mode(\.unixSocketMode), "unix_socket_group": .string(\.unixSocketGroup),
         "login_notify_message": .string(\.loginNotifyMessage),
+        "max_pending_logins_per_address": .count(\.maxPendingLoginsPerAddress),
+        "max_failed_logins_per_minute": .count(\.maxFailedLoginsPerMinute),
         // Known to PgBouncer, accepted, not acted on yet.
         "autodb_idle_timeout": .unsupported, "client_tls13_ciphers": .unsupported,
         "client_tls_dheparams": .unsupported, "client_tls_ecdhcurve": .unsupported,

@@ -7,6 +7,9 @@ public struct ShoalConfig: Sendable {
     /// The Unix socket's permission bits and group (PgBouncer's unix_socket_mode, unix_socket_group).
     public var unixSocketMode = 0o777
     public var unixSocketGroup = ""
+    /// Per source address: connections waiting to log in at once, and failed logins per minute (0 = no limit).
+    public var maxPendingLoginsPerAddress = 0
+    public var maxFailedLoginsPerMinute = 0
     /// Sent to every client as a NOTICE once it is logged in (PgBouncer's login_notify_message).
     public var loginNotifyMessage = ""
     public var listenBacklog = 128

@@ -12,6 +12,7 @@ extension ClientConnection {
         guard let context else { return }
         loginState?.loginTimeout?.cancel()
         loginState = nil
+        endPendingLogin()
         let key = runtime.cancelRegistry.register(self)
         cancelKey = key
         state = .console

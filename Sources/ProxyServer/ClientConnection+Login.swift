@@ -41,6 +41,19 @@ extension ClientConnection {
                 }
             }
             guard let packet else { break }
+            if let refusal = loginState?.refusal {
+                switch packet {
+                case .sslRequest, .gssEncRequest:
+                    var answer = context!.channel.allocator.buffer(capacity: 1)
+                    answer.writeInteger(UInt8(ascii: "N"))
+                    context!.writeAndFlush(wrapOutboundOut(answer), promise: nil)
+                    continue
+                case .cancel:
+                    return close(reason: refusal)
+                case .startup:
+                    return fatal(refusal, code: "53300")
+                }
+            }
             switch packet {
             case .sslRequest, .gssEncRequest:
                 if buffer.readableBytes > 0 {
@@ -144,10 +157,9 @@ extension ClientConnection {
             logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=no")
         }
         let isConsoleLogin = config.isConsoleDatabase(databaseName)
-        if !isConsoleLogin {
+        if !isConsoleLogin && !counted {
             // 08P01, as PgBouncer sends it. The console is exempt, so an operator can always get in.
-            guard runtime.admitClient() else { return fatal("no more connections allowed (max_client_conn)") }
-            counted = true
+            return fatal("no more connections allowed (max_client_conn)")
         }
 
         databaseEntry = isConsoleLogin ? nil : config.database(named: databaseName)
@@ -228,6 +240,7 @@ extension ClientConnection {
         case .fail(let message, let code):
             logger.info("login failed: db=\(databaseName) user=\(user)")
             runtime.registries[loopIndex].authFailures &+= 1
+            if !isUnixSocket { runtime.loginFailed(from: remoteHost) }
             fatal(message, code: code)
         case .authenticated(let saslFinal, let scramKeys, let cleartext):
             auth = nil
@@ -313,6 +326,7 @@ extension ClientConnection {
         guard let context else { return }
         loginTimeout?.cancel()
         loginTimeout = nil
+        endPendingLogin()
         // Tracked parameters the client did not choose start at the server defaults.
         let tracked = runtime.snapshot.trackedNames
         for (name, value) in welcome where tracked.contains(name.lowercased()) {

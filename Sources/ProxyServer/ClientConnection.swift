@@ -64,11 +64,16 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         var startupParameters: [(String, String)] = []
         var databaseEntry: DatabaseEntry?
         var loginTimeout: Scheduled<Void>?
+        /// Turned away at accept (LoginLimits): answered with this FATAL once the startup packet comes, so the
+        /// client's driver reads it (after declining an SSLRequest) instead of a bare close.
+        var refusal: String?
     }
     var loginState: LoginState? = LoginState()
     var user = ""
     var databaseName = ""
     var counted = false
+    /// Counted in the runtime's LoginLimits as a connection of `remoteHost` waiting to log in.
+    var pendingLogin = false
     /// Counted in max_db_client_connections / max_user_client_connections (`ClientLimits`).
     var countedPerDatabaseAndUser = false
     var cancelKey: (processID: Int32, secretKey: Int32)?
@@ -142,6 +147,17 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
                 localPort = context.channel.localAddress?.port ?? 0
             }
         }
+        if !isUnixSocket {
+            if let refusal = runtime.loginStarted(from: remoteHost) {
+                logger.warning("\(refusal.message)")
+                loginState?.refusal = refusal.message
+            } else {
+                pendingLogin = true
+            }
+        }
+        // max_client_conn counts a client from accept (PgBouncer's rule), so connections that never log in count
+        // too; one past the limit is refused when its startup packet arrives, unless it is for the console.
+        counted = runtime.admitClient()
         let timeout = runtime.snapshot.config.clientLoginTimeout
         if timeout > 0 {
             loginState?.loginTimeout = context.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) { [weak self] in
@@ -197,6 +213,13 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     // MARK: Closing
 
     /// Sends a FATAL ErrorResponse with PgBouncer's wording and closes.
+    /// The login phase is over (logged in, or gone): the address's pending count drops.
+    func endPendingLogin() {
+        guard pendingLogin else { return }
+        pendingLogin = false
+        runtime.loginEnded(from: remoteHost)
+    }
+
     func fatal(_ message: String, code: String = "08P01") {
         guard state != .closed, let context else { return }
         if runtime.snapshot.config.logPoolerErrors {
@@ -226,6 +249,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         }
         loginState?.loginTimeout?.cancel()
         loginState = nil
+        endPendingLogin()
         if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }
         if countedPerDatabaseAndUser {

@@ -95,6 +95,27 @@ public final class ShoalRuntime: @unchecked Sendable {
 
     let clientLimits = ClientLimits()
 
+    /// max_pending_logins_per_address and max_failed_logins_per_minute (limits read from the current config).
+    private let loginLimits = NIOLockedValueBox(LoginLimits())
+
+    /// A TCP client from `address` was accepted: nil, or why it is turned away before it may log in.
+    func loginStarted(from address: String) -> LoginLimits.Refusal? {
+        let config = snapshot.config
+        let now = NIODeadline.now().uptimeNanoseconds / 1_000_000_000
+        return loginLimits.withLockedValue { limits in
+            limits.maxPendingPerAddress = config.maxPendingLoginsPerAddress
+            limits.maxFailuresPerMinute = config.maxFailedLoginsPerMinute
+            return limits.connectionAccepted(from: address, nowSeconds: now)
+        }
+    }
+
+    func loginEnded(from address: String) { loginLimits.withLockedValue { $0.loginEnded(from: address) } }
+
+    func loginFailed(from address: String) {
+        let now = NIODeadline.now().uptimeNanoseconds / 1_000_000_000
+        loginLimits.withLockedValue { $0.loginFailed(from: address, nowSeconds: now) }
+    }
+
     func clientLeft() {
         clientCountBox.withLockedValue { $0 -= 1 }
     }

@@ -117,4 +117,29 @@ import Configuration
         #expect(try first.scalar("select 1") == "1")
         #expect(try second.scalar("select 2") == "2")
     }
+
+    /// issue 15: a client counts against max_client_conn from accept, so connections that never log in cannot
+    /// leave the limit unguarded; per address, connections waiting to log in and failed logins per minute are
+    /// capped (max_pending_logins_per_address, max_failed_logins_per_minute). The console stays reachable.
+    @Test func connectionsCountFromAcceptAndPerAddressLoginLimitsHold() async throws {
+        let counting = try await ShoalInstance { $0.maxClientConn = 2; $0.adminUsers = ["postgres"] }
+        defer { Task { await counting.stop() } }
+        let silent = [try RawClient(port: counting.port), try RawClient(port: counting.port)]
+        try waitUntil("both silent connections are counted") { counting.server.runtime.clientCount == 2 }
+        #expect(refusal(counting.conninfo).contains("no more connections allowed (max_client_conn)"))
+        #expect(try PQConnection(counting.consoleConninfo()).query("SHOW VERSION").count == 1, "the console is exempt")
+        for connection in silent { connection.close() }
+        try waitUntil("their places are freed") { (try? PQConnection(counting.conninfo)) != nil }
+
+        let limited = try await ShoalInstance { $0.maxPendingLoginsPerAddress = 2; $0.maxFailedLoginsPerMinute = 3 }
+        defer { Task { await limited.stop() } }
+        var waiting = [try RawClient(port: limited.port), try RawClient(port: limited.port)]
+        usleep(300_000) // accepted by Shoal, not only by the kernel
+        #expect(refusal(limited.conninfo).contains("too many connections from this address waiting to log in"))
+        waiting.removeAll()
+        try waitUntil("the waiting ones are gone") { (try? PQConnection(limited.conninfo)) != nil }
+        for _ in 0..<3 { #expect(refusal("\(limited.conninfo) password=wrong").contains("password authentication failed")) }
+        #expect(refusal(limited.conninfo).contains("too many failed logins from this address"))
+        #expect(limited.log.contains("too many failed logins from this address"))
+    }
 }

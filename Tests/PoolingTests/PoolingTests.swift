@@ -567,3 +567,30 @@ extension ClientStatements.Rewrite: Equatable {
         }
     }
 }
+
+@Suite struct LoginLimitsTests {
+    @Test func pendingLoginsPerAddressAreCappedAndReleased() {
+        var limits = LoginLimits(maxPendingPerAddress: 2)
+        #expect(limits.connectionAccepted(from: "10.0.0.1", nowSeconds: 0) == nil)
+        #expect(limits.connectionAccepted(from: "10.0.0.1", nowSeconds: 0) == nil)
+        #expect(limits.connectionAccepted(from: "10.0.0.1", nowSeconds: 0) == .tooManyPending(limit: 2))
+        #expect(limits.connectionAccepted(from: "10.0.0.2", nowSeconds: 0) == nil, "another address is not affected")
+        limits.loginEnded(from: "10.0.0.1")
+        #expect(limits.connectionAccepted(from: "10.0.0.1", nowSeconds: 0) == nil)
+        #expect(limits.pendingCount(from: "10.0.0.1") == 2)
+    }
+
+    @Test func failedLoginsPerMinuteTurnAnAddressAwayUntilTheMinuteTurns() {
+        var limits = LoginLimits(maxFailuresPerMinute: 3)
+        for _ in 0..<3 {
+            #expect(limits.connectionAccepted(from: "a", nowSeconds: 120) == nil)
+            limits.loginFailed(from: "a", nowSeconds: 121)
+            limits.loginEnded(from: "a")
+        }
+        #expect(limits.connectionAccepted(from: "a", nowSeconds: 150) == .tooManyFailures(limit: 3))
+        #expect(limits.connectionAccepted(from: "b", nowSeconds: 150) == nil)
+        #expect(limits.connectionAccepted(from: "a", nowSeconds: 180) == nil, "a new minute")
+        var unlimited = LoginLimits()
+        for _ in 0..<1000 { #expect(unlimited.connectionAccepted(from: "a", nowSeconds: 0) == nil, "off by default") }
+    }
+}
