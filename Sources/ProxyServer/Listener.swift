@@ -20,6 +20,11 @@ public enum Listener {
                 bootstrap = bootstrap.serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
             }
             bootstrap = bootstrap
+                // Out of file descriptors (EMFILE/ENFILE), accept() fails at once on every wakeup: back off a
+                // second instead of spinning a core, as PgBouncer suspends accepting.
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler()) }
+                }
                 .serverChannelOption(.backlog, value: Int32(config.listenBacklog))
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.autoRead, value: true)

@@ -53,7 +53,8 @@ import Testing
         #expect(after.value("shoal_stats_sql_transactions_pooled_total").map { $0 >= 27 } == true)
         let slowTransactions = after.value("shoal_transaction_duration_seconds_bucket", extra: "le=+Inf")
             .flatMap { all in after.value("shoal_transaction_duration_seconds_bucket", extra: "le=0.01").map { all - $0 } }
-        #expect(slowTransactions == 1, "the pg_sleep transaction lands above 10 ms")
+        // At least the pg_sleep one; a busy machine may push a plain one past 10 ms too (no timing is asserted).
+        #expect(slowTransactions.map { $0 >= 1 } == true, "the pg_sleep transaction lands above 10 ms")
         #expect(after.value("shoal_query_duration_seconds_count") == after.value("shoal_stats_queries_pooled_total"))
         #expect(after.value("shoal_stats_received_bytes_total")! > before.value("shoal_stats_received_bytes_total")!)
         #expect(after.value("shoal_server_connects_total") == 1)
