@@ -40,7 +40,8 @@ public struct ConfigLoader {
                     throw ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key, error.message)
                 }
             case "peers":
-                warnings.append(ConfigDiagnostic(.warning, file: entry.file, line: entry.line, key: entry.key, "[peers] is not supported by Shoal yet; entry ignored"))
+                let peer = try Self.peer(entry)
+                config.peers[peer.id] = peer
             default:
                 throw ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key, "key outside of any section")
             }
@@ -69,6 +70,8 @@ public struct ConfigLoader {
         /// A Shoal key that reads like PostgreSQL's booleans: on/off, true/false, yes/no, 1/0.
         case `switch`(WritableKeyPath<ShoalConfig, Bool>)
         case tlsProtocols(WritableKeyPath<ShoalConfig, [String]>)
+        /// peer_id: 0 (off) to 16383, as PgBouncer documents it.
+        case peerID
         /// Permission bits, written in octal (`0700`).
         case mode(WritableKeyPath<ShoalConfig, Int>)
         /// A PgBouncer key that Shoal accepts but does not act on yet.
@@ -124,6 +127,7 @@ public struct ConfigLoader {
         "aurora_instance_host_pattern": .string(\.auroraInstanceHostPattern),
         "unix_socket_mode": .mode(\.unixSocketMode), "unix_socket_group": .string(\.unixSocketGroup),
         "login_notify_message": .string(\.loginNotifyMessage),
+        "peer_id": .peerID, "peers_dns": .string(\.peersDNS),
         "max_pending_logins_per_address": .count(\.maxPendingLoginsPerAddress),
         "max_failed_logins_per_minute": .count(\.maxFailedLoginsPerMinute),
         // Known to PgBouncer, accepted, not acted on yet.
@@ -131,7 +135,7 @@ public struct ConfigLoader {
         "client_tls_dheparams": .unsupported, "client_tls_ecdhcurve": .unsupported,
         "conffile": .unsupported, "disable_pqexec": .unsupported, "dns_max_ttl": .unsupported, "dns_nxdomain_ttl": .unsupported,
         "dns_zone_check_period": .unsupported, "job_name": .unsupported,
-        "peer_id": .unsupported, "pkt_buf": .unsupported,
+        "pkt_buf": .unsupported,
         "pool_idle_timeout": .unsupported, "query_wait_notify": .unsupported, "resolv_conf": .unsupported,
         "sbuf_loopcnt": .unsupported, "scram_iterations": .unsupported, "server_fast_close": .unsupported,
         "server_tls13_ciphers": .unsupported,
@@ -201,6 +205,9 @@ public struct ConfigLoader {
         case .logFormat:
             guard ["text", "json"].contains(value.lowercased()) else { throw bad("text or json") }
             config.logFormat = value.lowercased()
+        case .peerID:
+            guard let id = parseInteger(value), (0...16383).contains(id) else { throw bad("a peer id from 0 (off) to 16383") }
+            config.peerID = id
         case .mode(let path):
             guard let bits = Int(value, radix: 8), (0...0o7777).contains(bits) else { throw bad("permission bits in octal, e.g. 0700") }
             config[keyPath: path] = bits
@@ -210,12 +217,38 @@ public struct ConfigLoader {
         }
     }
 
+    /// A `[peers]` line, with PgBouncer's refusals.
+    static func peer(_ entry: IniEntry) throws(ConfigDiagnostic) -> PeerEntry {
+        func refuse(_ message: String) -> ConfigDiagnostic { ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key, message) }
+        guard let id = Int(entry.key), (1...65535).contains(id) else {
+            throw refuse("ids of peers must be a number larger than 0 and at most 65536")
+        }
+        let pairs: [(String, String)]
+        do { pairs = try ConnectionString.parse(entry.value) } catch { throw refuse(error.message) }
+        guard let host = pairs.last(where: { $0.0 == "host" })?.1, !host.isEmpty else { throw refuse("host was not provided for peer \(id)") }
+        var peer = PeerEntry(id: id, host: host)
+        for (key, value) in pairs {
+            switch key {
+            case "host": break
+            case "port":
+                guard let port = Int(value), (1...65535).contains(port) else { throw refuse("invalid port \"\(value)\" for peer \(id)") }
+                peer.port = port
+            case "pool_size":
+                guard let size = Int(value) else { throw refuse("invalid pool_size \"\(value)\" for peer \(id)") }
+                peer.poolSize = size
+            default:
+                throw refuse("unrecognized peer parameter: \(key)")
+            }
+        }
+        return peer
+    }
+
     // MARK: Live settings (SHOW CONFIG, SET)
 
     /// Keys that only a restart changes (PgBouncer's `changeable = no`, plus Shoal's listeners for metrics).
     public static let restartOnlyKeys: Set<String> = [
         "disable_pqexec", "job_name", "listen_addr", "listen_backlog", "listen_port", "pidfile", "pkt_buf", "resolv_conf",
-        "so_reuseport", "track_extra_parameters", "unix_socket_dir", "unix_socket_group", "unix_socket_mode", "user",
+        "so_reuseport", "track_extra_parameters", "peers_dns", "unix_socket_dir", "unix_socket_group", "unix_socket_mode", "user",
         "metrics_addr", "metrics_port", "readonly_listen_port", "worker_threads",
     ]
 
@@ -263,6 +296,7 @@ public struct ConfigLoader {
         case .switch(let path): return config[keyPath: path] ? "on" : "off"
         case .tlsProtocols(let path): return config[keyPath: path].joined(separator: ",")
         case .mode(let path): return "0" + String(config[keyPath: path], radix: 8)
+        case .peerID: return String(config.peerID)
         case .unsupported: return config.unsupportedSettings[key]
         }
     }

@@ -10,6 +10,13 @@ public struct ShoalConfig: Sendable {
     /// Per source address: connections waiting to log in at once, and failed logins per minute (0 = no limit).
     public var maxPendingLoginsPerAddress = 0
     public var maxFailedLoginsPerMinute = 0
+    /// This process's id among its peers (0: no peering), and the other processes of the fleet (`[peers]`):
+    /// a CancelRequest for a client of another peer is forwarded there (PgBouncer's peering).
+    public var peerID = 0
+    public var peers: [Int: PeerEntry] = [:]
+    /// Shoal: a DNS name whose addresses are every replica (a Kubernetes headless Service), re-resolved every
+    /// 10 s; a CancelRequest none of this process's clients owns is sent to all of them, on listen_port.
+    public var peersDNS = ""
     /// Sent to every client as a NOTICE once it is logged in (PgBouncer's login_notify_message).
     public var loginNotifyMessage = ""
     public var listenBacklog = 128
@@ -162,5 +169,18 @@ public struct ShoalConfig: Sendable {
         fallback.name = name
         if fallback.dbname == nil { fallback.dbname = name }
         return fallback
+    }
+}
+
+/// One `[peers]` line: `<id> = host=… [port=6432] [pool_size=N]`.
+public struct PeerEntry: Sendable, Equatable {
+    public var id: Int
+    public var host: String
+    public var port = 6432
+    public var poolSize = -1
+
+    public init(id: Int, host: String) {
+        self.id = id
+        self.host = host
     }
 }

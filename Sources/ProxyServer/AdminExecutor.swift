@@ -90,7 +90,11 @@ struct AdminExecutor {
             guard access == .admin else { return loop.makeSucceededFuture(.error(AdminError("admin access needed"))) }
             return loop.makeSucceededFuture(.table(ShowTables.fds()))
         case "peers":
-            return loop.makeSucceededFuture(.table(ResultTable("peer_id:i host port:i pool_size:i")))
+            var table = ResultTable("peer_id:i host port:i pool_size:i")
+            for peer in config.peers.values.sorted(by: { $0.id < $1.id }) where peer.id != config.peerID {
+                table.append(["\(peer.id)", peer.host, "\(peer.port)", "\(peer.poolSize < 0 ? config.defaultPoolSize : peer.poolSize)"])
+            }
+            return loop.makeSucceededFuture(.table(table))
         case "peer_pools":
             return loop.makeSucceededFuture(.table(ResultTable("peer_id:i cl_active_cancel_req:i cl_waiting_cancel_req:i sv_active_cancel:i sv_login:i")))
         case "hosts":

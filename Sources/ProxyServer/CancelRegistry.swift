@@ -1,38 +1,38 @@
 import NIOConcurrencyHelpers
+import Pooling
 
 /// Maps the BackendKeyData Shoal hands each client to that client, so a CancelRequest finds it.
 /// Touched at login, logout and cancel only.
+///
+/// With peering (`peer_id`, `[peers]`, `peers_dns`) the key carries this process's peer id and a TTL
+/// (`PeerCancelKey`); clients are found by the key without its TTL bits, which forwarding lowers.
 final class CancelRegistry: @unchecked Sendable {
     private let lock = NIOLock()
     private var clients: [UInt64: Weak] = [:]
 
     private struct Weak { weak var client: ClientConnection? }
 
-    static func combine(_ processID: Int32, _ secretKey: Int32) -> UInt64 {
-        UInt64(UInt32(bitPattern: processID)) << 32 | UInt64(UInt32(bitPattern: secretKey))
-    }
-
-    /// Registers a client under a fresh random key and returns it. The process ID is kept positive, like PgBouncer.
-    func register(_ client: ClientConnection) -> (processID: Int32, secretKey: Int32) {
+    /// Registers a client under a fresh random key and returns it. The process ID is kept positive, like PgBouncer;
+    /// `peerID` above 0 is written in (PgBouncer's layout), and `peering` gives the key a TTL.
+    func register(_ client: ClientConnection, peerID: Int = 0, peering: Bool = false) -> (processID: Int32, secretKey: Int32) {
         var generator = SystemRandomNumberGenerator()
         return lock.withLock {
             while true {
-                let processID = Int32.random(in: 1...Int32.max, using: &generator)
-                let secretKey = Int32.random(in: Int32.min...Int32.max, using: &generator)
-                let key = Self.combine(processID, secretKey)
-                if clients[key] == nil {
-                    clients[key] = Weak(client: client)
-                    return (processID, secretKey)
-                }
+                var key = PeerCancelKey(processID: Int32.random(in: 1...Int32.max, using: &generator),
+                                        secretKey: Int32.random(in: Int32.min...Int32.max, using: &generator))
+                if peerID > 0 { key = key.stamped(peerID: peerID) } else if peering { key = key.withFreshTTL() }
+                guard key.processID != 0, clients[key.identity] == nil else { continue }
+                clients[key.identity] = Weak(client: client)
+                return (key.processID, key.secretKey)
             }
         }
     }
 
     func unregister(processID: Int32, secretKey: Int32) {
-        _ = lock.withLock { clients.removeValue(forKey: Self.combine(processID, secretKey)) }
+        _ = lock.withLock { clients.removeValue(forKey: PeerCancelKey(processID: processID, secretKey: secretKey).identity) }
     }
 
     func client(processID: Int32, secretKey: Int32) -> ClientConnection? {
-        lock.withLock { clients[Self.combine(processID, secretKey)]?.client }
+        lock.withLock { clients[PeerCancelKey(processID: processID, secretKey: secretKey).identity]?.client }
     }
 }

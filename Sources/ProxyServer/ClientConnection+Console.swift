@@ -13,7 +13,7 @@ extension ClientConnection {
         loginState?.loginTimeout?.cancel()
         loginState = nil
         endPendingLogin()
-        let key = runtime.cancelRegistry.register(self)
+        let key = runtime.registerCancelKey(for: self)
         cancelKey = key
         state = .console
         let session = AdminSession(access: access, runtime: runtime, client: self, allocator: context.channel.allocator)

@@ -293,7 +293,10 @@ extension ClientConnection {
         let target = runtime.cancelRegistry.client(processID: processID, secretKey: secretKey)
         state = .closed
         context?.close(promise: nil)
-        guard let target else { return }
+        guard let target else {
+            // Another process's client (peering): send it on.
+            return runtime.peers.forward(PeerCancelKey(processID: processID, secretKey: secretKey), on: eventLoop)
+        }
         target.eventLoop.execute { target.forwardCancel() }
     }
 

@@ -339,7 +339,7 @@ extension ClientConnection {
             out.writeParameterStatus(name: name, value: link.parameters[name] ?? value)
         }
         link.facts = pool?.welcomeFacts
-        let key = runtime.cancelRegistry.register(self)
+        let key = runtime.registerCancelKey(for: self)
         cancelKey = key
         out.writeBackendKeyData(processID: key.processID, secretKey: key.secretKey)
         let notice = runtime.snapshot.config.loginNotifyMessage

@@ -36,6 +36,14 @@ public final class ShoalRuntime: @unchecked Sendable {
     let tls = NIOLockedValueBox(TLSContexts.none)
     /// auth_query's connections, a few per target, kept open between lookups.
     let authLookups: AuthLookups
+    /// The fleet's other processes, for cancel requests that land on the wrong one.
+    private(set) lazy var peers = PeerDirectory(runtime: self)
+
+    /// A client's cancel key, with this process's peer id in it when peering is on.
+    func registerCancelKey(for client: ClientConnection) -> (processID: Int32, secretKey: Int32) {
+        let config = snapshot.config
+        return cancelRegistry.register(client, peerID: config.peerID, peering: config.peerID > 0 || !config.peersDNS.isEmpty)
+    }
     /// Server-side names of prepared statements, shared by every pool (one per distinct text and types).
     let statementNames = StatementNames()
     /// Open admin console sessions (SUSPEND resumes when the last one goes).

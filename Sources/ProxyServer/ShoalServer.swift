@@ -34,6 +34,7 @@ public final class ShoalServer: @unchecked Sendable {
         // Routed databases: checks start before clients arrive, so the first writer is usually known by then.
         runtime.hosts.configure(runtime.config)
         runtime.hosts.start()
+        runtime.peers.start()
         let bound = try await Listener.bind(runtime: runtime)
         channels.withLockedValue { $0 = bound }
         janitor.start()
@@ -211,6 +212,7 @@ public final class ShoalServer: @unchecked Sendable {
         janitor.stop()
         runtime.hosts.stop()
         runtime.authLookups.stop()
+        runtime.peers.stop()
         statsReporter.stop()
         for sweeper in runtime.sweepers { sweeper.stop() }
         closeListeners(tcpOnly: false)

@@ -95,6 +95,24 @@ import Testing
         #expect(throws: ConfigDiagnostic.self) { _ = try loader(["a.ini": "[pgbouncer]\nunix_socket_mode = 0789\n"]).load(path: "a.ini") }
     }
 
+    @Test func peersAreReadWithPgBouncersRules() throws {
+        let config = try loader(["a.ini": "[pgbouncer]\npeer_id = 2\n[peers]\n1 = host=10.0.0.1 port=7000\n3 = host=10.0.0.3 pool_size=4\n"])
+            .load(path: "a.ini").config
+        #expect(config.peerID == 2)
+        #expect(config.peers[1]?.host == "10.0.0.1" && config.peers[1]?.port == 7000)
+        #expect(config.peers[3]?.port == 6432 && config.peers[3]?.poolSize == 4)
+        for (line, message) in [("0 = host=a", "ids of peers must be a number larger than 0 and at most 65536"),
+                                ("2 = port=6432", "host was not provided for peer 2")] {
+            do {
+                _ = try loader(["a.ini": "[pgbouncer]\n[peers]\n\(line)\n"]).load(path: "a.ini")
+                Issue.record("\(line) was taken")
+            } catch {
+                #expect(error.message == message && error.line == 3)
+            }
+        }
+        #expect(throws: ConfigDiagnostic.self) { _ = try loader(["a.ini": "[pgbouncer]\npeer_id = 20000\n"]).load(path: "a.ini") }
+    }
+
     @Test func workerThreadsCountsLoopsAndOnlyARestartChangesIt() throws {
         let config = try loader(["a.ini": "[pgbouncer]\nworker_threads = 3\n"]).load(path: "a.ini").config
         #expect(config.eventLoopCount(cpusAvailable: 8) == 3)

@@ -594,3 +594,18 @@ extension ClientStatements.Rewrite: Equatable {
         for _ in 0..<1000 { #expect(unlimited.connectionAccepted(from: "a", nowSeconds: 0) == nil, "off by default") }
     }
 }
+
+@Suite struct PeerCancelKeyTests {
+    @Test func peerIdAndTTLSitWherePgBouncerPutsThem() {
+        let key = PeerCancelKey(processID: Int32(bitPattern: 0xFFFF_FFFF), secretKey: Int32(bitPattern: 0xFFFF_FFFF)).stamped(peerID: 0x1234)
+        // Bytes 0-3: 0x7F, 0x34, 0x12, 0xFF (top bit clear, peer id little-endian); byte 7's low bits: 3.
+        #expect(UInt32(bitPattern: key.processID) == 0x7F34_12FF)
+        #expect(key.processID > 0)
+        #expect(key.peerID == 0x1234 && key.ttl == 3)
+        let once = key.forwarded()!
+        #expect(once.ttl == 2 && once.peerID == 0x1234 && once.identity == key.identity)
+        #expect(once.forwarded()!.forwarded()!.forwarded() == nil, "dropped when the TTL is spent")
+        #expect(key.broadcast().ttl == 0 && key.broadcast().identity == key.identity)
+        #expect(PeerCancelKey(processID: 5, secretKey: 9).peerID == 0)
+    }
+}

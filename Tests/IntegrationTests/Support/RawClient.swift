@@ -4,11 +4,11 @@ import Foundation
 final class RawClient {
     let fd: Int32
 
-    init(port: Int, receiveTimeout: Int = 5) throws {
+    init(port: Int, host: String = "127.0.0.1", receiveTimeout: Int = 5) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(host)
         address.sin_port = UInt16(port).bigEndian
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -47,6 +47,27 @@ final class RawClient {
     /// Reads messages up to and including the first of type `last`; returns their types.
     func readUntil(_ last: UInt8) throws -> [UInt8] {
         try readUntil(last, received: nil)
+    }
+
+    /// Logs in (trust) and returns the BackendKeyData it was given.
+    func loginForKey(user: String = "postgres", database: String = "postgres") throws -> (processID: Int32, secretKey: Int32) {
+        var body = be32(196608)
+        for (key, value) in [("user", user), ("database", database)] { body += Array(key.utf8) + [0] + Array(value.utf8) + [0] }
+        body += [0]
+        try send(be32(body.count + 4) + body)
+        let bytes = try readBytesUntilReady()
+        var index = 0
+        while index + 5 <= bytes.count {
+            let length = Int(UInt32(bytes[index + 1]) << 24 | UInt32(bytes[index + 2]) << 16 | UInt32(bytes[index + 3]) << 8 | UInt32(bytes[index + 4]))
+            if bytes[index] == UInt8(ascii: "K"), index + 13 <= bytes.count {
+                func int32(_ at: Int) -> Int32 {
+                    Int32(bitPattern: UInt32(bytes[at]) << 24 | UInt32(bytes[at + 1]) << 16 | UInt32(bytes[at + 2]) << 8 | UInt32(bytes[at + 3]))
+                }
+                return (int32(index + 5), int32(index + 9))
+            }
+            index += 1 + length
+        }
+        throw TestFailure("no BackendKeyData")
     }
 
     /// Reads messages up to and including the first ReadyForQuery; returns their bytes.

@@ -13,13 +13,13 @@ final class ShoalInstance {
     /// `configure` adjusts a transaction-mode config with one `postgres` database entry before start.
     init(threads: Int = 2, _ configure: (inout ShoalConfig) -> Void = { _ in }) async throws {
         let postgres = TestPostgres.shared
-        port = freePort()
-        directory = "/tmp/shoal-test-\(getpid())-\(port)"
+        let chosenPort = freePort()
+        directory = "/tmp/shoal-test-\(getpid())-\(chosenPort)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         logPath = "\(directory)/shoal.log"
         var config = ShoalConfig()
         config.listenAddr = ["127.0.0.1"]
-        config.listenPort = port
+        config.listenPort = chosenPort
         config.unixSocketDir = directory
         config.authType = .scramSHA256
         config.poolMode = .transaction
@@ -32,6 +32,7 @@ final class ShoalInstance {
         config.databases["postgres"] = database
         config.databases["*"] = { var d = database; d.name = "*"; d.dbname = nil; return d }()
         configure(&config)
+        port = config.listenPort // a test may pick its own
         let userList = UserList(secrets: ["postgres": TestPostgres.password])
         let sink = LogSink(quiet: true, logfile: logPath)
         let level = ProcessInfo.processInfo.environment["SHOAL_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .info
