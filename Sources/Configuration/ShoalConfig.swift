@@ -135,6 +135,14 @@ public struct ShoalConfig: Sendable {
     public var maxReplicaLag = 0.0
     /// Server connections all pools together may open to one host; 0 = no limit.
     public var maxHostConnections = 0
+
+    /// This process's part of max_host_connections when the fleet is known (`peers_dns`: `replicas` addresses):
+    /// the budget is the fleet's, split evenly and rounded down (at least one), so autoscaling out cannot
+    /// multiply it past what the instance allows. Without discovery it is this process's own.
+    public func hostConnectionLimit(replicas: Int) -> Int {
+        guard maxHostConnections > 0, !peersDNS.isEmpty, replicas > 1 else { return maxHostConnections }
+        return max(1, maxHostConnections / replicas)
+    }
     /// Read the cluster's instances from `aurora_replica_status()` (per entry: `aurora_topology=on`). Off, a
     /// routed entry whose hosts have `aurora_version()` is found to be Aurora anyway (`aurora_topology=off` on
     /// the entry prevents that).

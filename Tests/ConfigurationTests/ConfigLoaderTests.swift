@@ -113,6 +113,19 @@ import Testing
         #expect(throws: ConfigDiagnostic.self) { _ = try loader(["a.ini": "[pgbouncer]\npeer_id = 20000\n"]).load(path: "a.ini") }
     }
 
+    @Test func maxHostConnectionsIsTheFleetsOnceReplicasAreDiscovered() {
+        var config = ShoalConfig()
+        config.maxHostConnections = 100
+        #expect(config.hostConnectionLimit(replicas: 4) == 100, "no discovery: this process's own")
+        config.peersDNS = "shoal-peers"
+        #expect(config.hostConnectionLimit(replicas: 4) == 25)
+        #expect(config.hostConnectionLimit(replicas: 8) == 12, "the HPA's maximum keeps the instance's total")
+        #expect(config.hostConnectionLimit(replicas: 0) == 100, "nothing resolved yet")
+        #expect(config.hostConnectionLimit(replicas: 500) == 1)
+        config.maxHostConnections = 0
+        #expect(config.hostConnectionLimit(replicas: 4) == 0, "no limit stays no limit")
+    }
+
     @Test func workerThreadsCountsLoopsAndOnlyARestartChangesIt() throws {
         let config = try loader(["a.ini": "[pgbouncer]\nworker_threads = 3\n"]).load(path: "a.ini").config
         #expect(config.eventLoopCount(cpusAvailable: 8) == 3)
