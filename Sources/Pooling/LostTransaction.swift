@@ -23,6 +23,8 @@ public struct LostTransaction: Sendable {
         var status: TransactionStatus
         /// An extended batch that is a ROLLBACK/COMMIT (PostgreSQL runs it in a failed transaction).
         var batchEndsTransaction = false
+        /// An extended batch whose COMMIT failed: its Sync ends the transaction, as after a failed COMMIT.
+        var batchCommitFailed = false
         var ended: Bool
 
         mutating func error(into out: inout ByteBuffer) {
@@ -65,6 +67,14 @@ public struct LostTransaction: Sendable {
         }
     }
 
+    /// COMMIT or END (of a statement `endsTransaction` accepted).
+    static func commits(_ sql: ByteBuffer) -> Bool {
+        sql.withUnsafeReadableBytes { bytes in
+            var words = SessionStateScanner.Words(bytes, 0, bytes.firstIndex(of: 0) ?? bytes.count)
+            return ["commit", "end"].contains(words.next() ?? "")
+        }
+    }
+
     private struct Visitor: FrameVisitor {
         var state: Answers
         var out: ByteBuffer
@@ -89,7 +99,8 @@ public struct LostTransaction: Sendable {
                 if state.batchEndsTransaction && !state.failedInBatch { out.writePostgresMessage(UInt8(ascii: "3")) { _ in } }
                 else { batchError() }
             case FrontendMessage.sync:
-                let endsNow = state.batchEndsTransaction && !state.failedInBatch
+                let endsNow = (state.batchEndsTransaction && !state.failedInBatch) || state.batchCommitFailed
+                state.batchCommitFailed = false
                 if endsNow || state.status == .idle {
                     out.writeReadyForQuery(.idle)
                     state.ended = true
@@ -112,7 +123,14 @@ public struct LostTransaction: Sendable {
             var body = body
             if type == FrontendMessage.query {
                 if state.status == .failed && LostTransaction.endsTransaction(body) {
-                    out.writeCommandComplete("ROLLBACK")
+                    if state.pendingError != nil && LostTransaction.commits(body) {
+                        // The client never heard that its transaction was lost: its COMMIT fails with that error
+                        // (a ROLLBACK tag alone would read as committed to most drivers — an acknowledged commit
+                        // that never happened). PostgreSQL's failed COMMIT leaves the session idle, as here.
+                        state.error(into: &out)
+                    } else {
+                        out.writeCommandComplete("ROLLBACK")
+                    }
                     out.writeReadyForQuery(.idle)
                     state.ended = true
                 } else {
@@ -125,6 +143,12 @@ public struct LostTransaction: Sendable {
             // Parse: a ROLLBACK/COMMIT batch is answered as PostgreSQL answers it in a failed transaction.
             _ = body.readNullTerminatedString()
             if state.status == .failed && !state.failedInBatch && LostTransaction.endsTransaction(body) {
+                if state.pendingError != nil && LostTransaction.commits(body) {
+                    // As for a simple COMMIT above: it fails with the error the client has not seen.
+                    batchError()
+                    state.batchCommitFailed = true
+                    return
+                }
                 state.batchEndsTransaction = true
                 out.writePostgresMessage(UInt8(ascii: "1")) { _ in }
             } else {

@@ -47,6 +47,27 @@ import Testing
         #expect(answer(&lost) { $0.writeQuery("  commit") }.messages == ["C:ROLLBACK", "Z:I"])
     }
 
+    /// Found by Benchmarks/faults.sh (backend-kill): a client that had its INSERT answered, then lost its server
+    /// before COMMIT, got `ROLLBACK` for its COMMIT with no error — psycopg counts that as committed, and the
+    /// row was not there. A COMMIT (simple or extended) the client sends without having heard of the loss fails.
+    @Test func aCommitNeverToldOfTheLossFails() {
+        var simple = lostInBlock(errorSent: false)
+        #expect(answer(&simple) { $0.writeQuery("COMMIT") }.messages == ["E:08006", "Z:I"])
+        #expect(simple.ended)
+        var extended = lostInBlock(errorSent: false)
+        let batch = answer(&extended) {
+            $0.writePostgresMessage(FrontendMessage.parse) { $0.writeCString(""); $0.writeCString("COMMIT"); $0.writeInteger(Int16(0)) }
+            $0.writePostgresMessage(FrontendMessage.bind) { $0.writeCString(""); $0.writeCString(""); $0.writeInteger(Int32(0)); $0.writeInteger(Int16(0)) }
+            $0.writePostgresMessage(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) }
+            $0.writePostgresMessage(FrontendMessage.sync) { _ in }
+        }
+        #expect(batch.messages == ["E:08006", "Z:I"])
+        #expect(extended.ended)
+        // A ROLLBACK needs no error: the client wanted the transaction gone.
+        var rollback = lostInBlock(errorSent: false)
+        #expect(answer(&rollback) { $0.writeQuery("ROLLBACK") }.messages == ["C:ROLLBACK", "Z:I"])
+    }
+
     @Test func theClientLearnsOfTheLostConnectionFirstWhenItWasIdleInTheBlock() {
         var lost = lostInBlock(errorSent: false)
         #expect(answer(&lost) { $0.writeQuery("UPDATE t SET n = 2") }.messages == ["E:08006", "Z:E"])

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Faults under load: the PHP request pattern (connect, insert a numbered row, commit, disconnect; 16 workers in
+# Python/libpq, Benchmarks/faults_driver.py) through Shoal (release build) to a throwaway PostgreSQL, while one
+# fault at a time is injected 3 s into a 14 s run. For each: acknowledged commits missing from the database
+# afterwards (must be 0), duplicates, errors by kind, the slowest request (nothing stuck past its timeout), how
+# long writes stopped, and Shoal's RSS and open file descriptors after (bounded).
+#
+#   Benchmarks/faults.sh [FAULT ...]     default: all of them; SHOAL_BIN=path uses that binary
+#
+# Faults: none, backend-kill (kill -9 of a backend serving Shoal), postmaster-kill (kill -9 of the postmaster,
+# PostgreSQL started again 2 s later), backend-stop (SIGSTOP of a backend for 6 s, past query_timeout = 3),
+# max-connections (PostgreSQL's connection slots all taken by others for 5 s), slow-client (a client sending
+# its startup packet one byte a second), idle-clients (5,000 idle logged-in clients on top). Faults that need
+# network namespaces (latency, loss, silent partitions) are not here yet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh >/dev/null
+source scripts/lib/throwaway-postgres.sh
+faults=("$@")
+[ ${#faults[@]} -eq 0 ] && faults=(none backend-kill postmaster-kill backend-stop max-connections slow-client idle-clients)
+
+if [ -n "${SHOAL_BIN:-}" ]; then
+    shoal_bin=$SHOAL_BIN
+else
+    swift build -c release --product shoal --scratch-path .build-release >/dev/null
+    shoal_bin=.build-release/release/shoal
+fi
+swift build -c release --product shoal-load --scratch-path .build-release >/dev/null
+load_bin=.build-release/release/shoal-load
+
+dir=$(mktemp -d /tmp/shoal-faults.XXXXXX)
+chmod 755 "$dir"
+pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1))
+cleanup() {
+    [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
+    pg_down "$dir/pg"
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+pg_up "$dir/pg" "$pgport" max_connections=60
+psql_pg() { PGPASSWORD="$PG_PASSWORD" psql -X -q -At -h 127.0.0.1 -p "$pgport" -U postgres -d postgres "$@"; }
+psql_pg -c "CREATE TABLE ledger (id bigint NOT NULL)"
+
+cat > "$dir/shoal.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pgport dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $shoalport
+unix_socket_dir = $dir
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = 10
+max_client_conn = 20000
+query_timeout = 3
+query_wait_timeout = 10
+server_login_retry = 1
+server_connect_timeout = 3
+client_login_timeout = 10
+log_connections = 0
+log_disconnections = 0
+INI
+echo "\"postgres\" \"$PG_PASSWORD\"" > "$dir/userlist.txt"
+"$shoal_bin" -q "$dir/shoal.ini" 2> "$dir/shoal.log" &
+shoal_pid=$!
+wait_port "$shoalport"
+conninfo="host=127.0.0.1 port=$shoalport dbname=postgres user=postgres password=$PG_PASSWORD sslmode=disable"
+backends() { psql_pg -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name <> 'psql'"; }
+
+inject() {
+    case "$1" in
+    none) ;;
+    backend-kill)
+        victim=$(backends | shuf -n 1); [ -n "$victim" ] && kill -9 "$victim" ;;
+    postmaster-kill)
+        kill -9 "$(head -1 "$dir/pg/data/postmaster.pid")"; sleep 2
+        as_pg_user pg_ctl -D "$dir/pg/data" -l "$dir/pg/postgres.log" -w -o "-p $pgport -k $dir/pg -c listen_addresses=127.0.0.1 -c max_connections=60" start >/dev/null ;;
+    backend-stop)
+        victim=$(backends | shuf -n 1); [ -n "$victim" ] && { kill -STOP "$victim"; sleep 6; kill -CONT "$victim"; } ;;
+    max-connections)
+        /usr/bin/python3 - "$pgport" "$PG_PASSWORD" <<'PY'
+import sys, time, psycopg
+held = []
+while True:
+    try:
+        held.append(psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} dbname=postgres user=postgres password={sys.argv[2]} application_name=psql", connect_timeout=3))
+    except Exception:
+        break
+time.sleep(5)
+PY
+        ;;
+    slow-client)
+        /usr/bin/python3 - "$shoalport" <<'PY'
+import socket, struct, sys, time
+body = struct.pack(">i", 196608) + b"user\0postgres\0database\0postgres\0\0"
+packet = struct.pack(">i", len(body) + 4) + body
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for byte in packet[:10]:
+    s.send(bytes([byte])); time.sleep(1)
+PY
+        ;;
+    idle-clients)
+        "$load_bin" --workload idle --users 5000 --duration 8 --rounds 1 --target "shoal=$conninfo" >/dev/null 2>&1 ;;
+    esac
+}
+
+printf '%-16s %7s %5s %5s %9s %9s %7s %6s  %s\n' fault acked lost dup "max-lat" "write-gap" "rss-MB" fds errors
+for fault in "${faults[@]}"; do
+    psql_pg -c "TRUNCATE ledger"
+    /usr/bin/python3 Benchmarks/faults_driver.py "$conninfo" 14 16 "$dir/$fault.json" &
+    driver=$!
+    sleep 3
+    inject "$fault"
+    wait "$driver"
+    psql_pg -c "SELECT id FROM ledger" > "$dir/$fault.rows"
+    rss=$(awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$shoal_pid/status")
+    fds=$(ls "/proc/$shoal_pid/fd" | wc -l)
+    /usr/bin/python3 - "$dir/$fault.json" "$dir/$fault.rows" "$fault" "$rss" "$fds" <<'PY'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+rows = [int(line) for line in open(sys.argv[2]) if line.strip()]
+acked = set(summary["acknowledged"])
+lost = len(acked - set(rows))
+dup = len(rows) - len(set(rows))
+times = summary["successes"]
+gap = max((b - a for a, b in zip(times, times[1:])), default=0)
+errors = ", ".join(f"{count}× {kind}" for kind, count in sorted(summary["errors"].items(), key=lambda kv: -kv[1])[:3]) or "-"
+print(f"{sys.argv[3]:<16} {len(acked):>7} {lost:>5} {dup:>5} {summary['max_latency']:>8.2f}s {gap:>8.2f}s {sys.argv[4]:>7} {sys.argv[5]:>6}  {errors}")
+PY
+done
+echo "shoal: $(git rev-parse --short HEAD) ($shoal_bin); PostgreSQL 15, max_connections 60; pool 10, query_timeout 3 s"
