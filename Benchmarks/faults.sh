@@ -110,7 +110,8 @@ PY
 printf '%-16s %7s %5s %5s %9s %9s %7s %6s  %s\n' fault acked lost dup "max-lat" "write-gap" "rss-MB" fds errors
 for fault in "${faults[@]}"; do
     psql_pg -c "TRUNCATE ledger"
-    /usr/bin/python3 Benchmarks/faults_driver.py "$conninfo" 14 16 "$dir/$fault.json" &
+    # psycopg notes on stderr why it could not roll back after a failed COMMIT; the JSON has the errors.
+    /usr/bin/python3 Benchmarks/faults_driver.py "$conninfo" 14 16 "$dir/$fault.json" 2>> "$dir/driver.log" &
     driver=$!
     sleep 3
     inject "$fault"
