@@ -204,7 +204,12 @@ struct ServerScan: FrameVisitor {
             || (type == BackendMessage.commandComplete && ledger != nil && swallow == 0)
     }
 
+    /// A ReadyForQuery whose length is not 5: no PostgreSQL sends one, and which byte is its status is anyone's
+    /// guess — the server is not trusted further.
+    var malformedReady = false
+
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
+        if type == BackendMessage.readyForQuery && length != 5 { malformedReady = true }
         if releasable && type != BackendMessage.noticeResponse && type != BackendMessage.parameterStatus
             && type != BackendMessage.notificationResponse {
             strayAfterReady = true

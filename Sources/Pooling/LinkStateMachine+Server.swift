@@ -46,6 +46,13 @@ extension LinkStateMachine {
             read.action = .fatal(message: "server conn crashed?", code: "08P01", serverReason: "bad packet from server")
             return read
         }
+        if scan.malformedReady {
+            // Found by fuzz-link-raw: a 255-byte "ReadyForQuery" read as idle by its first byte let the server go
+            // back mid-stream. Nothing of this read is forwarded.
+            _ = abandonServer()
+            read.action = .fatal(message: "server conn crashed?", code: "08P01", serverReason: "bad packet from server")
+            return read
+        }
         read.readOnlyRefusal = scan.readOnlyRefusal
         read.readyCount = scan.readyCount
         read.transactionsEnded = scan.transactionsEnded

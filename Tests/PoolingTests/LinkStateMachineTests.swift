@@ -110,6 +110,18 @@ extension LinkAction {
         }
     }
 
+    /// Found by fuzz-link-raw (a long fuzz run): a "ReadyForQuery" of 255 bytes starting with 'I' released the
+    /// server with the rest of the message still to come. A ReadyForQuery must be 5 bytes long.
+    @Test func aMalformedReadyForQueryClosesTheServer() throws {
+        var machine = Self.machine()
+        _ = try Self.link(&machine, Wire.query("SELECT 1"))
+        let long = Wire.message(BackendMessage.readyForQuery) { $0.writeInteger(UInt8(ascii: "I")); $0.writeRepeatingByte(0, count: 250) }
+        let read = machine.serverBytes(Wire.join(Wire.row("1"), Wire.complete("SELECT 1"), long.getSlice(at: 0, length: 20)!)) { true }
+        guard case .fatal(_, _, let reason) = read.action else { Issue.record("\(read.action)"); return }
+        #expect(reason == "bad packet from server")
+        #expect(read.forward == .none)
+    }
+
     @Test func aTransactionBlockKeepsTheServerUntilItEnds() throws {
         var machine = Self.machine()
         _ = try Self.link(&machine, Wire.query("BEGIN"))

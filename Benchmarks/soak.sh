@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Soak: the PHP request pattern at a steady rate through Shoal (release build) for a long time, with a RELOAD
+# every minute, a RECONNECT every two and a PostgreSQL restart (fast stop, start) every five. Every 10 s it
+# samples Shoal's RSS, open file descriptors, pool counts (SHOW POOLS) and the load's p99 request latency and
+# errors of that interval (shoal-load runs in 10 s slices, open loop at RATE requests/s), then writes an SVG
+# plot and checks that RSS, descriptors and servers do not trend upward over the second half of the run.
+#
+#   Benchmarks/soak.sh [MINUTES, default 60] [RATE, default 200]      (24 h: Benchmarks/soak.sh 1440)
+#   Output: soak.csv and soak.svg in SOAK_OUT (default Benchmarks/soak-<date>); exit 1 if a trend is found.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh >/dev/null
+source scripts/lib/throwaway-postgres.sh
+minutes=${1:-60}
+rate=${2:-200}
+out=${SOAK_OUT:-Benchmarks/soak-$(date +%Y%m%d-%H%M)}
+mkdir -p "$out"
+
+if [ -n "${SHOAL_BIN:-}" ]; then
+    shoal_bin=$SHOAL_BIN
+else
+    swift build -c release --product shoal --scratch-path .build-release >/dev/null
+    shoal_bin=.build-release/release/shoal
+fi
+swift build -c release --product shoal-load --scratch-path .build-release >/dev/null
+load_bin=.build-release/release/shoal-load
+
+dir=$(mktemp -d /tmp/shoal-soak.XXXXXX)
+chmod 755 "$dir"
+pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1))
+cleanup() {
+    [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
+    pg_down "$dir/pg"
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+pg_up "$dir/pg" "$pgport"
+cat > "$dir/shoal.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pgport dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $shoalport
+unix_socket_dir = $dir
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+admin_users = postgres
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 20000
+server_login_retry = 1
+log_connections = 0
+log_disconnections = 0
+INI
+echo "\"postgres\" \"$PG_PASSWORD\"" > "$dir/userlist.txt"
+"$shoal_bin" -q "$dir/shoal.ini" 2> "$dir/shoal.log" &
+shoal_pid=$!
+wait_port "$shoalport"
+conninfo="host=127.0.0.1 port=$shoalport dbname=postgres user=postgres password=$PG_PASSWORD sslmode=disable"
+console() { PGPASSWORD="$PG_PASSWORD" psql -X -At -F '|' -h 127.0.0.1 -p "$shoalport" -U postgres -d pgbouncer -c "$1" 2>/dev/null || true; }
+"$load_bin" --init --init-users 2000 --rounds 1 --duration 1 --target "shoal=$conninfo" >/dev/null 2>&1
+
+echo "seconds,rss_kb,fds,cl_active,cl_waiting,sv_active,sv_idle,requests,errors,p99_ms,event" > "$out/soak.csv"
+start=$(date +%s)
+end=$((start + minutes * 60))
+slice=0
+while [ "$(date +%s)" -lt "$end" ]; do
+    slice=$((slice + 1))
+    event=""
+    if [ $((slice % 30)) -eq 0 ]; then
+        as_pg_user pg_ctl -D "$dir/pg/data" -m fast stop >/dev/null
+        as_pg_user pg_ctl -D "$dir/pg/data" -l "$dir/pg/postgres.log" -w -o "-p $pgport -k $dir/pg -c listen_addresses=127.0.0.1 -c max_connections=1100" start >/dev/null
+        event="postgres-restart"
+    elif [ $((slice % 12)) -eq 0 ]; then
+        console "RECONNECT" >/dev/null; event="reconnect"
+    elif [ $((slice % 6)) -eq 0 ]; then
+        console "RELOAD" >/dev/null; event="reload"
+    fi
+    "$load_bin" --workload php-request --rate "$rate" --duration 10 --rounds 1 --json "$dir/slice.json" \
+        --target "shoal=$conninfo" >/dev/null 2>&1 || true
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$shoal_pid/status")
+    fds=$(ls "/proc/$shoal_pid/fd" | wc -l)
+    pools=$(console "SHOW POOLS" | awk -F'|' '$1 == "postgres" {print $3","$4","$7","$10; exit}')
+    load=$(/usr/bin/python3 - "$dir/slice.json" 2>/dev/null <<'PY' || echo "0,0,0"
+import json, sys
+t = json.load(open(sys.argv[1]))["targets"][0]
+errors = sum(t["errors"].values()) if isinstance(t["errors"], dict) else t["errors"]
+print(f"{t['requests']},{errors},{t['request']['p99_us'] / 1000:.2f}")
+PY
+)
+    echo "$(( $(date +%s) - start )),$rss,$fds,${pools:-0,0,0,0},$load,$event" >> "$out/soak.csv"
+done
+POOL_SIZE=20 /usr/bin/python3 Benchmarks/soak_report.py "$out/soak.csv" "$out/soak.svg"
