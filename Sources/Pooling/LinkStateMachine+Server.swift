@@ -115,19 +115,22 @@ extension LinkStateMachine {
             read.action = endSessionForHost()
             return read
         }
-        guard scan.releasable || probeFinished, options.mode != .session, phase == .linked else { return read }
-        if scan.strayAfterReady || !serverScanner.atBoundary {
-            // The server went on talking after its last ReadyForQuery (PostgreSQL never does; a broken proxy or
-            // server might): what it says next would reach another client. The client has all its answers.
-            _ = abandonServer()
-            read.action = .closeServer(reason: "idle server got dirty")
-            return read
-        }
-        guard releaseBlocker == nil || releaseBlocker == .cancelInFlight else { return read }
+        // A server in the middle of a message (an asynchronous one split across reads, or worse) is not released:
+        // `releaseBlocker` says `serverMidMessage` until the message ends.
+        guard scan.releasable || probeFinished, options.mode != .session, phase == .linked,
+              releaseBlocker == nil || releaseBlocker == .cancelInFlight else { return read }
         if probeNeeded {
             read.action = .sendToServer(startOwn(.probe, sql: SessionStateProbe.sql))
         } else if pinned.isEmpty {
-            read.action = release()
+            if scan.strayAfterReady {
+                // The server went on after its last ReadyForQuery with something nobody asked for (PostgreSQL
+                // never does; a broken proxy or server might): the next client would read it. The client has all
+                // its answers; the server goes.
+                _ = abandonServer()
+                read.action = .closeServer(reason: "idle server got dirty")
+            } else {
+                read.action = release()
+            }
         }
         return read
     }

@@ -89,23 +89,31 @@ extension LinkAction {
     }
 
     /// Found by the fuzz-link-raw target: a server that goes on after the ReadyForQuery that ends the client's
-    /// work (with a message nobody asked for, or half of one) is not clean; it is closed, never given back, while
-    /// asynchronous messages after it (notice, parameter status, notification) are fine.
+    /// work with a message nobody asked for is not clean: it is closed, never given back. Half a message after it
+    /// (an asynchronous one split across reads, or worse) keeps the server with its client until it ends; a whole
+    /// asynchronous message (notice, parameter status, notification) is fine.
+    enum After: Sendable { case dirty, held, clean }
     @Test(arguments: [
-        (Wire.join(Wire.ready(.idle), Wire.row("1")), true),
-        (Wire.join(Wire.ready(.idle), Wire.message(0, { $0.writeInteger(Int32(826_408_960)) })), true),
-        (Wire.join(Wire.ready(.idle), Wire.row("1").getSlice(at: 0, length: 3)!), true),
-        (Wire.join(Wire.ready(.idle), Wire.parameterStatus("TimeZone", "UTC")), false),
+        (Wire.join(Wire.ready(.idle), Wire.row("1")), After.dirty),
+        (Wire.join(Wire.ready(.idle), Wire.message(0, { $0.writeInteger(Int32(826_408_960)) })), .dirty),
+        (Wire.join(Wire.ready(.idle), Wire.row("1").getSlice(at: 0, length: 3)!), .held),
+        (Wire.join(Wire.ready(.idle), Wire.parameterStatus("TimeZone", "UTC").getSlice(at: 0, length: 9)!), .held),
+        (Wire.join(Wire.ready(.idle), Wire.parameterStatus("TimeZone", "UTC")), .clean),
     ])
-    func aServerTalkingAfterItsLastReadyForQueryIsClosed(after: ByteBuffer, dirty: Bool) throws {
+    func aServerTalkingAfterItsLastReadyForQueryIsNotGivenBack(after: ByteBuffer, expected: After) throws {
         var machine = Self.machine()
         _ = try Self.link(&machine, Wire.query("SELECT 1"))
         let action = machine.serverBytes(Wire.join(Wire.row("1"), Wire.complete("SELECT 1"), after)) { true }.action
-        if dirty {
+        switch expected {
+        case .dirty:
             guard case .closeServer(let reason) = action else { Issue.record("\(action)"); return }
             #expect(reason == "idle server got dirty")
             #expect(machine.phase == .idle)
-        } else {
+        case .held:
+            #expect(!action.isRelease && machine.phase == .linked)
+            #expect(machine.releaseBlocker == .serverMidMessage)
+            #expect(machine.clientClosed().closesServer, "a client leaving now does not hand it on either")
+        case .clean:
             #expect(action.isRelease)
         }
     }
