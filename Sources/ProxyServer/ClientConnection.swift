@@ -212,7 +212,6 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
 
     // MARK: Closing
 
-    /// Sends a FATAL ErrorResponse with PgBouncer's wording and closes.
     /// The login phase is over (logged in, or gone): the address's pending count drops.
     func endPendingLogin() {
         guard pendingLogin else { return }
@@ -220,6 +219,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         runtime.loginEnded(from: remoteHost)
     }
 
+    /// Sends a FATAL ErrorResponse with PgBouncer's wording and closes.
     func fatal(_ message: String, code: String = "08P01") {
         guard state != .closed, let context else { return }
         if runtime.snapshot.config.logPoolerErrors {

@@ -428,13 +428,6 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
         pool.shards[loopIndex].counters.serverConnects &+= 1
         backendKey = login.backendKey
-        let tracked = trackedNames()
-        for (name, value) in login.parameters where tracked.contains(name.lowercased()) {
-            session.parameters.set(name, value)
-        }
-        pool.welcome = login.parameters
-        let reported = ServerFacts(reported: login.parameters)
-        if let shared = pool.welcomeFacts, shared.sameValues(as: reported) { session.facts = shared } else { session.facts = reported }
         if routed {
             // The host's role as PostgreSQL states it at login (14 and later): hosts without health checks learn
             // it only this way. A connection made to find out, that does not fit this pool, goes; the pool tries
@@ -442,12 +435,20 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             if let standby = login.parameters.first(where: { $0.0 == "in_hot_standby" })?.1 {
                 runtime.hosts.roleReported(hostAddress, inRecovery: standby == "on")
             }
+            // Before anything of it becomes the pool's (its parameters are the welcome new clients get).
             if !hostStillFits() {
                 close(reason: "host \(hostAddress) does not fit target_session_attrs=\(pool.target.rawValue)")
                 Self.deferDial(pool: pool)
                 return
             }
         }
+        let tracked = trackedNames()
+        for (name, value) in login.parameters where tracked.contains(name.lowercased()) {
+            session.parameters.set(name, value)
+        }
+        pool.welcome = login.parameters
+        let reported = ServerFacts(reported: login.parameters)
+        if let shared = pool.welcomeFacts, shared.sameValues(as: reported) { session.facts = shared } else { session.facts = reported }
         let action = pool.withState { $0.connected(self, loop: loopIndex, createdAt: createdAt, now: NIODeadline.now().uptimeNanoseconds) }
         switch action {
         case .handOver(let server, let waiter):
