@@ -34,6 +34,8 @@ final class AuthLookups: @unchecked Sendable {
         var user: String
         var timeout: TimeAmount
         var finish: (Outcome) -> Void
+        /// The client was answered already (its timeout, or it left): a lookup still queued is skipped.
+        var answered: () -> Bool
     }
 
     private struct Connections {
@@ -86,7 +88,8 @@ final class AuthLookups: @unchecked Sendable {
         let lookups = runtime.authLookups
         lookups.eventLoop.execute {
             lookups.enqueue(Lookup(sql: database.authQuery ?? config.authQuery, user: user,
-                                   timeout: .milliseconds(Int64(config.serverConnectTimeout * 1000)), finish: finish),
+                                   timeout: .milliseconds(Int64(config.serverConnectTimeout * 1000)), finish: finish,
+                                   answered: { answered.withLockedValue { $0 } }),
                             target: Target(address: address, database: login.database, user: authUser), login: login)
         }
     }
@@ -157,7 +160,12 @@ final class AuthLookups: @unchecked Sendable {
         } else {
             connections.open -= 1
         }
-        let next = connections.waiting.isEmpty ? nil : connections.waiting.removeFirst()
+        // The next lookup whose client still waits (timed-out ones are dropped, not run).
+        var next: Lookup?
+        while next == nil, !connections.waiting.isEmpty {
+            let candidate = connections.waiting.removeFirst()
+            if !candidate.answered() { next = candidate }
+        }
         targets[target] = connections
         if let next { enqueue(next, target: target, login: login) }
     }
