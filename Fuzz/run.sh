@@ -30,7 +30,8 @@ for target in "${targets[@]}"; do
     mkdir -p "$scratch/corpus/$target" "$scratch/findings/$target"
     log="$scratch/findings/$target/last-run.log"
     set +e
-    "$bin/$target" -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=3072 -print_final_stats=1 \
+    # FUZZ_SEED fixes libFuzzer's seed (the test suite's short runs), so a run can be repeated.
+    "$bin/$target" ${FUZZ_SEED:+-seed=$FUZZ_SEED} -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=3072 -print_final_stats=1 \
         -artifact_prefix="$scratch/findings/$target/" "$scratch/corpus/$target" "$here/Corpus/$target" >"$log" 2>&1
     status=$?
     set -e

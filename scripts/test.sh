@@ -14,4 +14,4 @@ python3 docker/run-build-stage.py
 swift test --skip-build --no-parallel
 # Every libFuzzer target for a few seconds on its seed corpus (Fuzz/README.md): a crash, leak or broken invariant
 # fails the suite. Its own build (ASan + coverage) goes to .build-fuzz.
-bash Fuzz/run.sh "${FUZZ_SECONDS:-5}"
+FUZZ_SEED=${FUZZ_SEED:-1} bash Fuzz/run.sh "${FUZZ_SECONDS:-5}"
