@@ -28,7 +28,8 @@ extension ClientConnection {
         }
         if let statsShard {
             statsShard.counters.bytesReceived &+= UInt64(buffer.readableBytes)
-            if read.parses > 0 || read.binds > 0 {
+            // PgBouncer counts parses and binds only while it tracks prepared statements (max_prepared_statements).
+            if (read.parses > 0 || read.binds > 0) && link.options.tracksPrepared {
                 statsShard.counters.clientParses &+= UInt64(read.parses)
                 statsShard.counters.serverParses &+= UInt64(read.parses + read.injectedParses)
                 statsShard.counters.binds &+= UInt64(read.binds)

@@ -17,6 +17,7 @@ import Testing
         let shoal = try await ShoalInstance {
             $0.defaultPoolSize = 3
             $0.maxPreparedStatements = 0
+            $0.adminUsers = ["postgres"]
         }
         defer { Task { await shoal.stop() } }
         let run = try shoal.pgbench(script: "\\set n random(1, 100000)\nSELECT :n::int + 1;\n",
@@ -26,6 +27,10 @@ import Testing
         // a later Execute also fails with "does not exist" depends on timing; the duplicate never does.
         let broke = run.stderr.contains("already exists") || run.stderr.contains("does not exist")
         #expect(broke, "stdout:\n\(run.stdout)\nstderr:\n\(run.stderr)")
+        // As in PgBouncer, parses and binds are counted only while statements are tracked (issue 16).
+        let totals = try shoal.console("SHOW STATS_TOTALS").stdout
+        let row = try #require(totals.split(separator: "\n").first { $0.hasPrefix("postgres|") }, "\(totals)").split(separator: "|")
+        #expect(row[9] == "0" && row[10] == "0" && row[11] == "0", "\(totals)")
     }
 
     @Test func psycopgWithPrepareThresholdZero() async throws {
