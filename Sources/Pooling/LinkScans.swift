@@ -204,8 +204,8 @@ struct ServerScan: FrameVisitor {
             || (type == BackendMessage.commandComplete && ledger != nil && swallow == 0)
     }
 
-    /// A ReadyForQuery whose length is not 5: no PostgreSQL sends one, and which byte is its status is anyone's
-    /// guess — the server is not trusted further.
+    /// A ReadyForQuery whose length is not 5, or whose status is not I, T or E: no PostgreSQL sends one, and
+    /// what state the server is in is anyone's guess — it is not trusted further.
     var malformedReady = false
 
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
@@ -277,7 +277,10 @@ struct ServerScan: FrameVisitor {
             if currentOwn && probing { probeKinds = SessionStateProbe.kinds(fromDataRow: body) }
         case BackendMessage.readyForQuery:
             guard !currentOwn else { return }
-            guard let raw = body.readInteger(as: UInt8.self), let status = TransactionStatus(rawValue: raw) else { return }
+            guard let raw = body.readInteger(as: UInt8.self), let status = TransactionStatus(rawValue: raw) else {
+                malformedReady = true // found by fuzz-link-raw: a status other than I, T or E
+                return
+            }
             if tracker.readyForQueryReceived(status) { releasable = true }
             if ledger != nil {
                 let resolved = ledger!.readyForQueryReceived(status)

@@ -128,6 +128,12 @@ extension LinkAction {
         guard case .fatal(_, _, let reason) = read.action else { Issue.record("\(read.action)"); return }
         #expect(reason == "bad packet from server")
         #expect(read.forward == .none)
+        // And one with a status that is not I, T or E (also found by fuzz-link-raw: the server then went back to
+        // the pool when its client left).
+        var other = Self.machine()
+        _ = try Self.link(&other, Wire.query("SELECT 1"))
+        let odd = other.serverBytes(Wire.join(Wire.complete("SELECT 1"), Wire.message(BackendMessage.readyForQuery) { $0.writeInteger(UInt8(9)) })) { true }
+        guard case .fatal(_, _, "bad packet from server") = odd.action else { Issue.record("\(odd.action)"); return }
     }
 
     @Test func aTransactionBlockKeepsTheServerUntilItEnds() throws {
