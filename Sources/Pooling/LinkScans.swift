@@ -276,11 +276,11 @@ struct ServerScan: FrameVisitor {
         case BackendMessage.dataRow:
             if currentOwn && probing { probeKinds = SessionStateProbe.kinds(fromDataRow: body) }
         case BackendMessage.readyForQuery:
-            guard !currentOwn else { return }
             guard let raw = body.readInteger(as: UInt8.self), let status = TransactionStatus(rawValue: raw) else {
-                malformedReady = true // found by fuzz-link-raw: a status other than I, T or E
+                malformedReady = true // found by fuzz-link-raw: a status other than I, T or E (also on Shoal's probe)
                 return
             }
+            guard !currentOwn else { return }
             if tracker.readyForQueryReceived(status) { releasable = true }
             if ledger != nil {
                 let resolved = ledger!.readyForQueryReceived(status)
