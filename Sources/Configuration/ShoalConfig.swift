@@ -133,7 +133,8 @@ public struct ShoalConfig: Sendable {
     public var healthCheckUser: String?
     /// A replica lagging more than this many seconds leaves the read rotation until it catches up; 0 = no limit.
     public var maxReplicaLag = 0.0
-    /// Server connections all pools together may open to one host; 0 = no limit.
+    /// Server connections all pools together may open to one host; 0 = no limit. With `peersDNS`, the whole
+    /// fleet's (see `hostConnectionLimit`).
     public var maxHostConnections = 0
 
     /// This process's part of max_host_connections when the fleet is known (`peers_dns`: `replicas` addresses):

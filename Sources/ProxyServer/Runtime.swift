@@ -36,8 +36,9 @@ public final class ShoalRuntime: @unchecked Sendable {
     let tls = NIOLockedValueBox(TLSContexts.none)
     /// auth_query's connections, a few per target, kept open between lookups.
     let authLookups: AuthLookups
-    /// The fleet's other processes, for cancel requests that land on the wrong one.
-    private(set) lazy var peers = PeerDirectory(runtime: self)
+    /// The fleet's other processes, for cancel requests that land on the wrong one. Set once, at the end of init
+    /// (it needs `self`), before any EventLoop can read it; never a `lazy var`, which races between loops.
+    private(set) var peers: PeerDirectory!
 
     /// A client's cancel key, with this process's peer id in it when peering is on.
     func registerCancelKey(for client: ClientConnection) -> (processID: Int32, secretKey: Int32) {
@@ -73,6 +74,7 @@ public final class ShoalRuntime: @unchecked Sendable {
         self.userListBox = NIOLockedValueBox(userList)
         self.authLookups = AuthLookups(eventLoop: loops[0])
         self.hosts = HostMonitor(runtime: self, eventLoop: loops[0])
+        self.peers = PeerDirectory(runtime: self)
     }
 
     /// The current snapshot: one lock and one retain. Read fields through it (`snapshot.config.x`) rather than
