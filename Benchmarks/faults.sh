@@ -16,28 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
 source scripts/lib/throwaway-postgres.sh
+source scripts/lib/bench-run.sh
 faults=("$@")
 [ ${#faults[@]} -eq 0 ] && faults=(none backend-kill postmaster-kill backend-stop max-connections slow-client idle-clients)
 
-if [ -n "${SHOAL_BIN:-}" ]; then
-    shoal_bin=$SHOAL_BIN
-else
-    swift build -c release --product shoal --scratch-path .build-release >/dev/null
-    shoal_bin=.build-release/release/shoal
-fi
-swift build -c release --product shoal-load --scratch-path .build-release >/dev/null
-load_bin=.build-release/release/shoal-load
-
-dir=$(mktemp -d /tmp/shoal-faults.XXXXXX)
-chmod 755 "$dir"
-pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1))
-cleanup() {
-    [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
-    pg_down "$dir/pg"
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)"
+bench_setup faults
 
 pg_up "$dir/pg" "$pgport" max_connections=60
 psql_pg() { PGPASSWORD="$PG_PASSWORD" psql -X -q -At -h 127.0.0.1 -p "$pgport" -U postgres -d postgres "$@"; }

@@ -11,30 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
 source scripts/lib/throwaway-postgres.sh
+source scripts/lib/bench-run.sh
 minutes=${1:-60}
 rate=${2:-200}
 out=${SOAK_OUT:-Benchmarks/soak-$(date +%Y%m%d-%H%M)}
 mkdir -p "$out"
 
-if [ -n "${SHOAL_BIN:-}" ]; then
-    shoal_bin=$SHOAL_BIN
-else
-    swift build -c release --product shoal --scratch-path .build-release >/dev/null
-    shoal_bin=.build-release/release/shoal
-fi
-swift build -c release --product shoal-load --scratch-path .build-release >/dev/null
-load_bin=.build-release/release/shoal-load
-
-dir=$(mktemp -d /tmp/shoal-soak.XXXXXX)
-chmod 755 "$dir"
-pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1))
-cleanup() {
-    [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
-    pg_down "$dir/pg"
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)"
+bench_setup soak
 pg_up "$dir/pg" "$pgport"
 cat > "$dir/shoal.ini" <<INI
 [databases]
