@@ -118,6 +118,22 @@ import Configuration
         #expect(try second.scalar("select 2") == "2")
     }
 
+    /// query_wait_notify (PgBouncer's, default 5 s): a logged-in client queued that long is told so with a NOTICE,
+    /// once, and is served when a server frees.
+    @Test func aQueuedClientIsToldAfterQueryWaitNotify() async throws {
+        let shoal = try await ShoalInstance { $0.defaultPoolSize = 1; $0.queryWaitNotify = 1 }
+        defer { Task { await shoal.stop() } }
+        let holder = try PQConnection(shoal.conninfo)
+        try holder.query("BEGIN")
+        #expect(try holder.scalar("select 1") == "1")
+        let release = background { usleep(2_500_000); try holder.query("COMMIT") }
+        let psql = try ProcessRunner.run("psql", ["-X", "-At", shoal.conninfo, "-c", "select 'served after the wait'"])
+        #expect(psql.stdout.contains("served after the wait"), "\(psql.stderr)")
+        let notice = "NOTICE:  No server connection available in postgres backend, client being queued"
+        #expect(psql.stderr.components(separatedBy: notice).count == 2, "once: \(psql.stderr)")
+        try await release.value()
+    }
+
     /// issue 15: a client counts against max_client_conn from accept, so connections that never log in cannot
     /// leave the limit unguarded; per address, connections waiting to log in and failed logins per minute are
     /// capped (max_pending_logins_per_address, max_failed_logins_per_minute). The console stays reachable.
