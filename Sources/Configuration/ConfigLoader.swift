@@ -72,6 +72,8 @@ public struct ConfigLoader {
         case tlsProtocols(WritableKeyPath<ShoalConfig, [String]>)
         /// peer_id: 0 (off) to 16383, as PgBouncer documents it.
         case peerID
+        /// scram_iterations: 1 or more (and no more than Shoal asks of a server, so a login stays cheap).
+        case iterations
         /// Permission bits, written in octal (`0700`).
         case mode(WritableKeyPath<ShoalConfig, Int>)
         /// A PgBouncer key that Shoal accepts but does not act on yet.
@@ -127,6 +129,7 @@ public struct ConfigLoader {
         "aurora_instance_host_pattern": .string(\.auroraInstanceHostPattern),
         "unix_socket_mode": .mode(\.unixSocketMode), "unix_socket_group": .string(\.unixSocketGroup),
         "login_notify_message": .string(\.loginNotifyMessage), "query_wait_notify": .count(\.queryWaitNotify),
+        "scram_iterations": .iterations,
         "peer_id": .peerID, "peers_dns": .string(\.peersDNS),
         "max_pending_logins_per_address": .count(\.maxPendingLoginsPerAddress),
         "max_failed_logins_per_minute": .count(\.maxFailedLoginsPerMinute),
@@ -137,7 +140,7 @@ public struct ConfigLoader {
         "dns_zone_check_period": .unsupported, "job_name": .unsupported,
         "pkt_buf": .unsupported,
         "pool_idle_timeout": .unsupported, "resolv_conf": .unsupported,
-        "sbuf_loopcnt": .unsupported, "scram_iterations": .unsupported, "server_fast_close": .unsupported,
+        "sbuf_loopcnt": .unsupported, "server_fast_close": .unsupported,
         "server_tls13_ciphers": .unsupported,
         "stats_users_prefix": .unsupported, "suspend_timeout": .unsupported,
         "syslog": .unsupported, "syslog_facility": .unsupported, "syslog_ident": .unsupported,
@@ -205,6 +208,9 @@ public struct ConfigLoader {
         case .logFormat:
             guard ["text", "json"].contains(value.lowercased()) else { throw bad("text or json") }
             config.logFormat = value.lowercased()
+        case .iterations:
+            guard let rounds = parseInteger(value), (1...100_000).contains(rounds) else { throw bad("a number of PBKDF2 rounds from 1 to 100000") }
+            config.scramIterations = rounds
         case .peerID:
             guard let id = parseInteger(value), (0...16383).contains(id) else { throw bad("a peer id from 0 (off) to 16383") }
             config.peerID = id
@@ -297,6 +303,7 @@ public struct ConfigLoader {
         case .tlsProtocols(let path): return config[keyPath: path].joined(separator: ",")
         case .mode(let path): return "0" + String(config[keyPath: path], radix: 8)
         case .peerID: return String(config.peerID)
+        case .iterations: return String(config.scramIterations)
         case .unsupported: return config.unsupportedSettings[key]
         }
     }

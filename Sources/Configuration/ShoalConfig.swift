@@ -17,6 +17,9 @@ public struct ShoalConfig: Sendable {
     /// Shoal: a DNS name whose addresses are every replica (a Kubernetes headless Service), re-resolved every
     /// 10 s; a CancelRequest none of this process's clients owns is sent to all of them, on listen_port.
     public var peersDNS = ""
+    /// PBKDF2 rounds of the SCRAM verifiers Shoal derives (plaintext auth-file passwords, and the throwaway one
+    /// of unknown users), PgBouncer's scram_iterations.
+    public var scramIterations = 4096
     /// Seconds a logged-in client waits for a server before it is told so with a NOTICE (once per wait; 0 = never).
     public var queryWaitNotify = 5
     /// Sent to every client as a NOTICE once it is logged in (PgBouncer's login_notify_message).

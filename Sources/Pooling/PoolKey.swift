@@ -31,6 +31,8 @@ public struct PoolSettings: Sendable, Equatable {
     public var reservePoolSize: Int
     public var reservePoolTimeout: Double
     public var queryWaitTimeout: Double
+    /// query_wait_notify: seconds queued before a waiter is told so (0: never).
+    public var queryWaitNotify: Double = 0
     public var serverLifetime: Double
     public var serverIdleTimeout: Double
     public var serverLoginRetry: Double
@@ -73,5 +75,6 @@ public struct PoolSettings: Sendable, Equatable {
             serverRoundRobin: config.serverRoundRobin,
             serverCheckQuery: config.serverCheckQuery == "<empty>" ? ";" : config.serverCheckQuery
         )
+        queryWaitNotify = Double(config.queryWaitNotify)
     }
 }

@@ -16,6 +16,8 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         var waiter: Waiter
         var loop: Int
         var since: UInt64
+        /// Told it is queued (query_wait_notify), once per wait.
+        var notified = false
     }
 
     public var settings: PoolSettings
@@ -55,6 +57,17 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             guard let index = items[head...].firstIndex(where: { $0?.waiter === waiter }) else { return false }
             items.remove(at: index)
             return true
+        }
+
+        /// Waiters queued since before `cutoff` and not told yet: marked told, and returned.
+        mutating func notifyQueuedBefore(_ cutoff: UInt64) -> [Waiter] {
+            var due: [Waiter] = []
+            for index in head..<items.count {
+                guard let item = items[index], !item.notified, item.since < cutoff else { continue }
+                items[index]!.notified = true
+                due.append(item.waiter)
+            }
+            return due
         }
 
         mutating func drain() -> [WaitingClient] {
@@ -279,6 +292,8 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         public var reserveFor: Waiter?
         /// Idle servers unused for server_check_delay: run server_check_query on them, then release them.
         public var check: [Server] = []
+        /// Waiters queued longer than query_wait_notify, each reported once per wait.
+        public var queuedTooLong: [Waiter] = []
     }
 
     /// The janitor's periodic look.
@@ -289,6 +304,10 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             while let first = peekWaiter(), elapsed(since: first.since, now: now) >= limit {
                 result.timedOut.append(dequeueWaiter(preferringLoop: first.loop)!.waiter)
             }
+        }
+        if settings.queryWaitNotify > 0, waitingCount > 0, now > seconds(settings.queryWaitNotify) {
+            let cutoff = now - seconds(settings.queryWaitNotify)
+            for loop in queues.indices { result.queuedTooLong += queues[loop].notifyQueuedBefore(cutoff) }
         }
         if paused {
             // Nothing new is dialed or reused while paused; idle servers that appeared meanwhile are closed.

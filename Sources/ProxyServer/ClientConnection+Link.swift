@@ -91,28 +91,22 @@ extension ClientConnection {
             beginLink(with: server)
         case .connectAndWait(let loop):
             waitStartedAt = now
-            notifyIfStillWaiting(since: now)
             ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
         case .wait:
             waitStartedAt = now
-            notifyIfStillWaiting(since: now)
         case .fail(let message, let code):
             fatal(message, code: code)
         }
     }
 
-    /// query_wait_notify: a logged-in client still queued after that many seconds is told so, once per wait,
-    /// in PgBouncer's words. The timer holds the client until it fires (a few seconds at most).
-    private func notifyIfStillWaiting(since started: UInt64) {
-        let delay = runtime.snapshot.config.queryWaitNotify
-        guard delay > 0, state == .pooled else { return }
-        eventLoop.scheduleTask(in: .seconds(Int64(delay))) {
-            guard self.state == .pooled, self.link.phase == .waitingForServer, self.waitStartedAt == started, let context = self.context else { return }
-            var notice = context.channel.allocator.buffer(capacity: 96)
-            notice.writeErrorResponse(severity: "NOTICE", code: "00000",
-                                      message: "No server connection available in postgres backend, client being queued", notice: true)
-            context.writeAndFlush(self.wrapOutboundOut(notice), promise: nil)
-        }
+    /// query_wait_notify: the janitor found this client queued that long (once per wait); a client that was
+    /// welcomed already is told so, in PgBouncer's words.
+    func queuedTooLong() {
+        guard state == .pooled, link.phase == .waitingForServer, let context else { return }
+        var notice = context.channel.allocator.buffer(capacity: 96)
+        notice.writeErrorResponse(severity: "NOTICE", code: "00000",
+                                  message: "No server connection available in postgres backend, client being queued", notice: true)
+        context.writeAndFlush(wrapOutboundOut(notice), promise: nil)
     }
 
     /// The pool hands this client a server (from any loop).

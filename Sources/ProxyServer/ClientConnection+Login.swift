@@ -205,7 +205,7 @@ extension ClientConnection {
         authSecret = secret
         var machine = ClientAuthMachine(authType: config.authType, user: user, secret: secret,
                                         parsedVerifier: secret.flatMap(runtime.parsedVerifier),
-                                        salts: runtime.salts,
+                                        scramIterations: config.scramIterations, salts: runtime.salts,
                                         verifierCache: { [runtime] in runtime.scramVerifier(user: $0, password: $1) })
         handle(machine.start())
         auth = machine

@@ -22,6 +22,9 @@ final class Janitor: @unchecked Sendable {
         for waiter in work.timedOut {
             waiter.eventLoop.execute { waiter.waitTimedOut() }
         }
+        for waiter in work.queuedTooLong {
+            waiter.eventLoop.execute { waiter.queuedTooLong() }
+        }
         for server in work.close {
             server.close(reason: "server idle timeout or lifetime")
         }

@@ -149,9 +149,10 @@ public final class ShoalRuntime: @unchecked Sendable {
 
     /// The verifier for a plaintext auth-file password, with this user's own salt (cached: PBKDF2 is the cost).
     func scramVerifier(user: String, password: String) -> SCRAM.Verifier {
-        let key = "\(user)\u{0}\(password)"
+        let iterations = snapshot.config.scramIterations
+        let key = "\(user)\u{0}\(password)\u{0}\(iterations)"
         if let cached = verifierCache.withLockedValue({ $0[key] }) { return cached }
-        let verifier = SCRAM.Verifier(password: password, salt: salts.salt(for: user), iterations: SCRAM.defaultIterations)
+        let verifier = SCRAM.Verifier(password: password, salt: salts.salt(for: user), iterations: iterations)
         verifierCache.withLockedValue { $0[key] = verifier }
         return verifier
     }

@@ -46,4 +46,24 @@ import Testing
         let psql = try ProcessRunner.run("psql", ["-X", "-At", shoal.conninfo, "-c", "select 'in'"])
         #expect(psql.stdout.contains("in") && psql.stderr.contains("NOTICE:  Welcome to the department pooler"), "\(psql.stdout)\(psql.stderr)")
     }
+
+    /// scram_iterations: the PBKDF2 rounds of the verifiers Shoal derives — for a plaintext auth-file password
+    /// and for an unknown user alike (the same count, so it tells nothing), read from server-first-message.
+    @Test func scramIterationsSetTheRoundsShoalAnnounces() async throws {
+        let shoal = try await ShoalInstance { $0.scramIterations = 5000 }
+        defer { Task { await shoal.stop() } }
+        for user in ["postgres", "nobody_here"] {
+            let client = try RawClient(port: shoal.port)
+            var body = be32(196608)
+            for (key, value) in [("user", user), ("database", "postgres")] { body += Array(key.utf8) + [0] + Array(value.utf8) + [0] }
+            try client.send(be32(body.count + 5) + body + [0])
+            _ = try client.readUntil(UInt8(ascii: "R")) // AuthenticationSASL
+            let first = Array("n,,n=,r=fyko+d2lbbFgONRv9qkxdawL".utf8)
+            let mechanism = Array("SCRAM-SHA-256".utf8) + [0]
+            try client.send([UInt8(ascii: "p")] + be32(4 + mechanism.count + 4 + first.count) + mechanism + be32(first.count) + first)
+            let answer = String(decoding: client.readAll(), as: UTF8.self)
+            #expect(answer.contains(",i=5000"), "\(user): \(answer)")
+            client.close()
+        }
+    }
 }
