@@ -106,6 +106,7 @@ public struct ConfigLoader {
         "cancel_wait_timeout": .seconds(\.cancelWaitTimeout),
         "tcp_keepalive": .bool(\.tcpKeepalive), "tcp_keepidle": .count(\.tcpKeepidle), "tcp_keepintvl": .count(\.tcpKeepintvl),
         "tcp_keepcnt": .count(\.tcpKeepcnt), "tcp_user_timeout": .count(\.tcpUserTimeout),
+        "tcp_socket_buffer": .count(\.tcpSocketBuffer),
         "logfile": .optionalString(\.logfile), "pidfile": .optionalString(\.pidfile),
         "log_connections": .bool(\.logConnections), "log_disconnections": .bool(\.logDisconnections),
         "log_pooler_errors": .bool(\.logPoolerErrors), "log_stats": .bool(\.logStats), "stats_period": .int(\.statsPeriod),
@@ -144,7 +145,7 @@ public struct ConfigLoader {
         "server_tls13_ciphers": .unsupported,
         "stats_users_prefix": .unsupported, "suspend_timeout": .unsupported,
         "syslog": .unsupported, "syslog_facility": .unsupported, "syslog_ident": .unsupported,
-        "tcp_defer_accept": .unsupported, "tcp_socket_buffer": .unsupported,
+        "tcp_defer_accept": .unsupported,
         "user": .unsupported, "auth_hba_file": .unsupported, "auth_ident_file": .unsupported, "auth_ldap_options": .unsupported,
     ]
 

@@ -75,6 +75,8 @@ public struct ShoalConfig: Sendable {
     public var tcpKeepcnt = 0
     /// TCP_USER_TIMEOUT in milliseconds (0 = the kernel's default), as PgBouncer's tcp_user_timeout.
     public var tcpUserTimeout = 0
+    /// SO_SNDBUF and SO_RCVBUF of every TCP connection, in bytes (0: the kernel's own sizing).
+    public var tcpSocketBuffer = 0
 
     // MARK: Process and logging
     public var logfile: String?

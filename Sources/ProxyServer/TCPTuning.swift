@@ -2,12 +2,19 @@ import Configuration
 import Glibc
 import NIOCore
 
-/// Socket options for every TCP connection, to clients and to servers: no Nagle delay, and PgBouncer's keepalive
-/// keys (0 leaves the kernel's default), so a peer that vanished without a reset is noticed.
+/// Socket options for every TCP connection, to clients and to servers: no Nagle delay, PgBouncer's
+/// tcp_socket_buffer, and its keepalive keys (0 leaves the kernel's default), so a peer that vanished without a
+/// reset is noticed.
 enum TCPTuning {
     static func apply(to channel: Channel, config: ShoalConfig) throws {
         guard let options = channel.syncOptions else { return }
         try options.setOption(.tcpOption(.tcp_nodelay), value: 1)
+        // tcp_socket_buffer: both buffers fixed (the kernel doubles the figure for its bookkeeping).
+        if config.tcpSocketBuffer > 0 {
+            let bytes = min(config.tcpSocketBuffer, Int(Int32.max / 2))
+            try options.setOption(.socketOption(.so_sndbuf), value: bytes)
+            try options.setOption(.socketOption(.so_rcvbuf), value: bytes)
+        }
         // TCP_USER_TIMEOUT (milliseconds): how long sent data may stay unacknowledged before the kernel drops
         // the connection — what notices a dead peer while a query is on the wire.
         if config.tcpUserTimeout > 0 {

@@ -229,6 +229,16 @@ import Testing
         #expect(left.flatMap { Double($0) }.map { $0 <= 7 } == true, "\(sockets)")
     }
 
+    /// tcp_socket_buffer fixes both socket buffers (`ss -m` shows the kernel's doubled figure, rb/tb).
+    @Test func tcpSocketBufferReachesTheSockets() async throws {
+        let shoal = try await ShoalInstance { $0.tcpSocketBuffer = 65_536 }
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        #expect(try client.scalar("select 1") == "1")
+        let sockets = try ProcessRunner.run("ss", ["-tnmH", "state", "established", "( sport = :\(shoal.port) )"]).stdout
+        #expect(sockets.contains("rb131072") && sockets.contains("tb131072"), "\(sockets)")
+    }
+
     /// `-R` (PgBouncer's deprecated online restart) is not silently ignored: it is logged, then Shoal starts.
     @Test func rebootFlagIsLoggedNotIgnored() throws {
         let shoal = try ShoalProcess(arguments: ["-R"])
