@@ -18,8 +18,13 @@ all=(fuzz-frame-scanner fuzz-startup-packet fuzz-scram fuzz-session-state fuzz-c
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
-(cd "$here" && swift build -c "$config" --scratch-path "$scratch" -Xswiftc -sanitize=fuzzer,address 2>&1 \
-    | grep -v -e "ld.gold: warning: Cannot export local symbol" -e "^\[") || true
+# The sanitizer runtime's symbols make the linker warn at length: kept out of the output, not out of the status.
+set +e
+(cd "$here" && swift build -c "$config" --scratch-path "$scratch" -Xswiftc -sanitize=fuzzer,address > "$scratch.log" 2>&1)
+built=$?
+set -e
+grep -v -e "ld.gold: warning: Cannot export local symbol" -e "^\[" "$scratch.log" || true
+[ $built -eq 0 ] || { echo "Fuzz/run.sh: the fuzz build failed" >&2; exit 1; }
 bin="$scratch/$config"
 # Swift's own crash backtracer cannot run under ASan; libFuzzer and ASan print the stack instead.
 export SWIFT_BACKTRACE=enable=no ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}"
