@@ -17,18 +17,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
 source scripts/lib/throwaway-postgres.sh
+source scripts/lib/bench-run.sh
 seconds=${1:-10}
 rounds=${2:-3}
 pool_size=${POOL_SIZE:-20}
 
-if [ -n "${SHOAL_BIN:-}" ]; then
-    shoal_bin=$SHOAL_BIN
-else
-    swift build -c release --product shoal --scratch-path .build-release >/dev/null
-    shoal_bin=.build-release/release/shoal
-fi
-swift build -c release --product shoal-load --scratch-path .build-release >/dev/null
-load_bin=.build-release/release/shoal-load
+bench_binaries
 
 dir=$(mktemp -d /tmp/shoal-bench.XXXXXX)
 chmod 755 "$dir"

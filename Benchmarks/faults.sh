@@ -26,31 +26,14 @@ pg_up "$dir/pg" "$pgport" max_connections=60
 psql_pg() { PGPASSWORD="$PG_PASSWORD" psql -X -q -At -h 127.0.0.1 -p "$pgport" -U postgres -d postgres "$@"; }
 psql_pg -c "CREATE TABLE ledger (id bigint NOT NULL)"
 
-cat > "$dir/shoal.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$pgport dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $shoalport
-unix_socket_dir = $dir
-auth_type = scram-sha-256
-auth_file = $dir/userlist.txt
-pool_mode = transaction
+bench_start_shoal <<INI
 default_pool_size = 10
-max_client_conn = 20000
 query_timeout = 3
 query_wait_timeout = 10
 server_login_retry = 1
 server_connect_timeout = 3
 client_login_timeout = 10
-log_connections = 0
-log_disconnections = 0
 INI
-echo "\"postgres\" \"$PG_PASSWORD\"" > "$dir/userlist.txt"
-"$shoal_bin" -q "$dir/shoal.ini" 2> "$dir/shoal.log" &
-shoal_pid=$!
-wait_port "$shoalport"
-conninfo="host=127.0.0.1 port=$shoalport dbname=postgres user=postgres password=$PG_PASSWORD sslmode=disable"
 backends() { psql_pg -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name <> 'psql'"; }
 
 inject() {

@@ -19,28 +19,11 @@ mkdir -p "$out"
 
 bench_setup soak
 pg_up "$dir/pg" "$pgport"
-cat > "$dir/shoal.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$pgport dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $shoalport
-unix_socket_dir = $dir
-auth_type = scram-sha-256
-auth_file = $dir/userlist.txt
+bench_start_shoal <<INI
 admin_users = postgres
-pool_mode = transaction
 default_pool_size = 20
-max_client_conn = 20000
 server_login_retry = 1
-log_connections = 0
-log_disconnections = 0
 INI
-echo "\"postgres\" \"$PG_PASSWORD\"" > "$dir/userlist.txt"
-"$shoal_bin" -q "$dir/shoal.ini" 2> "$dir/shoal.log" &
-shoal_pid=$!
-wait_port "$shoalport"
-conninfo="host=127.0.0.1 port=$shoalport dbname=postgres user=postgres password=$PG_PASSWORD sslmode=disable"
 console() { PGPASSWORD="$PG_PASSWORD" psql -X -At -F '|' -h 127.0.0.1 -p "$shoalport" -U postgres -d pgbouncer -c "$1" 2>/dev/null || true; }
 "$load_bin" --init --init-users 2000 --rounds 1 --duration 1 --target "shoal=$conninfo" >/dev/null 2>&1
 

@@ -65,13 +65,7 @@ public struct LinkLives {
         case 0, 1:
             // An extended batch, sometimes failing.
             let sql = choices.pick(2) == 0 ? "SELECT 1" : "SELECT 1/0"
-            out.writePostgresMessage(FrontendMessage.parse) { $0.writeCString(""); $0.writeCString(sql); $0.writeInteger(Int16(0)) }
-            out.writePostgresMessage(FrontendMessage.bind) {
-                $0.writeCString(""); $0.writeCString("")
-                $0.writeInteger(Int16(0)); $0.writeInteger(Int16(0)); $0.writeInteger(Int16(0))
-            }
-            out.writePostgresMessage(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) }
-            out.writePostgresMessage(FrontendMessage.sync) { _ in }
+            out = Wire.join(Wire.parse("", sql), Wire.bind(""), Wire.execute(), Wire.sync())
         default:
             var pick = choices.pick(requests.reduce(0) { $0 + $1.0 })
             var sql = requests[0].1
@@ -81,9 +75,8 @@ public struct LinkLives {
             }
             out.writeQuery(sql)
             if sql.hasPrefix("COPY") {
-                let size = 1 + choices.pick(199)
-                out.writePostgresMessage(FrontendMessage.copyData) { $0.writeRepeatingByte(65, count: size) }
-                out.writePostgresMessage(FrontendMessage.copyDone) { _ in }
+                var copy = Wire.join(Wire.copyData(1 + choices.pick(199)), Wire.copyDone())
+                out.writeBuffer(&copy)
             }
         }
         return out

@@ -56,22 +56,17 @@ public struct LostTransaction: Sendable {
         return consumed
     }
 
-    /// ROLLBACK, ABORT, COMMIT, END (not ROLLBACK TO SAVEPOINT, not ROLLBACK/COMMIT PREPARED): what ends a failed
-    /// transaction. The savepoints were on the lost server.
-    static func endsTransaction(_ sql: ByteBuffer) -> Bool {
-        sql.withUnsafeReadableBytes { bytes in
-            var words = SessionStateScanner.Words(bytes, 0, bytes.firstIndex(of: 0) ?? bytes.count)
-            guard let first = words.next(), ["rollback", "abort", "commit", "end"].contains(first) else { return false }
-            let second = words.next()
-            return second != "to" && second != "prepared"
-        }
-    }
+    enum Ending { case commit, rollback }
 
-    /// COMMIT or END (of a statement `endsTransaction` accepted).
-    static func commits(_ sql: ByteBuffer) -> Bool {
+    /// COMMIT/END or ROLLBACK/ABORT (not ROLLBACK TO SAVEPOINT, not ROLLBACK/COMMIT PREPARED): what ends a failed
+    /// transaction. The savepoints were on the lost server.
+    static func ending(_ sql: ByteBuffer) -> Ending? {
         sql.withUnsafeReadableBytes { bytes in
             var words = SessionStateScanner.Words(bytes, 0, bytes.firstIndex(of: 0) ?? bytes.count)
-            return ["commit", "end"].contains(words.next() ?? "")
+            guard let first = words.next(), ["rollback", "abort", "commit", "end"].contains(first) else { return nil }
+            let second = words.next()
+            guard second != "to" && second != "prepared" else { return nil }
+            return first == "commit" || first == "end" ? .commit : .rollback
         }
     }
 
@@ -122,8 +117,8 @@ public struct LostTransaction: Sendable {
         mutating func messageBody(type: UInt8, body: ByteBuffer) {
             var body = body
             if type == FrontendMessage.query {
-                if state.status == .failed && LostTransaction.endsTransaction(body) {
-                    if state.pendingError != nil && LostTransaction.commits(body) {
+                if state.status == .failed, let ending = LostTransaction.ending(body) {
+                    if state.pendingError != nil && ending == .commit {
                         // The client never heard that its transaction was lost: its COMMIT fails with that error
                         // (a ROLLBACK tag alone would read as committed to most drivers — an acknowledged commit
                         // that never happened). PostgreSQL's failed COMMIT leaves the session idle, as here.
@@ -142,8 +137,8 @@ public struct LostTransaction: Sendable {
             }
             // Parse: a ROLLBACK/COMMIT batch is answered as PostgreSQL answers it in a failed transaction.
             _ = body.readNullTerminatedString()
-            if state.status == .failed && !state.failedInBatch && LostTransaction.endsTransaction(body) {
-                if state.pendingError != nil && LostTransaction.commits(body) {
+            if state.status == .failed && !state.failedInBatch, let ending = LostTransaction.ending(body) {
+                if state.pendingError != nil && ending == .commit {
                     // As for a simple COMMIT above: it fails with the error the client has not seen.
                     batchError()
                     state.batchCommitFailed = true

@@ -111,15 +111,18 @@ extension ByteBuffer {
     }
 
     public mutating func writeDataRow(_ values: [String?]) {
-        writePostgresMessage(BackendMessage.dataRow) {
-            $0.writeInteger(Int16(values.count))
-            for value in values {
-                if let value {
-                    $0.writeInteger(Int32(value.utf8.count))
-                    $0.writeString(value)
-                } else {
-                    $0.writeInteger(Int32(-1))
-                }
+        writePostgresMessage(BackendMessage.dataRow) { $0.writeTextValues(values) }
+    }
+
+    /// A count, then each value with its length (-1 for NULL): DataRow's columns, Bind's parameters.
+    mutating func writeTextValues(_ values: [String?]) {
+        writeInteger(Int16(values.count))
+        for value in values {
+            if let value {
+                writeInteger(Int32(value.utf8.count))
+                writeString(value)
+            } else {
+                writeInteger(Int32(-1))
             }
         }
     }
@@ -147,6 +150,22 @@ extension ByteBuffer {
         writeInteger(StartupPacket.cancelRequestCode)
         writeInteger(processID)
         writeInteger(secretKey)
+    }
+
+    /// One statement with text parameters on the unnamed statement and portal (Parse, Bind, Describe, Execute,
+    /// Sync): values are never spliced into the SQL. The Describe makes a RowDescription start the rows, as a
+    /// simple Query's do.
+    public mutating func writeBoundStatement(_ sql: String, parameters: [String?]) {
+        writePostgresMessage(FrontendMessage.parse) { $0.writeCString(""); $0.writeCString(sql); $0.writeInteger(Int16(0)) }
+        writePostgresMessage(FrontendMessage.bind) {
+            $0.writeCString(""); $0.writeCString("")
+            $0.writeInteger(Int16(0))
+            $0.writeTextValues(parameters)
+            $0.writeInteger(Int16(0))
+        }
+        writePostgresMessage(FrontendMessage.describe) { $0.writeInteger(UInt8(ascii: "P")); $0.writeCString("") }
+        writePostgresMessage(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) }
+        writePostgresMessage(FrontendMessage.sync) { _ in }
     }
 
     public mutating func writeQuery(_ sql: String) {

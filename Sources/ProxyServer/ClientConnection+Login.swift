@@ -41,19 +41,9 @@ extension ClientConnection {
                 }
             }
             guard let packet else { break }
-            if let refusal = loginState?.refusal {
-                switch packet {
-                case .sslRequest, .gssEncRequest:
-                    var answer = context!.channel.allocator.buffer(capacity: 1)
-                    answer.writeInteger(UInt8(ascii: "N"))
-                    context!.writeAndFlush(wrapOutboundOut(answer), promise: nil)
-                    continue
-                case .cancel:
-                    return close(reason: refusal)
-                case .startup:
-                    return fatal(refusal, code: "53300")
-                }
-            }
+            // Turned away at accept (login limits): an SSLRequest is declined as usual, then the startup packet
+            // gets the FATAL, so the driver shows it.
+            let refusal = loginState?.refusal
             switch packet {
             case .sslRequest, .gssEncRequest:
                 if buffer.readableBytes > 0 {
@@ -62,7 +52,7 @@ extension ClientConnection {
                 if packet == .sslRequest && tlsActive {
                     return close(reason: "SSL req inside SSL")
                 }
-                let tlsContext = packet == .sslRequest && !isUnixSocket ? runtime.tls.withLockedValue({ $0.forClients }) : nil
+                let tlsContext = packet == .sslRequest && !isUnixSocket && refusal == nil ? runtime.tls.withLockedValue({ $0.forClients }) : nil
                 var answer = context!.channel.allocator.buffer(capacity: 1)
                 answer.writeInteger(UInt8(ascii: tlsContext == nil ? "N" : "S"))
                 context!.writeAndFlush(wrapOutboundOut(answer), promise: nil)
@@ -76,9 +66,11 @@ extension ClientConnection {
                     }
                 }
             case .cancel(let processID, let secretKey):
+                if let refusal { return close(reason: refusal) }
                 cancelRequested(processID: processID, secretKey: secretKey)
                 return
             case .startup(let minor, let parameters):
+                if let refusal { return fatal(refusal, code: "53300") }
                 startupParameters = parameters
                 if buffer.readableBytes > 0 {
                     // A client may pipeline its first messages after the startup packet (e.g. a password).

@@ -148,11 +148,12 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             }
         }
         if !isUnixSocket {
-            if let refusal = runtime.loginStarted(from: remoteHost) {
+            switch runtime.loginStarted(from: remoteHost) {
+            case .unlimited: break
+            case .counted: pendingLogin = true
+            case .refused(let refusal):
                 logger.warning("\(refusal.message)")
                 loginState?.refusal = refusal.message
-            } else {
-                pendingLogin = true
             }
         }
         // max_client_conn counts a client from accept (PgBouncer's rule), so connections that never log in count

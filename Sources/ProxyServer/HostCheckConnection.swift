@@ -207,25 +207,7 @@ final class HostCheckConnection: ChannelInboundHandler, @unchecked Sendable {
         case .simple(let query):
             out.writeQuery(query)
         case .bound(let statement, let parameters):
-            out.writePostgresMessage(FrontendMessage.parse) { $0.writeCString(""); $0.writeCString(statement); $0.writeInteger(Int16(0)) }
-            out.writePostgresMessage(FrontendMessage.bind) {
-                $0.writeCString(""); $0.writeCString("")
-                $0.writeInteger(Int16(0))
-                $0.writeInteger(Int16(parameters.count))
-                for value in parameters {
-                    if let value {
-                        $0.writeInteger(Int32(value.utf8.count))
-                        $0.writeString(value)
-                    } else {
-                        $0.writeInteger(Int32(-1))
-                    }
-                }
-                $0.writeInteger(Int16(0))
-            }
-            // Describe: a RowDescription starts the statement's rows, as in a simple Query.
-            out.writePostgresMessage(FrontendMessage.describe) { $0.writeInteger(UInt8(ascii: "P")); $0.writeCString("") }
-            out.writePostgresMessage(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) }
-            out.writePostgresMessage(FrontendMessage.sync) { _ in }
+            out.writeBoundStatement(statement, parameters: parameters)
         }
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
     }

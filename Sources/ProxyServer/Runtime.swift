@@ -42,8 +42,9 @@ public final class ShoalRuntime: @unchecked Sendable {
 
     /// A client's cancel key, with this process's peer id in it when peering is on.
     func registerCancelKey(for client: ClientConnection) -> (processID: Int32, secretKey: Int32) {
-        let config = snapshot.config
-        return cancelRegistry.register(client, peerID: config.peerID, peering: config.peerID > 0 || !config.peersDNS.isEmpty)
+        let snapshot = self.snapshot
+        let peerID = snapshot.config.peerID
+        return cancelRegistry.register(client, peerID: peerID, peering: peerID > 0 || !snapshot.config.peersDNS.isEmpty)
     }
     /// Server-side names of prepared statements, shared by every pool (one per distinct text and types).
     let statementNames = StatementNames()
@@ -108,20 +109,32 @@ public final class ShoalRuntime: @unchecked Sendable {
     /// max_pending_logins_per_address and max_failed_logins_per_minute (limits read from the current config).
     private let loginLimits = NIOLockedValueBox(LoginLimits())
 
-    /// A TCP client from `address` was accepted: nil, or why it is turned away before it may log in.
-    func loginStarted(from address: String) -> LoginLimits.Refusal? {
-        let config = snapshot.config
+    enum LoginAdmission {
+        /// No per-address limit is set: nothing is counted (no lock taken on the connect path).
+        case unlimited
+        /// Counted as waiting to log in until `loginEnded`.
+        case counted
+        case refused(LoginLimits.Refusal)
+    }
+
+    /// A TCP client from `address` was accepted.
+    func loginStarted(from address: String) -> LoginAdmission {
+        let snapshot = self.snapshot
+        let pendingLimit = snapshot.config.maxPendingLoginsPerAddress
+        let failureLimit = snapshot.config.maxFailedLoginsPerMinute
+        guard pendingLimit > 0 || failureLimit > 0 else { return .unlimited }
         let now = NIODeadline.now().uptimeNanoseconds / 1_000_000_000
         return loginLimits.withLockedValue { limits in
-            limits.maxPendingPerAddress = config.maxPendingLoginsPerAddress
-            limits.maxFailuresPerMinute = config.maxFailedLoginsPerMinute
-            return limits.connectionAccepted(from: address, nowSeconds: now)
+            limits.maxPendingPerAddress = pendingLimit
+            limits.maxFailuresPerMinute = failureLimit
+            return limits.connectionAccepted(from: address, nowSeconds: now).map(LoginAdmission.refused) ?? .counted
         }
     }
 
     func loginEnded(from address: String) { loginLimits.withLockedValue { $0.loginEnded(from: address) } }
 
     func loginFailed(from address: String) {
+        guard snapshot.config.maxFailedLoginsPerMinute > 0 else { return }
         let now = NIODeadline.now().uptimeNanoseconds / 1_000_000_000
         loginLimits.withLockedValue { $0.loginFailed(from: address, nowSeconds: now) }
     }

@@ -115,7 +115,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         let limits = ConnectionBudget.Limits(
             database: database.maxDbConnections ?? config.maxDbConnections,
             user: config.users[pool.key.user]?.maxUserConnections ?? config.maxUserConnections,
-            host: config.hostConnectionLimit(replicas: runtime.peers.discovered.count))
+            host: config.hostConnectionLimit(replicas: config.peersDNS.isEmpty ? 0 : runtime.peers.discovered.count))
         if let refusal = runtime.budget.tryAcquire(pool: pool.key, host: hostAddress, limits: limits) {
             // Make room by closing an idle server of another pool sharing the limit, as PgBouncer evicts; the
             // janitor retries this pool's dial shortly.

@@ -5,50 +5,6 @@ import PostgresWire
 import LinkModel
 import Testing
 
-/// Messages as drivers and PostgreSQL send them, for feeding the machine.
-enum Wire {
-    static func query(_ sql: String) -> ByteBuffer { var b = ByteBuffer(); b.writeQuery(sql); return b }
-    static func parse(_ name: String, _ sql: String) -> ByteBuffer {
-        message(FrontendMessage.parse) { $0.writeCString(name); $0.writeCString(sql); $0.writeInteger(Int16(0)) }
-    }
-    static func bind(_ statement: String) -> ByteBuffer {
-        message(FrontendMessage.bind) {
-            $0.writeCString(""); $0.writeCString(statement)
-            $0.writeInteger(Int16(0)); $0.writeInteger(Int16(0)); $0.writeInteger(Int16(0))
-        }
-    }
-    static func execute() -> ByteBuffer { message(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) } }
-    static func sync() -> ByteBuffer { message(FrontendMessage.sync) { _ in } }
-    static func terminate() -> ByteBuffer { message(FrontendMessage.terminate) { _ in } }
-    static func copyData(_ size: Int) -> ByteBuffer { message(FrontendMessage.copyData) { $0.writeRepeatingByte(65, count: size) } }
-    static func copyDone() -> ByteBuffer { message(FrontendMessage.copyDone) { _ in } }
-
-    static func ready(_ status: TransactionStatus) -> ByteBuffer { var b = ByteBuffer(); b.writeReadyForQuery(status); return b }
-    static func complete(_ tag: String) -> ByteBuffer { var b = ByteBuffer(); b.writeCommandComplete(tag); return b }
-    static func error(_ code: String = "22012", _ text: String = "division by zero") -> ByteBuffer {
-        var b = ByteBuffer(); b.writeErrorResponse(severity: "ERROR", code: code, message: text); return b
-    }
-    static func row(_ value: String) -> ByteBuffer { var b = ByteBuffer(); b.writeDataRow([value]); return b }
-    static func parseComplete() -> ByteBuffer { message(BackendMessage.parseComplete) { _ in } }
-    static func bindComplete() -> ByteBuffer { message(UInt8(ascii: "2")) { _ in } }
-    static func copyIn() -> ByteBuffer {
-        message(BackendMessage.copyInResponse) { $0.writeInteger(UInt8(0)); $0.writeInteger(Int16(0)) }
-    }
-    static func parameterStatus(_ name: String, _ value: String) -> ByteBuffer {
-        var b = ByteBuffer(); b.writeParameterStatus(name: name, value: value); return b
-    }
-
-    static func message(_ type: UInt8, _ body: (inout ByteBuffer) -> Void) -> ByteBuffer {
-        var b = ByteBuffer(); b.writePostgresMessage(type, body); return b
-    }
-
-    static func join(_ parts: ByteBuffer...) -> ByteBuffer {
-        var out = ByteBuffer()
-        for var part in parts { out.writeBuffer(&part) }
-        return out
-    }
-}
-
 extension LinkAction {
     var isRelease: Bool { if case .release = self { return true } else { return false } }
     var releasedSession: ServerSession? { if case .release(let session, _) = self { return session } else { return nil } }

@@ -1,7 +1,10 @@
-# Sourced by Benchmarks/faults.sh and Benchmarks/soak.sh (after throwaway-postgres.sh): release binaries, a
-# scratch folder, ports, and a cleanup that stops Shoal and PostgreSQL.
-#   bench_setup NAME     sets shoal_bin (SHOAL_BIN, or a release build), load_bin, dir, pgport, shoalport
-bench_setup() {
+# Sourced by the benchmark scripts (after throwaway-postgres.sh).
+#   bench_binaries        sets shoal_bin (SHOAL_BIN, or a release build) and load_bin
+#   bench_setup NAME      bench_binaries, then a scratch folder `dir`, `pgport`, `shoalport`, and a cleanup that
+#                         stops Shoal and PostgreSQL on exit
+#   bench_start_shoal     starts Shoal in front of $pgport with transaction pooling, scram-sha-256 and the
+#                         settings on its standard input (pgbouncer.ini lines); sets shoal_pid and conninfo
+bench_binaries() {
     if [ -n "${SHOAL_BIN:-}" ]; then
         shoal_bin=$SHOAL_BIN
     else
@@ -10,6 +13,10 @@ bench_setup() {
     fi
     swift build -c release --product shoal-load --scratch-path .build-release >/dev/null
     load_bin=.build-release/release/shoal-load
+}
+
+bench_setup() {
+    bench_binaries
     dir=$(mktemp -d "/tmp/shoal-$1.XXXXXX")
     chmod 755 "$dir"
     pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1))
@@ -21,4 +28,29 @@ bench_cleanup() {
     [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
     pg_down "$dir/pg"
     rm -rf "$dir"
+}
+
+bench_start_shoal() {
+    {
+        cat <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pgport dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $shoalport
+unix_socket_dir = $dir
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+max_client_conn = 20000
+log_connections = 0
+log_disconnections = 0
+INI
+        cat
+    } > "$dir/shoal.ini"
+    echo "\"postgres\" \"$PG_PASSWORD\"" > "$dir/userlist.txt"
+    "$shoal_bin" -q "$dir/shoal.ini" 2> "$dir/shoal.log" &
+    shoal_pid=$!
+    wait_port "$shoalport"
+    conninfo="host=127.0.0.1 port=$shoalport dbname=postgres user=postgres password=$PG_PASSWORD sslmode=disable"
 }
