@@ -169,8 +169,15 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
                 return .use(takeIdle(at: settings.serverRoundRobin ? 0 : idle.count - 1))
             }
         }
+        let mayDial = totalServers < settings.poolSize && !waitsForRetry(now: now)
+        if !mayDial && connectingCount <= waitingCount, !idle.isEmpty {
+            // Every waiter ahead has a dial coming (each preferred dialing on its own loop to taking this idle
+            // server from another), no dial is left for this client, and the idle server would otherwise sit
+            // there while it waits.
+            return .use(takeIdle(at: settings.serverRoundRobin ? 0 : idle.count - 1))
+        }
         enqueue(waiter, loop: loop, now: now)
-        if totalServers < settings.poolSize && connectingCount < waitingCount && !waitsForRetry(now: now) {
+        if mayDial && connectingCount < waitingCount {
             connectingCount += 1
             return .connectAndWait(loop: loop)
         }

@@ -228,14 +228,16 @@ import Testing
     }
 }
 
-/// A blocking libpq call run off the test's task, awaited later.
+/// A blocking libpq call run off the test's task, awaited later. Each call gets its own thread: Dispatch's
+/// global queue runs about one blocking item per core on Linux and adds threads for blocked ones only after a
+/// delay, so on two cores a third concurrent call could start seconds late (a flaky "3 at once" in CI).
 final class BackgroundCall<T>: @unchecked Sendable {
     private let lock = NSLock()
     private var result: Result<T, Error>?
     private var continuation: CheckedContinuation<T, Error>?
 
     init(_ body: @escaping () throws -> T) {
-        DispatchQueue.global().async {
+        let thread = Thread {
             let outcome = Result { try body() }
             self.lock.lock()
             self.result = outcome
@@ -243,6 +245,7 @@ final class BackgroundCall<T>: @unchecked Sendable {
             self.lock.unlock()
             waiting?.resume(with: outcome)
         }
+        thread.start()
     }
 
     var isDone: Bool { lock.lock(); defer { lock.unlock() }; return result != nil }

@@ -215,6 +215,23 @@ final class FakeClient {}
         #expect(pool.waitingCount == 0)
     }
 
+    @Test func aFullPoolServesTheClientWithoutADialFromAnIdleServerOnAnotherLoop() {
+        // One server idle on loop 0; two clients on loop 1 each dial rather than take it, which fills the pool.
+        // The third client has no dial coming: it must get the idle server instead of waiting for a release.
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 3))
+        let a = FakeServer()
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.connected(a, loop: 0, createdAt: 0, now: 0)
+        _ = pool.released(a, loop: 0, createdAt: 0, reusable: true, now: 1)
+        guard case .connectAndWait(loop: 1) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want dial"); return }
+        guard case .connectAndWait(loop: 1) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want dial"); return }
+        guard case .use(let chosen) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want use"); return }
+        #expect(chosen === a)
+        #expect(pool.waitingCount == 2 && pool.totalServers == 3)
+        // With the pool full and nothing idle, the next one queues.
+        guard case .wait = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want wait"); return }
+    }
+
     @Test func aClockReadBeforeAWaiterQueuedDoesNotTimeItOut() {
         // The janitor reads the clock, then takes each pool's lock; a client may queue in between.
         var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 1, queryWaitTimeout: 60))
