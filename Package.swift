@@ -24,11 +24,13 @@ let package = Package(
         .target(
             name: "PostgresWire",
             dependencies: [
+                "CRandom",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
         ),
+        .systemLibrary(name: "CRandom"),
         // pgbouncer.ini and userlist.txt, read the way PgBouncer reads them.
         .target(name: "Configuration"),
         // Pure pooling logic: protocol trackers, pools, parameter cache. No Channel, no clock reads.

@@ -31,7 +31,8 @@ def peak_rss_kb(pid):
 def run(port, args, seconds, password):
     """Returns (tps, transactions, failed, p99 ms). p99 comes from pgbench's per-transaction log, sampled at 10%."""
     with tempfile.TemporaryDirectory() as logs:
-        command = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-T", str(seconds),
+        # PGBENCH_WRAP='taskset -c 1' runs pgbench under that (the pooler-bound run keeps it off the pooler's core).
+        command = os.environ.get("PGBENCH_WRAP", "").split() + ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-T", str(seconds),
                    "-l", "--sampling-rate=0.1", f"--log-prefix={logs}/tx"] + args + ["postgres"]
         out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password}, timeout=seconds * 4 + 60)
         latencies = []
@@ -90,7 +91,8 @@ def main():
                 entry["p99"].append(p99)
                 if pid and done:
                     entry["cpu_us"].append((after - before) * 1e6 / done)
-                cpu = f", {entry['cpu_us'][-1]:.1f} µs CPU/xact" if pid and done else ""
+                # Pooler core use: CPU seconds per second of the run (1.0 = one core busy throughout).
+                cpu = f", {entry['cpu_us'][-1]:.1f} µs CPU/xact, pooler core use {(after - before) / options.seconds:.2f}" if pid and done else ""
                 print(f"round {round_number + 1} {scenario:28} {name:10} {tps:10.0f} tps, p99 {p99:.1f} ms{cpu}", flush=True)
 
     if options.shoal_load:

@@ -6,13 +6,17 @@
 # TLS=1: TLS on every hop (PostgreSQL ssl=on, both poolers with client_tls_sslmode and server_tls_sslmode
 # require, every client with sslmode=require), with a self-signed certificate made here.
 # SHOAL_NOPIN=1 adds a second Shoal with pin_session_state = off, to measure what session-state detection costs
-# (NOPIN_NO_PREPARED=1: and max_prepared_statements = 0). ONLY_LOAD=1 runs only the shoal-load scenario.
+# (NOPIN_NO_PREPARED=1: and max_prepared_statements = 0). SHOAL_VARIANT='key = value; key = value' adds a Shoal
+# with those settings on top ("shoal-variant", e.g. SHOAL_VARIANT='worker_threads = 1'). ONLY_LOAD=1 runs only the shoal-load scenario.
 # IDLE_CLIENTS=0 skips the idle-memory measurement; LOAD_USERS=0 skips the shoal-load scenario.
 # BASELINE_BIN=path adds a Shoal built from another commit ("shoal-before") with the same config, interleaved
 # with the others: a before/after comparison in one run (build it with
 # `git worktree add /tmp/shoal-base REV && swift build -c release --product shoal --package-path /tmp/shoal-base`).
 # SHOAL_BIN=path runs that binary as "shoal" instead of building one (compare two builds made the same way, e.g.
 # both with --static-swift-stdlib). SCENARIOS='-S -C' (a substring) runs only the pgbench scenarios it matches.
+# POOLER_BOUND=1: the poolers share CPU 0 (Shoal with worker_threads = 1, every thread of each pinned with
+# taskset), PostgreSQL and pgbench get CPU 1, so the poolers' own cost limits throughput; compare the tps and
+# check the pooler's core is the busy one (its CPU per second is printed as "pooler core use").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -31,7 +35,7 @@ baseport=$((pgport + 4))
 cleanup() {
     [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
     [ -n "${base_pid:-}" ] && kill -QUIT "$base_pid" 2>/dev/null || true
-    [ -n "${nopin_pid:-}" ] && kill -QUIT "$nopin_pid" 2>/dev/null || true
+    for pid in ${variant_pids[@]:-}; do kill -QUIT "$pid" 2>/dev/null || true; done
     # PgBouncer 1.18 ignores SIGQUIT; SIGINT waits for servers to be released, then exits.
     [ -n "${bouncer_pid:-}" ] && kill -INT "$bouncer_pid" 2>/dev/null || true
     sleep 1
@@ -82,6 +86,9 @@ INI
 done
 chown -R postgres "$dir" 2>/dev/null || true
 
+if [ "${POOLER_BOUND:-0}" = 1 ]; then
+    echo "worker_threads = 1" >> "$dir/shoal/pgbouncer.ini"
+fi
 "$shoal_bin" -q "$dir/shoal/pgbouncer.ini" &
 shoal_pid=$!
 if [ "$(id -u)" -eq 0 ]; then
@@ -90,18 +97,26 @@ else
     pgbouncer -q "$dir/pgbouncer/pgbouncer.ini" &
 fi
 bouncer_pid=$!
-nopin_target=()
+# A second Shoal with extra settings, interleaved with the others: start_variant NAME PORT 'key = value; ...'.
+variant_pids=()
+variant_targets=()
+start_variant() {
+    mkdir -p "$dir/$1"
+    sed -e "s/^listen_port = .*/listen_port = $2/" -e "s#^unix_socket_dir = .*#unix_socket_dir = $dir/$1#" \
+        -e "s#^logfile = .*#logfile = $dir/$1/log#" "$dir/shoal/pgbouncer.ini" > "$dir/$1/pgbouncer.ini"
+    tr ';' '\n' <<<"$3" | sed 's/^ *//' >> "$dir/$1/pgbouncer.ini"
+    "$shoal_bin" -q "$dir/$1/pgbouncer.ini" &
+    local pid=$!
+    variant_pids+=("$pid")
+    wait_port "$2"
+    variant_targets+=(--target "$1=$2:$pid")
+}
 if [ "${SHOAL_NOPIN:-0}" = 1 ]; then
-    mkdir -p "$dir/shoal-nopin"
-    sed -e "s/^listen_port = .*/listen_port = $nopinport/" -e "s#^unix_socket_dir = .*#unix_socket_dir = $dir/shoal-nopin#" \
-        -e "s#^logfile = .*#logfile = $dir/shoal-nopin/log#" "$dir/shoal/pgbouncer.ini" > "$dir/shoal-nopin/pgbouncer.ini"
-    echo "pin_session_state = off" >> "$dir/shoal-nopin/pgbouncer.ini"
-    [ "${NOPIN_NO_PREPARED:-0}" = 1 ] && echo "max_prepared_statements = 0" >> "$dir/shoal-nopin/pgbouncer.ini"
-    "$shoal_bin" -q "$dir/shoal-nopin/pgbouncer.ini" &
-    nopin_pid=$!
-    wait_port "$nopinport"
-    nopin_target=(--target "shoal-nopin=$nopinport:$nopin_pid")
+    nopin_settings="pin_session_state = off"
+    [ "${NOPIN_NO_PREPARED:-0}" = 1 ] && nopin_settings="$nopin_settings; max_prepared_statements = 0"
+    start_variant shoal-nopin "$nopinport" "$nopin_settings"
 fi
+[ -n "${SHOAL_VARIANT:-}" ] && start_variant shoal-variant "$((pgport + 5))" "$SHOAL_VARIANT"
 base_target=()
 if [ -n "${BASELINE_BIN:-}" ]; then
     mkdir -p "$dir/shoal-before"
@@ -116,6 +131,12 @@ wait_port "$shoalport"; wait_port "$bouncerport"
 sleep 0.5
 # runuser forks: find the pgbouncer process itself for CPU accounting.
 bouncer_pid=$(pgrep -f "pgbouncer -q $dir/pgbouncer/pgbouncer.ini" | tail -1)
+if [ "${POOLER_BOUND:-0}" = 1 ]; then
+    # Every thread of every pooler on CPU 0; the postmaster on CPU 1 (backends it forks later inherit it).
+    for pid in "$shoal_pid" "$bouncer_pid" ${variant_pids[@]:-} ${base_pid:-}; do taskset -a -p -c 0 "$pid" >/dev/null; done
+    taskset -a -p -c 1 "$(head -1 "$dir/data/postmaster.pid")" >/dev/null
+    export PGBENCH_WRAP="taskset -c 1"
+fi
 
 PGPASSWORD=$PG_PASSWORD pgbench -i -s 10 -q -h 127.0.0.1 -p "$pgport" -U postgres postgres >/dev/null 2>&1
 "$load_bin" --init --init-users 20000 --duration 1 --rounds 1 --users 1 \
@@ -124,7 +145,7 @@ load_option=(--shoal-load "$load_bin" --load-users "${LOAD_USERS:-2000}")
 [ "${LOAD_USERS:-2000}" = 0 ] && load_option=()
 python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password "$PG_PASSWORD" \
     "${load_option[@]}" \
-    --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid" "${nopin_target[@]}" \
+    --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid" "${variant_targets[@]}" \
     "${base_target[@]}"
 # Memory per idle client: RSS before and after 10,000 clients connect and stay idle (shoal-load --workload idle).
 idle_clients=${IDLE_CLIENTS:-10000}

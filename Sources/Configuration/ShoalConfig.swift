@@ -174,11 +174,15 @@ public struct ShoalConfig: Sendable {
     public init() {}
 
     /// The admin console's virtual database: `pgbouncer`, and `shoal` unless a real database takes that name.
+    // Inlinable, like `database(named:)`: called through a `ConfigSnapshot` on every login, an opaque call made
+    // the caller copy (retain and release) the whole configuration to pass it as `self`.
+    @inlinable
     public func isConsoleDatabase(_ name: String) -> Bool {
         name == "pgbouncer" || (name == "shoal" && databases["shoal"] == nil)
     }
 
-        /// The database entry for a client's database name, from the `*` fallback when not listed.
+    /// The database entry for a client's database name, from the `*` fallback when not listed.
+    @inlinable
     public func database(named name: String) -> DatabaseEntry? {
         if let entry = databases[name] { return entry }
         guard var fallback = databases["*"] else { return nil }

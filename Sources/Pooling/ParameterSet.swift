@@ -31,7 +31,14 @@ public struct ParameterSet: Sendable, Equatable {
     }
 
     public mutating func set(_ name: String, _ value: String) {
-        let key = name.lowercased()
+        set(key: name.lowercased(), name: name, value)
+    }
+
+    /// The value under an already lower-cased name.
+    public func value(forKey key: String) -> String? { values[key]?.value }
+
+    /// `set`, with `key` already lower-cased (the welcome's names are, once per pool).
+    public mutating func set(key: String, name: String, _ value: String) {
         // Keep PostgreSQL's own spelling of the name once we have seen it.
         let spelled = values[key]?.name ?? name
         values[key] = (spelled, value)

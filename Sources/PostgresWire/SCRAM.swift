@@ -1,6 +1,6 @@
+import CRandom
 import Crypto
 import _CryptoExtras
-import Foundation
 
 /// SCRAM-SHA-256 as PostgreSQL uses it (RFC 5802 / RFC 7677, no channel binding, username ignored).
 public enum SCRAM {
@@ -24,18 +24,18 @@ public enum SCRAM {
         /// Parses PostgreSQL's text form, or returns nil if `text` is not one.
         public init?(parsing text: String) {
             guard text.hasPrefix("SCRAM-SHA-256$") else { return nil }
-            let rest = text.dropFirst("SCRAM-SHA-256$".count)
-            let parts = rest.split(separator: "$", omittingEmptySubsequences: false)
+            let rest = text.utf8.dropFirst("SCRAM-SHA-256$".utf8.count)
+            let parts = rest.split(separator: UInt8(ascii: "$"), omittingEmptySubsequences: false)
             guard parts.count == 2 else { return nil }
-            let first = parts[0].split(separator: ":", omittingEmptySubsequences: false)
-            let second = parts[1].split(separator: ":", omittingEmptySubsequences: false)
+            let first = parts[0].split(separator: UInt8(ascii: ":"), omittingEmptySubsequences: false)
+            let second = parts[1].split(separator: UInt8(ascii: ":"), omittingEmptySubsequences: false)
             guard first.count == 2, second.count == 2,
-                  let iterations = Int(first[0]), iterations > 0,
-                  let salt = Data(base64Encoded: String(first[1])),
-                  let storedKey = Data(base64Encoded: String(second[0])), storedKey.count == 32,
-                  let serverKey = Data(base64Encoded: String(second[1])), serverKey.count == 32
+                  let iterations = Int(String(decoding: first[0], as: UTF8.self)), iterations > 0,
+                  let salt = Base64.decode(first[1]),
+                  let storedKey = Base64.decode(second[0]), storedKey.count == 32,
+                  let serverKey = Base64.decode(second[1]), serverKey.count == 32
             else { return nil }
-            self.init(iterations: iterations, salt: Array(salt), storedKey: Array(storedKey), serverKey: Array(serverKey))
+            self.init(iterations: iterations, salt: salt, storedKey: storedKey, serverKey: serverKey)
         }
 
         /// Derives a verifier from a plaintext password.
@@ -50,7 +50,7 @@ public enum SCRAM {
         }
 
         public var text: String {
-            "SCRAM-SHA-256$\(iterations):\(Data(salt).base64EncodedString())$\(Data(storedKey).base64EncodedString()):\(Data(serverKey).base64EncodedString())"
+            "SCRAM-SHA-256$\(iterations):\(Base64.encodedString(salt))$\(Base64.encodedString(storedKey)):\(Base64.encodedString(serverKey))"
         }
     }
 
@@ -70,8 +70,27 @@ public enum SCRAM {
         hmac(key: key, Array(message.utf8))
     }
 
+    /// HMAC-SHA-256 (RFC 2104) on `SHA256` itself: CryptoKit's `HMAC` wraps the key in a `SymmetricKey` (a heap
+    /// box of secure bytes) and goes through generic code on every call, which showed in login profiles.
     public static func hmac(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
-        Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key)))
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { pad in
+            pad.initialize(repeating: 0)
+            if key.count > 64 {
+                _ = pad.initialize(from: SHA256.hash(data: key))
+            } else {
+                _ = pad.initialize(from: key)
+            }
+            for index in 0..<64 { pad[index] ^= 0x36 }
+            var inner = SHA256()
+            inner.update(bufferPointer: UnsafeRawBufferPointer(pad))
+            message.withUnsafeBytes { inner.update(bufferPointer: $0) }
+            let innerDigest = inner.finalize()
+            for index in 0..<64 { pad[index] ^= 0x36 ^ 0x5C }
+            var outer = SHA256()
+            outer.update(bufferPointer: UnsafeRawBufferPointer(pad))
+            innerDigest.withUnsafeBytes { outer.update(bufferPointer: $0) }
+            return Array(outer.finalize())
+        }
     }
 
     public static func sha256(_ bytes: [UInt8]) -> [UInt8] {
@@ -90,28 +109,47 @@ public enum SCRAM {
         return difference == 0
     }
 
+    /// 18 random bytes in base64, as PostgreSQL's nonces.
     public static func randomNonce() -> String {
-        Data(randomBytes(18)).base64EncodedString()
+        Base64.encodedString(randomBytes(18))
     }
 
-    /// Random bytes, eight per draw: the system generator costs a getrandom() call per draw.
+    /// Random bytes from one getrandom() call (the standard library's generator makes one per eight bytes).
     public static func randomBytes(_ count: Int) -> [UInt8] {
-        var generator = SystemRandomNumberGenerator()
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(count + 7)
-        while bytes.count < count {
-            withUnsafeBytes(of: generator.next() as UInt64) { bytes.append(contentsOf: $0) }
+        [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            var filled = 0
+            while filled < count {
+                let got = getrandom(buffer.baseAddress! + filled, count - filled, 0)
+                if got > 0 {
+                    filled += got
+                } else {
+                    // Interrupted (EINTR), or no getrandom: the standard library's generator, eight bytes a draw.
+                    var generator = SystemRandomNumberGenerator()
+                    while filled < count {
+                        withUnsafeBytes(of: generator.next() as UInt64) { word in
+                            for byte in word where filled < count {
+                                buffer[filled] = byte
+                                filled += 1
+                            }
+                        }
+                    }
+                }
+            }
+            initialized = count
         }
-        return Array(bytes.prefix(count))
     }
 
-    static func attributes(_ message: String) -> [Character: String] {
-        var result: [Character: String] = [:]
-        for part in message.split(separator: ",", omittingEmptySubsequences: false) {
-            guard part.count >= 2, part.dropFirst().first == "=" else { continue }
-            result[part.first!] = String(part.dropFirst(2))
+    /// The value of attribute `name` (`name=value`) in a comma-separated SCRAM message, or nil.
+    static func attribute(_ name: UInt8, in message: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {
+        for part in message.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
+        where part.count >= 2 && part.first == name && part[part.startIndex + 1] == UInt8(ascii: "=") {
+            return part.dropFirst(2)
         }
-        return result
+        return nil
+    }
+
+    static func attribute(_ name: Character, in message: [UInt8]) -> ArraySlice<UInt8>? {
+        attribute(name.asciiValue!, in: message[...])
     }
 }
 
@@ -126,41 +164,45 @@ public struct SCRAMServerExchange: Sendable {
 
     public let verifier: Verifier
     public typealias Verifier = SCRAM.Verifier
-    private let serverNonce: String
-    private var clientFirstBare = ""
-    private var serverFirst = ""
-    private var combinedNonce = ""
+    // All on bytes: the messages are ASCII in practice, and the AuthMessage is hashed as bytes anyway.
+    private let serverNonce: [UInt8]
+    private var clientFirstBare: ArraySlice<UInt8> = []
+    private var serverFirst: [UInt8] = []
+    private var combinedNonce: [UInt8] = []
     /// The client's ClientKey, recovered from its proof; it lets Shoal log in to the server as this client.
     public private(set) var clientKey: [UInt8]? = nil
 
     public init(verifier: SCRAM.Verifier, serverNonce: String = SCRAM.randomNonce()) {
         self.verifier = verifier
-        self.serverNonce = serverNonce
+        self.serverNonce = Array(serverNonce.utf8)
     }
 
     /// Takes the client-first-message and returns server-first-message.
     public mutating func receiveClientFirst(_ message: [UInt8]) throws(Failure) -> [UInt8] {
-        guard let text = String(bytes: message, encoding: .utf8) else { throw .malformedMessage }
         // gs2-header: "n,," or "y,," (client supports binding but thinks we don't) — "p=" would need TLS.
-        let parts = text.split(separator: ",", maxSplits: 2, omittingEmptySubsequences: false)
+        let parts = message.split(separator: UInt8(ascii: ","), maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3 else { throw .malformedMessage }
-        switch parts[0] {
-        case "n", "y": break
-        case let flag where flag.hasPrefix("p="): throw .channelBindingUnsupported
-        default: throw .malformedMessage
+        if parts[0].elementsEqual("n".utf8) || parts[0].elementsEqual("y".utf8) {
+        } else if parts[0].starts(with: "p=".utf8) {
+            throw .channelBindingUnsupported
+        } else {
+            throw .malformedMessage
         }
-        guard parts[1].isEmpty || parts[1].hasPrefix("a=") else { throw .malformedMessage }
-        clientFirstBare = String(parts[2])
-        guard let clientNonce = SCRAM.attributes(clientFirstBare)["r"], !clientNonce.isEmpty else { throw .malformedMessage }
-        combinedNonce = clientNonce + serverNonce
-        serverFirst = "r=\(combinedNonce),s=\(Data(verifier.salt).base64EncodedString()),i=\(verifier.iterations)"
-        return Array(serverFirst.utf8)
+        guard parts[1].isEmpty || parts[1].starts(with: "a=".utf8) else { throw .malformedMessage }
+        clientFirstBare = parts[2]
+        // RFC 5802: the nonce is printable ASCII without ','.
+        guard let clientNonce = SCRAM.attribute(UInt8(ascii: "r"), in: clientFirstBare), !clientNonce.isEmpty,
+              clientNonce.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
+        else { throw .malformedMessage }
+        combinedNonce = Array(clientNonce) + serverNonce
+        serverFirst = Array("r=".utf8) + combinedNonce + Array(",s=".utf8) + Base64.encode(verifier.salt)
+            + Array(",i=\(verifier.iterations)".utf8)
+        return serverFirst
     }
 
     /// Takes client-final-message; returns server-final-message on success.
     public mutating func receiveClientFinal(_ message: [UInt8]) throws(Failure) -> [UInt8] {
-        // The proof is the last attribute: find ",p=" from the end on the bytes (Foundation's backwards
-        // String search bridges to NSString on Linux and showed up in login profiles).
+        // The proof is the last attribute: find ",p=" from the end.
         var proofStart: Int? = nil
         var index = message.count - 3
         while index >= 0 {
@@ -170,24 +212,28 @@ public struct SCRAMServerExchange: Sendable {
             }
             index -= 1
         }
-        guard let proofStart, let withoutProof = String(validating: message[..<proofStart], as: UTF8.self),
-              let proofText = String(validating: message[(proofStart + 3)...], as: UTF8.self)
+        guard let proofStart else { throw .malformedMessage }
+        let withoutProof = message[..<proofStart]
+        guard let nonce = SCRAM.attribute(UInt8(ascii: "r"), in: withoutProof) else { throw .malformedMessage }
+        guard nonce.elementsEqual(combinedNonce) else { throw .nonceMismatch }
+        guard let binding = SCRAM.attribute(UInt8(ascii: "c"), in: withoutProof), let gs2 = Base64.decode(binding),
+              gs2.starts(with: "n,".utf8) || gs2.starts(with: "y,".utf8)
         else { throw .malformedMessage }
-        let attributes = SCRAM.attributes(withoutProof)
-        guard attributes["r"] == combinedNonce else { throw .nonceMismatch }
-        guard let binding = attributes["c"], let bindingBytes = Data(base64Encoded: binding),
-              let gs2 = String(data: bindingBytes, encoding: .utf8), gs2.hasPrefix("n,") || gs2.hasPrefix("y,")
-        else { throw .malformedMessage }
-        guard let proof = Data(base64Encoded: proofText), proof.count == 32 else {
+        guard let proof = Base64.decode(message[(proofStart + 3)...]), proof.count == 32 else {
             throw .malformedMessage
         }
-        let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
+        var authMessage: [UInt8] = []
+        authMessage.reserveCapacity(clientFirstBare.count + serverFirst.count + withoutProof.count + 2)
+        authMessage += clientFirstBare
+        authMessage.append(UInt8(ascii: ","))
+        authMessage += serverFirst
+        authMessage.append(UInt8(ascii: ","))
+        authMessage += withoutProof
         let clientSignature = SCRAM.hmac(key: verifier.storedKey, authMessage)
-        let recoveredKey = SCRAM.xor(Array(proof), clientSignature)
+        let recoveredKey = SCRAM.xor(proof, clientSignature)
         guard SCRAM.equal(SCRAM.sha256(recoveredKey), verifier.storedKey) else { throw .wrongProof }
         clientKey = recoveredKey
-        let serverSignature = SCRAM.hmac(key: verifier.serverKey, authMessage)
-        return Array("v=\(Data(serverSignature).base64EncodedString())".utf8)
+        return Array("v=".utf8) + Base64.encode(SCRAM.hmac(key: verifier.serverKey, authMessage))
     }
 }
 
@@ -236,7 +282,7 @@ public struct SCRAMClientExchange: Sendable {
         var attribute: String {
             var bytes = Array(header.utf8)
             if case .tlsServerEndPoint(let data) = self { bytes += data }
-            return Data(bytes).base64EncodedString()
+            return Base64.encodedString(bytes)
         }
     }
 
@@ -267,10 +313,11 @@ public struct SCRAMClientExchange: Sendable {
     }
 
     public mutating func receiveServerFirst(_ message: [UInt8]) throws(Failure) -> [UInt8] {
-        guard let serverFirst = String(bytes: message, encoding: .utf8) else { throw .malformedMessage }
-        let attributes = SCRAM.attributes(serverFirst)
-        guard let nonce = attributes["r"], let saltText = attributes["s"], let salt = Data(base64Encoded: saltText),
-              let iterationsText = attributes["i"], let iterations = Int(iterationsText), iterations > 0
+        guard let serverFirst = String(validating: message, as: UTF8.self) else { throw .malformedMessage }
+        guard let nonceBytes = SCRAM.attribute("r", in: message), let nonce = String(validating: nonceBytes, as: UTF8.self),
+              let saltText = SCRAM.attribute("s", in: message), let salt = Base64.decode(saltText),
+              let iterationsText = SCRAM.attribute("i", in: message),
+              let iterations = Int(String(decoding: iterationsText, as: UTF8.self)), iterations > 0
         else { throw .malformedMessage }
         guard nonce.hasPrefix(clientNonce), nonce.count > clientNonce.count else { throw .nonceMismatch }
         if case .password = secret, iterations > Self.maxIterations { throw .tooManyIterations(iterations) }
@@ -290,15 +337,13 @@ public struct SCRAMClientExchange: Sendable {
         let storedKey = SCRAM.sha256(clientKey)
         let proof = SCRAM.xor(clientKey, SCRAM.hmac(key: storedKey, authMessage))
         expectedServerSignature = SCRAM.hmac(key: serverKey, authMessage)
-        return Array("\(withoutProof),p=\(Data(proof).base64EncodedString())".utf8)
+        return Array("\(withoutProof),p=\(Base64.encodedString(proof))".utf8)
     }
 
     public func receiveServerFinal(_ message: [UInt8]) throws(Failure) {
-        guard let text = String(bytes: message, encoding: .utf8) else { throw .malformedMessage }
-        let attributes = SCRAM.attributes(text)
-        guard let signatureText = attributes["v"], let signature = Data(base64Encoded: signatureText) else {
+        guard let signatureText = SCRAM.attribute("v", in: message), let signature = Base64.decode(signatureText) else {
             throw .malformedMessage
         }
-        guard SCRAM.equal(Array(signature), expectedServerSignature) else { throw .invalidServerSignature }
+        guard SCRAM.equal(signature, expectedServerSignature) else { throw .invalidServerSignature }
     }
 }

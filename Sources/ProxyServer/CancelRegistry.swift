@@ -16,15 +16,19 @@ final class CancelRegistry: @unchecked Sendable {
     /// `peerID` above 0 is written in (PgBouncer's layout), and `peering` gives the key a TTL.
     func register(_ client: ClientConnection, peerID: Int = 0, peering: Bool = false) -> (processID: Int32, secretKey: Int32) {
         var generator = SystemRandomNumberGenerator()
-        return lock.withLock {
-            while true {
-                var key = PeerCancelKey(processID: Int32.random(in: 1...Int32.max, using: &generator),
-                                        secretKey: Int32.random(in: Int32.min...Int32.max, using: &generator))
-                if peerID > 0 { key = key.stamped(peerID: peerID) } else if peering { key = key.withFreshTTL() }
-                guard key.processID != 0, clients[key.identity] == nil else { continue }
+        while true {
+            // One draw (one getrandom() call) for both halves, taken outside the lock.
+            let word: UInt64 = generator.next()
+            var key = PeerCancelKey(processID: Int32(truncatingIfNeeded: word >> 32) & Int32.max,
+                                    secretKey: Int32(truncatingIfNeeded: word))
+            if peerID > 0 { key = key.stamped(peerID: peerID) } else if peering { key = key.withFreshTTL() }
+            guard key.processID != 0 else { continue }
+            let taken = lock.withLock {
+                if clients[key.identity] != nil { return true }
                 clients[key.identity] = Weak(client: client)
-                return (key.processID, key.secretKey)
+                return false
             }
+            if !taken { return (key.processID, key.secretKey) }
         }
     }
 

@@ -10,8 +10,7 @@ extension ClientConnection {
 
     func startConsole(access: AdminSession.Access) {
         guard let context else { return }
-        loginState?.loginTimeout?.cancel()
-        loginState = nil
+        endLoginState()
         endPendingLogin()
         let key = runtime.registerCancelKey(for: self)
         cancelKey = key

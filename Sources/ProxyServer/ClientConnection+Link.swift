@@ -121,7 +121,7 @@ extension ClientConnection {
     func beginLink(with server: ServerConnection) {
         if state == .waitingForWelcome {
             // The welcome was what this client waited for; a request it already sent is served by this server.
-            sendWelcome(pool?.welcome ?? [])
+            sendWelcome(pool?.welcome)
         }
         // The server is idle in no list now (the pool handed it over under its lock): its session is lent here.
         let step = state == .pooled ? link.serverAssigned(server.session) : nil

@@ -19,7 +19,6 @@ extension ClientConnection {
     }
     var startupParameters: [(String, String)] { get { loginState?.startupParameters ?? [] } set { loginState?.startupParameters = newValue } }
     var databaseEntry: DatabaseEntry? { get { loginState?.databaseEntry } set { loginState?.databaseEntry = newValue } }
-    var loginTimeout: Scheduled<Void>? { get { loginState?.loginTimeout } set { loginState?.loginTimeout = newValue } }
 
     // MARK: Startup
 
@@ -88,11 +87,11 @@ extension ClientConnection {
     }
 
     func startupReceived(minorVersion: UInt16) {
+        // Fields are read through the snapshot, not a copy of the whole configuration (see `authenticated`).
         let snapshot = runtime.snapshot
-        let config = snapshot.config
         if tlsActive {
             tlsDescription = (try? context?.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self))?.tlsVersion.map(Self.describe) ?? "TLS"
-        } else if !isUnixSocket, ["require", "verify-ca", "verify-full"].contains(config.clientTLSSSLMode) {
+        } else if !isUnixSocket, ["require", "verify-ca", "verify-full"].contains(snapshot.config.clientTLSSSLMode) {
             return fatal("SSL required")
         }
         var unsupportedProtocolOptions: [String] = []
@@ -140,21 +139,21 @@ extension ClientConnection {
         startupParameters = [] // read once; an idle client should not keep them
         guard !user.isEmpty else { return fatal("no username supplied") }
         if databaseName.isEmpty { databaseName = user }
-        if config.applicationNameAddHost {
+        if snapshot.config.applicationNameAddHost {
             let app = clientSettings.last(where: { $0.0 == "application_name" })?.1 ?? "app"
             clientSettings.append(("application_name", "\(app) - \(peerDescription)"))
         }
         for (name, value) in clientSettings { link.parameters.set(name, value) }
-        if config.logConnections {
+        if snapshot.config.logConnections {
             logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=no")
         }
-        let isConsoleLogin = config.isConsoleDatabase(databaseName)
+        let isConsoleLogin = snapshot.config.isConsoleDatabase(databaseName)
         if !isConsoleLogin && !counted {
             // 08P01, as PgBouncer sends it. The console is exempt, so an operator can always get in.
             return fatal("no more connections allowed (max_client_conn)")
         }
 
-        databaseEntry = isConsoleLogin ? nil : config.database(named: databaseName)
+        databaseEntry = isConsoleLogin ? nil : snapshot.config.database(named: databaseName)
         state = .authenticating
         if isConsoleLogin, user == "pgbouncer", let peerUID, peerUID == geteuid() {
             // PgBouncer's rule: the same OS user on the Unix socket is admin without a password.
@@ -162,21 +161,21 @@ extension ClientConnection {
             return startConsole(access: .admin)
         }
         let secret = runtime.userList.secrets[user]
-        let authUser = databaseEntry?.authUser ?? config.authUser
-        if secret == nil, let database = databaseEntry, authUser != nil, config.authType != .any {
+        let authUser = databaseEntry?.authUser ?? snapshot.config.authUser
+        if secret == nil, let database = databaseEntry, authUser != nil, snapshot.config.authType != .any {
             // Not in the auth file: ask the database (auth_query as auth_user), then authenticate. Under trust too:
             // trust skips the password, not the question whether the user exists (PgBouncer's rule).
             AuthLookups.lookUp(user: user, database: database, runtime: runtime, on: eventLoop) { [weak self] outcome in
                 guard let self, self.state == .authenticating else { return }
                 switch outcome {
                 case .found(let secret):
-                    self.beginAuthentication(secret: secret ?? "", config: config)
+                    self.beginAuthentication(secret: secret ?? "", snapshot: snapshot)
                 case .noSuchUser:
                     self.logger.info("no such user: \(self.user)")
                     // Under trust there is no password to fail; otherwise the exchange runs against a throwaway
                     // secret and fails as a wrong password does, so an unknown name cannot be told from a real one.
-                    if config.authType == .trust { return self.fatal("no such user", code: "28000") }
-                    self.beginAuthentication(secret: nil, config: config)
+                    if snapshot.config.authType == .trust { return self.fatal("no such user", code: "28000") }
+                    self.beginAuthentication(secret: nil, snapshot: snapshot)
                 case .failed(let message):
                     self.logger.error("\(message)")
                     self.fatal("bouncer config error")
@@ -184,20 +183,20 @@ extension ClientConnection {
             }
             return
         }
-        if config.authType == .trust, config.authFile != nil, secret == nil, authUser == nil {
+        if snapshot.config.authType == .trust, snapshot.config.authFile != nil, secret == nil, authUser == nil {
             return fatal("\"trust\" authentication failed", code: "28000")
         }
-        if secret == nil && config.authType != .trust && config.authType != .any {
+        if secret == nil && snapshot.config.authType != .trust && snapshot.config.authType != .any {
             logger.info("no such user: \(user)")
         }
-        beginAuthentication(secret: secret, config: config)
+        beginAuthentication(secret: secret, snapshot: snapshot)
     }
 
-    func beginAuthentication(secret: String?, config: ShoalConfig) {
+    func beginAuthentication(secret: String?, snapshot: ConfigSnapshot) {
         authSecret = secret
-        var machine = ClientAuthMachine(authType: config.authType, user: user, secret: secret,
+        var machine = ClientAuthMachine(authType: snapshot.config.authType, user: user, secret: secret,
                                         parsedVerifier: secret.flatMap(runtime.parsedVerifier),
-                                        scramIterations: config.scramIterations, salts: runtime.salts,
+                                        scramIterations: snapshot.config.scramIterations, salts: runtime.salts,
                                         verifierCache: { [runtime] in runtime.scramVerifier(user: $0, password: $1) })
         handle(machine.start())
         auth = machine
@@ -242,10 +241,12 @@ extension ClientConnection {
     }
 
     func authenticated(scramKeys: (clientKey: [UInt8], serverKey: [UInt8])?, cleartextPassword: String?) {
-        let config = runtime.snapshot.config
-        if config.isConsoleDatabase(databaseName) {
-            if config.adminUsers.contains(user) { return startConsole(access: .admin) }
-            if config.statsUsers.contains(user) || config.authType == .any { return startConsole(access: .readOnly) }
+        // Fields are read through the snapshot: a `let config = snapshot.config` copy would retain (and release)
+        // every string and collection of the whole configuration on each login.
+        let snapshot = runtime.snapshot
+        if snapshot.config.isConsoleDatabase(databaseName) {
+            if snapshot.config.adminUsers.contains(user) { return startConsole(access: .admin) }
+            if snapshot.config.statsUsers.contains(user) || snapshot.config.authType == .any { return startConsole(access: .readOnly) }
             runtime.registries[loopIndex].authFailures &+= 1
             return fatal("not allowed")
         }
@@ -257,8 +258,8 @@ extension ClientConnection {
         }
         if let refusal = runtime.clientLimits.admit(
             database: databaseName, user: user,
-            databaseLimit: database.maxDbClientConnections ?? config.maxDbClientConnections,
-            userLimit: config.users[user]?.maxUserClientConnections ?? config.maxUserClientConnections) {
+            databaseLimit: database.maxDbClientConnections ?? snapshot.config.maxDbClientConnections,
+            userLimit: snapshot.config.users[user]?.maxUserClientConnections ?? snapshot.config.maxUserClientConnections) {
             return fatal(refusal)
         }
         countedPerDatabaseAndUser = true
@@ -266,24 +267,7 @@ extension ClientConnection {
         self.pool = pool
         statsShard = pool.shards[loopIndex]
         statsShard!.counters.clientLogins &+= 1
-        let mode = pool.settings.mode
-        let userEntry = config.users[user]
-        var options = LinkStateMachine.Options(mode: mode, detectsSessionState: config.pinSessionState,
-                                               preparedCapacity: config.maxPreparedStatements,
-                                               watchesReadOnly: pool.routed && pool.target.wantsWriterOnly)
-        options.queryTimeout = userEntry?.queryTimeout ?? config.queryTimeout
-        options.idleTransactionTimeout = userEntry?.idleTransactionTimeout ?? config.idleTransactionTimeout
-        options.clientIdleTimeout = userEntry?.clientIdleTimeout ?? config.clientIdleTimeout
-        options.transactionTimeout = userEntry?.transactionTimeout ?? config.transactionTimeout
-        options.pinWarnTimeout = config.pinWarnTimeout
-        options.maxPinnedClients = config.maxPinnedClients
-        if !config.serverResetQuery.isEmpty {
-            if config.serverResetQueryAlways { options.resetQueryOnRelease = config.serverResetQuery }
-            if config.serverResetQueryAlways || mode == .session { options.resetQueryOnDisconnect = config.serverResetQuery }
-        }
-        options.trackedNames = runtime.snapshot.trackedNames
-        options.maxMessageLength = config.maxPacketSize
-        options.statementNames = runtime.statementNames
+        let options = pool.linkOptions(user: user, snapshot: snapshot, statementNames: runtime.statementNames)
         let startupParameters = link.parameters
         link = LinkStateMachine(options: options, now: NIODeadline.now().uptimeNanoseconds)
         link.parameters = startupParameters
@@ -314,23 +298,23 @@ extension ClientConnection {
         }
     }
 
-    func sendWelcome(_ welcome: [(String, String)]) {
+    func sendWelcome(_ welcome: Welcome?) {
         guard let context else { return }
-        loginTimeout?.cancel()
-        loginTimeout = nil
         endPendingLogin()
-        // Tracked parameters the client did not choose start at the server defaults.
         let tracked = runtime.snapshot.trackedNames
-        for (name, value) in welcome where tracked.contains(name.lowercased()) {
-            // Unset, or the same value spelled differently ("utf8"): take the server's canonical spelling.
-            if let chosen = link.parameters[name], chosen.lowercased() != value.lowercased() { continue }
-            link.parameters.set(name, value)
-        }
         var out = context.channel.allocator.buffer(capacity: 512)
-        for (name, value) in welcome {
-            out.writeParameterStatus(name: name, value: link.parameters[name] ?? value)
+        for entry in welcome?.entries ?? [] {
+            let chosen = link.parameters.value(forKey: entry.key)
+            // Tracked parameters the client did not choose start at the server defaults; one it chose with the
+            // same value spelled differently ("utf8") takes the server's canonical spelling.
+            if tracked.contains(entry.key), chosen == nil || chosen!.lowercased() == entry.value.lowercased() {
+                link.parameters.set(key: entry.key, name: entry.name, entry.value)
+                out.writeParameterStatus(name: entry.name, value: entry.value)
+            } else {
+                out.writeParameterStatus(name: entry.name, value: chosen ?? entry.value)
+            }
         }
-        link.facts = pool?.welcomeFacts
+        link.facts = welcome?.facts
         let key = runtime.registerCancelKey(for: self)
         cancelKey = key
         out.writeBackendKeyData(processID: key.processID, secretKey: key.secretKey)
@@ -339,6 +323,6 @@ extension ClientConnection {
         out.writeReadyForQuery(.idle)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         state = .pooled
-        loginState = nil
+        endLoginState()
     }
 }

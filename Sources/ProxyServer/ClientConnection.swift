@@ -63,7 +63,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         var authScanner = FrameScanner(maxMessageLength: 65_536)
         var startupParameters: [(String, String)] = []
         var databaseEntry: DatabaseEntry?
-        var loginTimeout: Scheduled<Void>?
+        /// Watched by the loop's sweeper for client_login_timeout.
+        var watchedForTimeout = false
         /// Turned away at accept (LoginLimits): answered with this FATAL once the startup packet comes, so the
         /// client's driver reads it (after declining an SSLRequest) instead of a bare close.
         var refusal: String?
@@ -136,15 +137,17 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
                         self?.peerPID = credentials.pid
                     }
             case .v6:
-                peerDescription = "[\(remote.ipAddress ?? "?")]:\(remote.port ?? 0)"
+                remoteHost = remote.hostText ?? "?"
+                peerDescription = "[\(remoteHost)]:\(remote.port ?? 0)"
             default:
-                peerDescription = "\(remote.ipAddress ?? "?"):\(remote.port ?? 0)"
+                remoteHost = remote.hostText ?? "?"
+                peerDescription = "\(remoteHost):\(remote.port ?? 0)"
             }
             if remote.protocol != .unix {
-                remoteHost = remote.ipAddress ?? "?"
                 remotePort = remote.port ?? 0
-                localHost = context.channel.localAddress?.ipAddress ?? "?"
-                localPort = context.channel.localAddress?.port ?? 0
+                let local = context.channel.localAddress
+                localHost = local?.hostText ?? "?"
+                localPort = local?.port ?? 0
             }
         }
         if !isUnixSocket {
@@ -161,11 +164,22 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         counted = runtime.admitClient()
         let timeout = runtime.snapshot.config.clientLoginTimeout
         if timeout > 0 {
-            loginState?.loginTimeout = context.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) { [weak self] in
-                guard let self, self.state == .startup || self.state == .authenticating || self.state == .waitingForWelcome else { return }
-                self.fatal(self.state == .waitingForWelcome ? "client_login_timeout (server down)" : "client_login_timeout")
-            }
+            runtime.sweepers[loopIndex].watchLogin(self, deadline: .now() + .milliseconds(Int64(timeout * 1000)))
+            loginState?.watchedForTimeout = true
         }
+    }
+
+    /// client_login_timeout passed (the sweeper found the deadline behind it).
+    func loginTimedOut() {
+        loginState?.watchedForTimeout = false
+        guard state == .startup || state == .authenticating || state == .waitingForWelcome else { return }
+        fatal(state == .waitingForWelcome ? "client_login_timeout (server down)" : "client_login_timeout")
+    }
+
+    /// The login is over (welcomed, the console, or closed): what only the login needed goes.
+    func endLoginState() {
+        if loginState?.watchedForTimeout == true { runtime.sweepers[loopIndex].loginEnded(self) }
+        loginState = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -248,8 +262,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             console = nil
             runtime.consoleSessionEnded()
         }
-        loginState?.loginTimeout?.cancel()
-        loginState = nil
+        endLoginState()
         endPendingLogin()
         if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }

@@ -1,5 +1,6 @@
 import Configuration
 import Foundation
+import Glibc
 import Logging
 import NIOCore
 import NIOPosix
@@ -7,9 +8,12 @@ import NIOPosix
 /// Binds the TCP and Unix-socket listeners and starts one `ClientConnection` per accepted socket.
 /// Accepted channels are spread over the EventLoops by NIO; each client stays on its loop for life.
 ///
-/// With `so_reuseport = 1` (PgBouncer's key: several processes may listen on the same port) every EventLoop
-/// gets a TCP listener of its own on that port, so the kernel spreads the connections over the loops and each
-/// accepts its own — no accept funnelled through one loop and handed to another.
+/// Every EventLoop gets a TCP listener of its own on each address and port (SO_REUSEPORT), so the kernel spreads
+/// the connections over the loops and each accepts its own: an accept funnelled through one loop hands every
+/// other channel to another loop (a wake-up of that loop per connection), which cost about 15 % of Shoal's CPU
+/// per connect-per-request transaction on two loops (Benchmarks/RESULTS.md). `so_reuseport` keeps PgBouncer's
+/// meaning — whether other processes may listen on the same port: without it a probe bound without
+/// SO_REUSEPORT first fails if anything listens there, so a second instance refuses to start as before.
 public enum Listener {
     public static func bind(runtime: ShoalRuntime) async throws -> [Channel] {
         let config = runtime.config
@@ -27,7 +31,8 @@ public enum Listener {
                 }
                 .serverChannelOption(.backlog, value: Int32(config.listenBacklog))
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.autoRead, value: true)
+                // NIO's default too, made explicit: accepted sockets inherit it, so TCPTuning skips it per client.
+                .serverChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 // One read per readiness event, as PgBouncer does: NIO's default of 4 costs an extra read()
                 // that returns EAGAIN on every request of a request/response protocol.
                 .childChannelOption(.maxMessagesPerRead, value: 1)
@@ -37,7 +42,7 @@ public enum Listener {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         if case .unixDomainSocket = channel.localAddress {} else {
-                            try? TCPTuning.apply(to: channel, config: config)
+                            try? TCPTuning.apply(to: channel, config: config, accepted: true)
                         }
                         try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop, readOnlyRoute: readOnly))
                     }
@@ -57,11 +62,18 @@ public enum Listener {
                 for host in hosts {
                     let shown = host.contains(":") ? "[\(host)]" : host
                     do {
-                        // One listener, or one per loop sharing the port (so_reuseport).
-                        let loops: [EventLoop?] = config.soReuseport ? runtime.loops : [nil]
+                        // One listener per loop sharing the port; a single one when there is a single loop.
+                        let loops: [EventLoop?] = config.soReuseport || runtime.loops.count > 1 ? runtime.loops : [nil]
+                        if !config.soReuseport && loops.count > 1 && port != 0 {
+                            try probePortIsFree(host: host, port: port)
+                        }
+                        var boundPort = port
                         for loop in loops {
                             let bootstrap = makeBootstrap(ipv6: host.contains(":"), readOnly: readOnly, loop: loop)
-                            channels.append(try await bootstrap.bind(host: host, port: port).get())
+                            let channel = try await bootstrap.bind(host: host, port: boundPort).get()
+                            // listen_port = 0: the kernel's choice for the first listener is every other one's too.
+                            if boundPort == 0 { boundPort = channel.localAddress?.port ?? 0 }
+                            channels.append(channel)
                             tcpListeners += 1
                         }
                         runtime.logger.info("listening on \(shown):\(port)\(what)\(config.soReuseport ? " (so_reuseport, \(loops.count) listeners)" : "")")
@@ -104,6 +116,21 @@ public enum Listener {
         }
         return channels
     }
+}
+
+/// Fails with EADDRINUSE if any socket listens on `host:port`: a socket bound there without SO_REUSEPORT
+/// conflicts with every listener (with SO_REUSEADDR, connections in TIME_WAIT do not count), and is closed at once.
+private func probePortIsFree(host: String, port: Int) throws {
+    let address = try SocketAddress(ipAddress: host, port: port)
+    let ipv6 = address.protocol == .inet6
+    let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+    defer { close(fd) }
+    var one: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    if ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
+    let result = address.withSockAddr { Glibc.bind(fd, $0, socklen_t($1)) }
+    if result != 0 { throw IOError(errnoCode: errno, reason: "bind") }
 }
 
 public enum ListenerError: Error, CustomStringConvertible {

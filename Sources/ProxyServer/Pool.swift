@@ -12,7 +12,7 @@ final class Pool: @unchecked Sendable {
     private let lock = NIOLock()
     /// Guarded by `lock`.
     private var state: PoolState<ServerConnection, ClientConnection>
-    private var _welcome: [(String, String)]? = nil
+    private var _welcome: Welcome? = nil
     private var _database: DatabaseEntry
     private var _serverSecret: ServerLoginSecret = .unknown
     private var _turn = 0
@@ -60,24 +60,53 @@ final class Pool: @unchecked Sendable {
             _routed = routed
             _database = database
             state.settings = settings
+            _linkOptions = nil
         }
     }
 
-    /// ParameterStatus of the pool's first server login: what a new client is welcomed with.
-    var welcome: [(String, String)]? {
-        get { lock.withLock { _welcome } }
-        set {
-            lock.withLock {
-                guard _welcome == nil, let newValue else { return }
-                _welcome = newValue
-                _welcomeFacts = ServerFacts(reported: newValue)
-            }
+    private var _linkOptions: (snapshot: ConfigSnapshot, user: String, options: LinkStateMachine.Options)?
+
+    /// The link options of a client logging in to this pool as `user`: built once per config and user rather
+    /// than on every login (PHP connects per request), since building them reads a dozen settings, the user's
+    /// entry and the pool's mode and target, each under a lock.
+    func linkOptions(user: String, snapshot: ConfigSnapshot, statementNames: StatementNames) -> LinkStateMachine.Options {
+        if let cached = lock.withLock({ _linkOptions }), cached.snapshot === snapshot, cached.user == user {
+            return cached.options
         }
+        let config = snapshot.config
+        let mode = settings.mode
+        let userEntry = config.users[user]
+        var options = LinkStateMachine.Options(mode: mode, detectsSessionState: config.pinSessionState,
+                                               preparedCapacity: config.maxPreparedStatements,
+                                               watchesReadOnly: routed && target.wantsWriterOnly)
+        options.queryTimeout = userEntry?.queryTimeout ?? config.queryTimeout
+        options.idleTransactionTimeout = userEntry?.idleTransactionTimeout ?? config.idleTransactionTimeout
+        options.clientIdleTimeout = userEntry?.clientIdleTimeout ?? config.clientIdleTimeout
+        options.transactionTimeout = userEntry?.transactionTimeout ?? config.transactionTimeout
+        options.pinWarnTimeout = config.pinWarnTimeout
+        options.maxPinnedClients = config.maxPinnedClients
+        if !config.serverResetQuery.isEmpty {
+            if config.serverResetQueryAlways { options.resetQueryOnRelease = config.serverResetQuery }
+            if config.serverResetQueryAlways || mode == .session { options.resetQueryOnDisconnect = config.serverResetQuery }
+        }
+        options.trackedNames = snapshot.trackedNames
+        options.maxMessageLength = config.maxPacketSize
+        options.statementNames = statementNames
+        lock.withLock { _linkOptions = (snapshot, user, options) }
+        return options
     }
 
-    /// The server-owned part of the welcome; servers whose facts agree share this instance.
-    var welcomeFacts: ServerFacts? { lock.withLock { _welcomeFacts } }
-    private var _welcomeFacts: ServerFacts?
+    /// ParameterStatus of the pool's first server login: what a new client is welcomed with. Its `facts` (the
+    /// server-owned part) are the instance servers whose facts agree share.
+    var welcome: Welcome? { lock.withLock { _welcome } }
+
+    /// The first server login's parameters become the welcome; later logins leave it as it is.
+    func learnWelcome(_ reported: [(String, String)]) {
+        lock.withLock {
+            guard _welcome == nil else { return }
+            _welcome = Welcome(reported: reported)
+        }
+    }
 
     /// What Shoal knows of the password for server logins in this pool, learned from the config or a client login.
     var serverSecret: ServerLoginSecret {

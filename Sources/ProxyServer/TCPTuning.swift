@@ -6,9 +6,11 @@ import NIOCore
 /// tcp_socket_buffer, and its keepalive keys (0 leaves the kernel's default), so a peer that vanished without a
 /// reset is noticed.
 enum TCPTuning {
-    static func apply(to channel: Channel, config: ShoalConfig) throws {
+    /// `accepted`: a client's socket, which inherits TCP_NODELAY from the listener (NIO's ServerBootstrap sets it
+    /// there), so setting it again would only cost a syscall per connection.
+    static func apply(to channel: Channel, config: ShoalConfig, accepted: Bool = false) throws {
         guard let options = channel.syncOptions else { return }
-        try options.setOption(.tcpOption(.tcp_nodelay), value: 1)
+        if !accepted { try options.setOption(.tcpOption(.tcp_nodelay), value: 1) }
         // tcp_socket_buffer: both buffers fixed (the kernel doubles the figure for its bookkeeping).
         if config.tcpSocketBuffer > 0 {
             let bytes = min(config.tcpSocketBuffer, Int(Int32.max / 2))

@@ -211,6 +211,26 @@ import Testing
         }
     }
 
+    /// Each EventLoop accepts its own clients (a listener per loop on the port, SO_REUSEPORT), yet without
+    /// so_reuseport the port is still this process's alone: a second instance refuses to start, as PgBouncer's.
+    @Test func everyLoopListensButWithoutSoReuseportThePortIsNotShared() async throws {
+        let first = try await ShoalInstance { $0.workerThreads = 2 }
+        defer { Task { await first.stop() } }
+        let port = first.port
+        let listeners = try ProcessRunner.run("ss", ["-tlnH", "( sport = :\(port) )"]).stdout
+            .split(separator: "\n").filter { $0.contains("LISTEN") }
+        #expect(listeners.count == 2, "\(listeners)")
+        for _ in 0..<8 { #expect(try PQConnection(first.conninfo).scalar("select 1") == "1") }
+        do {
+            let second = try await ShoalInstance { $0.workerThreads = 2; $0.listenPort = port }
+            await second.stop()
+            Issue.record("a second instance shared the port without so_reuseport")
+        } catch {
+            #expect("\(error)" == "failed to listen on any address in listen_addr list: 127.0.0.1", "\(error)")
+        }
+        #expect(first.log.contains("listening on 127.0.0.1:\(port)") && !first.log.contains("so_reuseport,"), "\(first.log)")
+    }
+
     /// tcp_keepidle (and its siblings) reach the sockets: with 7 s the kernel's keepalive timer on a client's
     /// connection runs from 7 s, not from the 2-hour default.
     @Test func tcpKeepaliveKeysReachTheSockets() async throws {

@@ -62,6 +62,38 @@ import Testing
     }
 }
 
+@Suite struct Base64Tests {
+    @Test func matchesRFC4648AndFoundation() {
+        let vectors = ["": "", "f": "Zg==", "fo": "Zm8=", "foo": "Zm9v", "foob": "Zm9vYg==", "fooba": "Zm9vYmE=", "foobar": "Zm9vYmFy"]
+        for (plain, encoded) in vectors {
+            #expect(Base64.encodedString(Array(plain.utf8)) == encoded)
+            #expect(Base64.decode(encoded) == Array(plain.utf8))
+        }
+        // Every length up to 3 blocks and every byte value, against Foundation.
+        for length in 0..<50 {
+            let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ length) }
+            #expect(Base64.encodedString(bytes) == Data(bytes).base64EncodedString())
+            #expect(Base64.decode(Data(bytes).base64EncodedString()) == bytes)
+        }
+    }
+
+    @Test func rejectsWhatIsNotPaddedBase64() {
+        for bad in ["Zg", "Zg=", "Z===", "Zm9v!A==", "Zg==Zg==", "Zm=v", "Zh==", "Zm9=", " Zm9v", "Zm9v\n"] {
+            #expect(Base64.decode(bad) == nil, "\(bad)")
+        }
+    }
+}
+
+@Suite struct HMACTests {
+    @Test func matchesRFC4231() {
+        // Test cases 1 (20-byte key) and 6 (a key longer than the block, hashed first).
+        #expect(MD5Password.hex(SCRAM.hmac(key: Array(repeating: 0x0B, count: 20), "Hi There"))
+                == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
+        #expect(MD5Password.hex(SCRAM.hmac(key: Array(repeating: 0xAA, count: 131), "Test Using Larger Than Block-Size Key - Hash Key First"))
+                == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+    }
+}
+
 @Suite struct MD5PasswordTests {
     @Test func matchesPostgreSQL() {
         // Expected values computed independently: 'md5' || md5('secretpw' || 'postgres'), then with salt 01020304.

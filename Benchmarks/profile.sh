@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Where Shoal's CPU goes under one pgbench scenario: a throwaway PostgreSQL, Shoal (release build) in front of
+# it with e2e.sh's settings (transaction mode, pool 20, scram-sha-256 with PostgreSQL's stored verifier), then
+# `perf record -g` on the Shoal process while pgbench runs. Prints the CPU per transaction and the samples split
+# into kernel, NIO, Swift runtime, Shoal, crypto and libc (profile_summary.py), plus the top symbols.
+#
+#   Benchmarks/profile.sh [SECONDS, default 10] [pgbench options, default: -S -C -c 50 -j 2]
+#   SHOAL_BIN=path profiles that binary; PERF_OUT=dir keeps perf.data there; SHOAL_INI='key = value' lines are
+#   added to Shoal's configuration (e.g. SHOAL_INI='worker_threads = 1').
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh >/dev/null
+source scripts/lib/throwaway-postgres.sh
+source scripts/lib/bench-run.sh
+seconds=${1:-10}
+shift || true
+pgbench_args=("$@")
+[ ${#pgbench_args[@]} -gt 0 ] || pgbench_args=(-S -C -c 50 -j 2)
+
+bench_setup profile
+pg_up "$dir/pg" "$pgport" "max_connections=300"
+PGPASSWORD=$PG_PASSWORD pgbench -i -s 1 -q -h 127.0.0.1 -p "$pgport" -U postgres postgres >/dev/null 2>&1
+verifier=$(PGPASSWORD=$PG_PASSWORD psql -X -At -h 127.0.0.1 -p "$pgport" -U postgres -c "select rolpassword from pg_authid where rolname='postgres'" postgres)
+bench_start_shoal <<INI
+default_pool_size = 20
+${SHOAL_INI:-}
+INI
+# As in e2e.sh: the verifier PostgreSQL stores, not the plaintext password bench_start_shoal wrote.
+printf '"postgres" "%s"\n' "$verifier" > "$dir/userlist.txt"
+kill -HUP "$shoal_pid"; sleep 0.5
+
+out=${PERF_OUT:-$dir}
+mkdir -p "$out"
+cpu() { awk '{print $14 + $15}' "/proc/$shoal_pid/stat"; }
+PGPASSWORD=$PG_PASSWORD pgbench -n -h 127.0.0.1 -p "$shoalport" -U postgres -T 2 "${pgbench_args[@]}" postgres >/dev/null 2>&1 # warm-up
+before=$(cpu)
+PGPASSWORD=$PG_PASSWORD pgbench -n -h 127.0.0.1 -p "$shoalport" -U postgres -T "$seconds" "${pgbench_args[@]}" postgres > "$dir/pgbench.txt" 2>&1 &
+bench=$!
+perf record -q -F 2000 -g -p "$shoal_pid" -o "$out/perf.data" -- sleep "$((seconds - 1))" 2>/dev/null
+wait "$bench"
+after=$(cpu)
+done_tx=$(awk '/actually processed/ {print $NF}' "$dir/pgbench.txt")
+tps=$(awk '/^tps/ {print $3; exit}' "$dir/pgbench.txt")
+ticks=$(getconf CLK_TCK)
+echo "pgbench ${pgbench_args[*]} through Shoal, ${seconds} s: $done_tx transactions, $tps tps," \
+     "$(python3 -c "print(f'{($after - $before) / $ticks / $done_tx * 1e6:.1f}')") µs Shoal CPU per transaction (commit $(git rev-parse --short HEAD))"
+perf report -i "$out/perf.data" --no-children --sort sym --stdio -F overhead,sym 2>/dev/null | python3 Benchmarks/profile_summary.py
