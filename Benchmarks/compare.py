@@ -120,8 +120,10 @@ def main():
                     entry["tps"].append(target["requests_per_second"])
                     entry["failed"] += sum(target["errors"].values())
                     entry.setdefault("p99", []).append(target["request"]["p99_us"] / 1000)
-                    if target["requests"]:
-                        entry["cpu_us"].append((after - before) * 1e6 / target["requests"])
+                    if not target["requests"]:
+                        print(f"round {round_number + 1} {scenario} {name}: no request completed, errors {target['errors']}", flush=True)
+                        continue
+                    entry["cpu_us"].append((after - before) * 1e6 / target["requests"])
                     print(f"round {round_number + 1} {scenario:28} {name:10} {target['requests_per_second']:10.0f} req/s, "
                           f"{entry['cpu_us'][-1]:.1f} µs CPU/request, request p99 {target['request']['p99_us'] / 1000:.1f} ms, "
                           f"errors {target['errors']}", flush=True)

@@ -141,9 +141,14 @@ public enum SCRAM {
 
     /// The value of attribute `name` (`name=value`) in a comma-separated SCRAM message, or nil.
     static func attribute(_ name: UInt8, in message: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {
-        for part in message.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
-        where part.count >= 2 && part.first == name && part[part.startIndex + 1] == UInt8(ascii: "=") {
-            return part.dropFirst(2)
+        // A walk, not `split`: that builds an array of every part on each login.
+        var start = message.startIndex
+        while start < message.endIndex {
+            let end = message[start...].firstIndex(of: UInt8(ascii: ",")) ?? message.endIndex
+            if end - start >= 2, message[start] == name, message[start + 1] == UInt8(ascii: "=") {
+                return message[(start + 2)..<end]
+            }
+            start = end + 1
         }
         return nil
     }

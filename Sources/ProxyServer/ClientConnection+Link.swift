@@ -302,8 +302,9 @@ extension ClientConnection {
     func cancelRequested(processID: Int32, secretKey: Int32) {
         // The canceller is closed silently whatever happens, like PgBouncer.
         let target = runtime.cancelRegistry.client(processID: processID, secretKey: secretKey)
-        state = .closed
-        context?.close(promise: nil)
+        // Through the usual clean-up: a cancel connection counts against max_client_conn from accept, is in
+        // the loop's registry and the login watch, and must leave all of them (no log line: still in startup).
+        close(reason: "cancel request")
         guard let target else {
             // Another process's client (peering): send it on.
             return runtime.peers.forward(PeerCancelKey(processID: processID, secretKey: secretKey), on: eventLoop)

@@ -118,6 +118,22 @@ import Configuration
         #expect(try second.scalar("select 2") == "2")
     }
 
+    /// A CancelRequest connection is counted from accept like any other, and must give its place back when it
+    /// closes (it used to be marked closed before the clean-up ran, so each cancel kept a max_client_conn place).
+    @Test func cancelRequestsGiveTheirPlaceBack() async throws {
+        let shoal = try await ShoalInstance { $0.maxClientConn = 2; $0.authType = .trust }
+        defer { Task { await shoal.stop() } }
+        let client = try RawClient(port: shoal.port)
+        let key = try client.loginForKey()
+        for _ in 0..<5 {
+            let canceller = try RawClient(port: shoal.port)
+            try canceller.send(be32(16) + be32(80877102) + be32(Int(UInt32(bitPattern: key.processID))) + be32(Int(UInt32(bitPattern: key.secretKey))))
+            _ = canceller.readAll()
+        }
+        try waitUntil("the cancellers are gone") { shoal.server.runtime.clientCount == 1 }
+        #expect(try PQConnection(shoal.conninfo).scalar("select 'a place is free'") == "a place is free")
+    }
+
     /// query_wait_notify (PgBouncer's, default 5 s): a logged-in client queued that long is told so with a NOTICE,
     /// once, and is served when a server frees.
     @Test func aQueuedClientIsToldAfterQueryWaitNotify() async throws {
