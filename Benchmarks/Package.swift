@@ -22,5 +22,11 @@ let package = Package(
             path: "Benchmarks/HotPaths",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        // nio-floor.sh: what an idle connection costs under NIO alone.
+        .executableTarget(
+            name: "NIOFloor",
+            dependencies: [.product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")],
+            path: "Benchmarks/NIOFloor"
+        ),
     ]
 )

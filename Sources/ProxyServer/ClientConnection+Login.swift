@@ -301,17 +301,11 @@ extension ClientConnection {
     func sendWelcome(_ welcome: Welcome?) {
         guard let context else { return }
         endPendingLogin()
-        let tracked = runtime.snapshot.trackedNames
         var out = context.channel.allocator.buffer(capacity: 512)
-        for entry in welcome?.entries ?? [] {
-            let chosen = link.parameters.value(forKey: entry.key)
-            // Tracked parameters the client did not choose start at the server defaults; one it chose with the
-            // same value spelled differently ("utf8") takes the server's canonical spelling.
-            if tracked.contains(entry.key), chosen == nil || chosen!.lowercased() == entry.value.lowercased() {
-                link.parameters.set(key: entry.key, name: entry.name, entry.value)
-                out.writeParameterStatus(name: entry.name, value: entry.value)
-            } else {
-                out.writeParameterStatus(name: entry.name, value: chosen ?? entry.value)
+        if let welcome {
+            link.parameters = welcome.welcomedParameters(client: link.parameters, tracked: runtime.snapshot.trackedNames)
+            for entry in welcome.entries {
+                out.writeParameterStatus(name: entry.name, value: link.parameters.value(forKey: entry.key) ?? entry.value)
             }
         }
         link.facts = welcome?.facts

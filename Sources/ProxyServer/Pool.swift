@@ -101,10 +101,10 @@ final class Pool: @unchecked Sendable {
     var welcome: Welcome? { lock.withLock { _welcome } }
 
     /// The first server login's parameters become the welcome; later logins leave it as it is.
-    func learnWelcome(_ reported: [(String, String)]) {
+    func learnWelcome(_ reported: [(String, String)], tracked: Set<String>) {
         lock.withLock {
             guard _welcome == nil else { return }
-            _welcome = Welcome(reported: reported)
+            _welcome = Welcome(reported: reported, tracked: tracked)
         }
     }
 

@@ -446,7 +446,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         for (name, value) in login.parameters where tracked.contains(name.lowercased()) {
             session.parameters.set(name, value)
         }
-        pool.learnWelcome(login.parameters)
+        pool.learnWelcome(login.parameters, tracked: tracked)
         let reported = ServerFacts(reported: login.parameters)
         if let shared = pool.welcome?.facts, shared.sameValues(as: reported) { session.facts = shared } else { session.facts = reported }
         let action = pool.withState { $0.connected(self, loop: loopIndex, createdAt: createdAt, now: NIODeadline.now().uptimeNanoseconds) }

@@ -626,3 +626,36 @@ extension ClientStatements.Rewrite: Equatable {
         #expect(PeerCancelKey(processID: 5, secretKey: 9).peerID == 0)
     }
 }
+
+@Suite struct WelcomeTests {
+    let reported = [("application_name", ""), ("client_encoding", "UTF8"), ("DateStyle", "ISO, MDY"), ("server_version", "15.18"),
+                    ("TimeZone", "UTC"), ("standard_conforming_strings", "on")]
+    let tracked: Set<String> = ["client_encoding", "datestyle", "timezone", "standard_conforming_strings", "application_name"]
+
+    @Test func aClientThatChoseNothingGetsTheServersTrackedValues() {
+        let welcome = Welcome(reported: reported, tracked: tracked)
+        let parameters = welcome.welcomedParameters(client: ParameterSet(), tracked: tracked)
+        #expect(parameters["TimeZone"] == "UTC" && parameters["client_encoding"] == "UTF8" && parameters["application_name"] == "")
+        #expect(parameters["server_version"] == nil, "server-owned, not tracked")
+    }
+
+    @Test func theClientsOwnChoicesStayAndSpellingsFollowTheServer() {
+        var client = ParameterSet()
+        client.set("application_name", "moodle")
+        client.set("client_encoding", "utf8")
+        client.set("TimeZone", "Europe/Paris")
+        let welcome = Welcome(reported: reported, tracked: tracked)
+        let parameters = welcome.welcomedParameters(client: client, tracked: tracked)
+        #expect(parameters["application_name"] == "moodle")
+        #expect(parameters["client_encoding"] == "UTF8", "the same value spelled differently takes the server's spelling")
+        #expect(parameters["timezone"] == "Europe/Paris")
+        #expect(parameters["DateStyle"] == "ISO, MDY")
+        // After a RELOAD that tracks another name, the slow path gives the same answer plus the new name.
+        var more = tracked
+        more.insert("server_version")
+        let reloaded = welcome.welcomedParameters(client: client, tracked: more)
+        #expect(reloaded["application_name"] == "moodle" && reloaded["client_encoding"] == "UTF8" && reloaded["timezone"] == "Europe/Paris")
+        #expect(reloaded["server_version"] == "15.18")
+        #expect(reloaded == { var copy = parameters; copy.set("server_version", "15.18"); return copy }())
+    }
+}
