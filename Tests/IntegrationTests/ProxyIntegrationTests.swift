@@ -160,13 +160,21 @@ import Testing
     }
 
     @Test func closedClientsAreFreed() async throws {
-        let shoal = try await ShoalInstance()
+        let shoal = try await ShoalInstance { $0.adminUsers = ["postgres"] }
         defer { Task { await shoal.stop() } }
         #expect(try PQConnection(shoal.conninfo).scalar("select 1") == "1")
         try await Task.sleep(nanoseconds: 300_000_000)
         let before = ShoalRuntime.clientObjectsAlive
-        // Connect per request, like PHP.
+        // Connect per request, like PHP. The registries hold clients strongly (the cancel registry too), so
+        // every way out must let go: a normal logout, a console session, a wrong password, a cancel request.
         for _ in 0..<40 { _ = try PQConnection(shoal.conninfo).scalar("select 1") }
+        _ = try PQConnection(shoal.consoleConninfo()).query("SHOW VERSION")
+        _ = refusal("\(shoal.conninfo) password=wrong")
+        for _ in 0..<3 {
+            let canceller = try RawClient(port: shoal.port)
+            try canceller.send(be32(16) + be32(80877102) + be32(1234) + be32(5678))
+            _ = canceller.readAll()
+        }
         try await Task.sleep(nanoseconds: 500_000_000)
         #expect(ShoalRuntime.clientObjectsAlive <= before, "\(ShoalRuntime.clientObjectsAlive - before) closed clients still in memory")
     }
