@@ -30,7 +30,9 @@ bench_binaries
 
 dir=$(mktemp -d /tmp/shoal-bench.XXXXXX)
 chmod 755 "$dir"
-pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1)); bouncerport=$((pgport + 2)); nopinport=$((pgport + 3))
+# Below the kernel's ephemeral range (32768+): a port a client connection of an earlier run still holds
+# (TIME_WAIT after thousands of connects) cannot be listened on, which made back-to-back runs fail to start.
+pgport=$((20000 + RANDOM % 12000)); shoalport=$((pgport + 1)); bouncerport=$((pgport + 2)); nopinport=$((pgport + 3))
 baseport=$((pgport + 4))
 cleanup() {
     [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true

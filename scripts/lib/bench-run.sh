@@ -19,7 +19,8 @@ bench_setup() {
     bench_binaries
     dir=$(mktemp -d "/tmp/shoal-$1.XXXXXX")
     chmod 755 "$dir"
-    pgport=$((30000 + RANDOM % 10000)); shoalport=$((pgport + 1))
+    # Below the ephemeral range (32768+), where an earlier run's client ports may still be held (TIME_WAIT).
+    pgport=$((20000 + RANDOM % 12000)); shoalport=$((pgport + 1))
     trap bench_cleanup EXIT
     ulimit -n "$(ulimit -Hn)"
 }
