@@ -124,13 +124,19 @@ private func probePortIsFree(host: String, port: Int) throws {
     let address = try SocketAddress(ipAddress: host, port: port)
     let ipv6 = address.protocol == .inet6
     let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+    guard fd >= 0 else { throw PortProbeFailure(code: errno) }
     defer { close(fd) }
     var one: Int32 = 1
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
     if ipv6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size)) }
     let result = address.withSockAddr { Glibc.bind(fd, $0, socklen_t($1)) }
-    if result != 0 { throw IOError(errnoCode: errno, reason: "bind") }
+    if result != 0 { throw PortProbeFailure(code: errno) }
+}
+
+/// The probe's bind failed: logged as `cannot listen on host:port: bind: Address already in use (errno: 98)`.
+private struct PortProbeFailure: Error, CustomStringConvertible {
+    let code: Int32
+    var description: String { "bind: \(String(cString: strerror(code))) (errno: \(code))" }
 }
 
 public enum ListenerError: Error, CustomStringConvertible {
