@@ -62,8 +62,8 @@ server_tls_sslmode = require"
 fi
 pg_up "$dir" "$pgport" "max_connections=300" "${tls_settings[@]}"
 ulimit -n "$(ulimit -Hn)"
-verifier=$(PGPASSWORD=$PG_PASSWORD psql -X -At -h 127.0.0.1 -p "$pgport" -U postgres -c "select rolpassword from pg_authid where rolname='postgres'" postgres)
 # Both poolers get the same userlist: the SCRAM verifier PostgreSQL stores, as a real deployment would.
+verifier=$(bench_stored_verifier)
 printf '"postgres" "%s"\n' "$verifier" > "$dir/userlist.txt"
 for who in shoal pgbouncer; do
     port=$shoalport; [ "$who" = pgbouncer ] && port=$bouncerport

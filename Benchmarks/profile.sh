@@ -20,14 +20,12 @@ pgbench_args=("$@")
 bench_setup profile
 pg_up "$dir/pg" "$pgport" "max_connections=300"
 PGPASSWORD=$PG_PASSWORD pgbench -i -s 1 -q -h 127.0.0.1 -p "$pgport" -U postgres postgres >/dev/null 2>&1
-verifier=$(PGPASSWORD=$PG_PASSWORD psql -X -At -h 127.0.0.1 -p "$pgport" -U postgres -c "select rolpassword from pg_authid where rolname='postgres'" postgres)
+# As in e2e.sh: the verifier PostgreSQL stores, not the plaintext password.
+bench_secret=$(bench_stored_verifier)
 bench_start_shoal <<INI
 default_pool_size = 20
 ${SHOAL_INI:-}
 INI
-# As in e2e.sh: the verifier PostgreSQL stores, not the plaintext password bench_start_shoal wrote.
-printf '"postgres" "%s"\n' "$verifier" > "$dir/userlist.txt"
-kill -HUP "$shoal_pid"; sleep 0.5
 
 out=${PERF_OUT:-$dir}
 mkdir -p "$out"

@@ -11,7 +11,6 @@ extension ClientConnection {
     func startConsole(access: AdminSession.Access) {
         guard let context else { return }
         endLoginState()
-        endPendingLogin()
         let key = runtime.registerCancelKey(for: self)
         cancelKey = key
         state = .console

@@ -300,7 +300,6 @@ extension ClientConnection {
 
     func sendWelcome(_ welcome: Welcome?) {
         guard let context else { return }
-        endPendingLogin()
         var out = context.channel.allocator.buffer(capacity: 512)
         if let welcome {
             link.parameters = welcome.welcomedParameters(client: link.parameters, tracked: runtime.snapshot.trackedNames)

@@ -176,10 +176,12 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         fatal(state == .waitingForWelcome ? "client_login_timeout (server down)" : "client_login_timeout")
     }
 
-    /// The login is over (welcomed, the console, or closed): what only the login needed goes.
+    /// The login is over (welcomed, the console, or closed): what only the login needed goes, the login watch
+    /// lets go and the address's pending count drops.
     func endLoginState() {
         if loginState?.watchedForTimeout == true { runtime.sweepers[loopIndex].loginEnded(self) }
         loginState = nil
+        endPendingLogin()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -228,7 +230,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     // MARK: Closing
 
     /// The login phase is over (logged in, or gone): the address's pending count drops.
-    func endPendingLogin() {
+    private func endPendingLogin() {
         guard pendingLogin else { return }
         pendingLogin = false
         runtime.loginEnded(from: remoteHost)
@@ -263,7 +265,6 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
             runtime.consoleSessionEnded()
         }
         endLoginState()
-        endPendingLogin()
         if registeredWithSweeper { runtime.sweepers[loopIndex].remove(self) }
         if counted { runtime.clientLeft(); counted = false }
         if countedPerDatabaseAndUser {

@@ -5,8 +5,8 @@ import Logging
 import NIOCore
 import NIOPosix
 
-/// Binds the TCP and Unix-socket listeners and starts one `ClientConnection` per accepted socket.
-/// Accepted channels are spread over the EventLoops by NIO; each client stays on its loop for life.
+/// Binds the TCP and Unix-socket listeners and starts one `ClientConnection` per accepted socket; each client
+/// stays on the loop that accepted it for life.
 ///
 /// Every EventLoop gets a TCP listener of its own on each address and port (SO_REUSEPORT), so the kernel spreads
 /// the connections over the loops and each accepts its own: an accept funnelled through one loop hands every
@@ -119,7 +119,8 @@ public enum Listener {
 }
 
 /// Fails with EADDRINUSE if any socket listens on `host:port`: a socket bound there without SO_REUSEPORT
-/// conflicts with every listener (with SO_REUSEADDR, connections in TIME_WAIT do not count), and is closed at once.
+/// conflicts with every listener, and is closed at once. With SO_REUSEADDR, connections an earlier listener on
+/// the port accepted and left in TIME_WAIT do not count (a restart is not refused).
 private func probePortIsFree(host: String, port: Int) throws {
     let address = try SocketAddress(ipAddress: host, port: port)
     let ipv6 = address.protocol == .inet6

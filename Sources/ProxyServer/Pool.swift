@@ -38,7 +38,9 @@ final class Pool: @unchecked Sendable {
 
     /// Which hosts this pool's servers may be on: the read-only listener's pools prefer replicas, other pools
     /// follow their entry's target_session_attrs (nil: `any`).
-    var target: TargetSessionAttrs {
+    var target: TargetSessionAttrs { target(of: database) }
+
+    private func target(of database: DatabaseEntry) -> TargetSessionAttrs {
         if key.readOnly { return .preferStandby }
         return database.targetSessionAttrs ?? .any
     }
@@ -70,15 +72,25 @@ final class Pool: @unchecked Sendable {
     /// than on every login (PHP connects per request), since building them reads a dozen settings, the user's
     /// entry and the pool's mode and target, each under a lock.
     func linkOptions(user: String, snapshot: ConfigSnapshot, statementNames: StatementNames) -> LinkStateMachine.Options {
-        if let cached = lock.withLock({ _linkOptions }), cached.snapshot === snapshot, cached.user == user {
-            return cached.options
+        // One lock for the look-up, the pool's settings and the store: a RELOAD's `update` in between would
+        // otherwise be overwritten by options built from the settings it replaced.
+        lock.withLock {
+            if let cached = _linkOptions, cached.snapshot === snapshot, cached.user == user { return cached.options }
+            let options = Self.makeLinkOptions(user: user, snapshot: snapshot, mode: state.settings.mode,
+                                               watchesReadOnly: _routed && target(of: _database).wantsWriterOnly,
+                                               statementNames: statementNames)
+            _linkOptions = (snapshot, user, options)
+            return options
         }
+    }
+
+    private static func makeLinkOptions(user: String, snapshot: ConfigSnapshot, mode: PoolMode, watchesReadOnly: Bool,
+                                        statementNames: StatementNames) -> LinkStateMachine.Options {
         let config = snapshot.config
-        let mode = settings.mode
         let userEntry = config.users[user]
         var options = LinkStateMachine.Options(mode: mode, detectsSessionState: config.pinSessionState,
                                                preparedCapacity: config.maxPreparedStatements,
-                                               watchesReadOnly: routed && target.wantsWriterOnly)
+                                               watchesReadOnly: watchesReadOnly)
         options.queryTimeout = userEntry?.queryTimeout ?? config.queryTimeout
         options.idleTransactionTimeout = userEntry?.idleTransactionTimeout ?? config.idleTransactionTimeout
         options.clientIdleTimeout = userEntry?.clientIdleTimeout ?? config.clientIdleTimeout
@@ -92,7 +104,6 @@ final class Pool: @unchecked Sendable {
         options.trackedNames = snapshot.trackedNames
         options.maxMessageLength = config.maxPacketSize
         options.statementNames = statementNames
-        lock.withLock { _linkOptions = (snapshot, user, options) }
         return options
     }
 

@@ -73,18 +73,17 @@ import Testing
         // Deadlines are kept by each loop's sweeper (no timer per connection); each stalled stage must still end.
         let shoal = try await ShoalInstance { $0.clientLoginTimeout = 1 }
         defer { Task { await shoal.stop() } }
-        func stalled(_ bytes: [UInt8]) throws -> (code: String, message: String)? {
+        func stalled(_ start: (RawClient) throws -> Void = { _ in }) throws -> (code: String, message: String)? {
             let client = try RawClient(port: shoal.port, receiveTimeout: 6)
-            if !bytes.isEmpty { try client.send(bytes) }
+            try start(client)
             return errorMessage(client.readAll())
         }
-        let silent = try stalled([])
+        let silent = try stalled()
         #expect(silent?.message == "client_login_timeout", "\(String(describing: silent))")
-        let halfStartup = try stalled(int32(40) + int32(196608) + Array("user\0po".utf8))
+        let halfStartup = try stalled { try $0.send(self.int32(40) + self.int32(196608) + Array("user\0po".utf8)) }
         #expect(halfStartup?.message == "client_login_timeout", "\(String(describing: halfStartup))")
         // A whole startup packet, then no answer to the SASL request.
-        let startup = Array("user\0postgres\0database\0postgres\0\0".utf8)
-        let midAuthentication = try stalled(int32(Int32(8 + startup.count)) + int32(196608) + startup)
+        let midAuthentication = try stalled { try $0.sendStartup() }
         #expect(midAuthentication?.message == "client_login_timeout", "\(String(describing: midAuthentication))")
         #expect(try PQConnection(shoal.conninfo).scalar("select 'served'") == "served")
     }

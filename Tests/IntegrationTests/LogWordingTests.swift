@@ -54,9 +54,7 @@ import Testing
         defer { Task { await shoal.stop() } }
         for user in ["postgres", "nobody_here"] {
             let client = try RawClient(port: shoal.port)
-            var body = be32(196608)
-            for (key, value) in [("user", user), ("database", "postgres")] { body += Array(key.utf8) + [0] + Array(value.utf8) + [0] }
-            try client.send(be32(body.count + 5) + body + [0])
+            try client.sendStartup(user: user)
             _ = try client.readUntil(UInt8(ascii: "R")) // AuthenticationSASL
             let first = Array("n,,n=,r=fyko+d2lbbFgONRv9qkxdawL".utf8)
             let mechanism = Array("SCRAM-SHA-256".utf8) + [0]

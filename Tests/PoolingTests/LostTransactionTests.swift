@@ -1,3 +1,4 @@
+import LinkModel
 import NIOCore
 import Pooling
 import PostgresWire
@@ -55,12 +56,7 @@ import Testing
         #expect(answer(&simple) { $0.writeQuery("COMMIT") }.messages == ["E:08006", "Z:I"])
         #expect(simple.ended)
         var extended = lostInBlock(errorSent: false)
-        let batch = answer(&extended) {
-            $0.writePostgresMessage(FrontendMessage.parse) { $0.writeCString(""); $0.writeCString("COMMIT"); $0.writeInteger(Int16(0)) }
-            $0.writePostgresMessage(FrontendMessage.bind) { $0.writeCString(""); $0.writeCString(""); $0.writeInteger(Int32(0)); $0.writeInteger(Int16(0)) }
-            $0.writePostgresMessage(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) }
-            $0.writePostgresMessage(FrontendMessage.sync) { _ in }
-        }
+        let batch = answer(&extended) { $0.writeExtendedBatch("COMMIT") }
         #expect(batch.messages == ["E:08006", "Z:I"])
         #expect(extended.ended)
         // A ROLLBACK needs no error: the client wanted the transaction gone.
@@ -78,19 +74,9 @@ import Testing
 
     @Test func extendedBatchesFailOnceUpToSyncAndAnExtendedRollbackEndsIt() {
         var lost = lostInBlock()
-        let batch = answer(&lost) {
-            $0.writePostgresMessage(FrontendMessage.parse) { $0.writeCString(""); $0.writeCString("SELECT $1"); $0.writeInteger(Int16(0)) }
-            $0.writePostgresMessage(FrontendMessage.bind) { $0.writeCString(""); $0.writeCString(""); $0.writeInteger(Int32(0)); $0.writeInteger(Int16(0)) }
-            $0.writePostgresMessage(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) }
-            $0.writePostgresMessage(FrontendMessage.sync) { _ in }
-        }
+        let batch = answer(&lost) { $0.writeExtendedBatch("SELECT $1") }
         #expect(batch.messages == ["E:25P02", "Z:E"])
-        let rollback = answer(&lost) {
-            $0.writePostgresMessage(FrontendMessage.parse) { $0.writeCString(""); $0.writeCString("ROLLBACK"); $0.writeInteger(Int16(0)) }
-            $0.writePostgresMessage(FrontendMessage.bind) { $0.writeCString(""); $0.writeCString(""); $0.writeInteger(Int32(0)); $0.writeInteger(Int16(0)) }
-            $0.writePostgresMessage(FrontendMessage.execute) { $0.writeCString(""); $0.writeInteger(Int32(0)) }
-            $0.writePostgresMessage(FrontendMessage.sync) { _ in }
-        }
+        let rollback = answer(&lost) { $0.writeExtendedBatch("ROLLBACK") }
         #expect(rollback.messages == ["1", "2", "C:ROLLBACK", "Z:I"])
         #expect(lost.ended)
     }
@@ -110,5 +96,13 @@ import Testing
         var lost = lostInBlock()
         let result = answer(&lost) { $0.writeTerminate() }
         #expect(result.messages.isEmpty && result.consumed == 0)
+    }
+}
+
+extension ByteBuffer {
+    /// Parse, Bind, Execute, Sync of `sql` on the unnamed statement and portal, as drivers send one statement.
+    mutating func writeExtendedBatch(_ sql: String) {
+        var batch = Wire.join(Wire.parse("", sql), Wire.bind(""), Wire.execute(), Wire.sync())
+        writeBuffer(&batch)
     }
 }

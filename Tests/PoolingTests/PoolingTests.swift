@@ -200,14 +200,20 @@ final class FakeClient {}
         #expect(pool.waitingCount == 1)
     }
 
+    /// A pool whose one server, `server`, was dialed on `loop`, used and released: idle there.
+    func poolWithIdleServer(_ server: FakeServer, on loop: Int, poolSize: Int) -> PoolState<FakeServer, FakeClient> {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: poolSize))
+        _ = pool.leaseRequested(by: FakeClient(), loop: loop, now: 0)
+        _ = pool.connected(server, loop: loop, createdAt: 0, now: 0)
+        _ = pool.released(server, loop: loop, createdAt: 0, reusable: true, now: 1)
+        return pool
+    }
+
     @Test func aRefusedDialLetsAnIdleServerOnAnotherLoopServeTheWaiter() {
         // The lease prefers dialing on its own loop; when a shared limit refuses that dial, the idle server on
         // the other loop must serve the client now (it used to wait for server_check_delay to free it).
-        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 4))
         let a = FakeServer()
-        _ = pool.leaseRequested(by: FakeClient(), loop: 1, now: 0)
-        _ = pool.connected(a, loop: 1, createdAt: 0, now: 0)
-        _ = pool.released(a, loop: 1, createdAt: 0, reusable: true, now: 1)
+        var pool = poolWithIdleServer(a, on: 1, poolSize: 4)
         let client = FakeClient()
         guard case .connectAndWait(loop: 0) = pool.leaseRequested(by: client, loop: 0, now: 2) else { Issue.record("want dial"); return }
         let served = pool.connectDeferred()
@@ -218,11 +224,8 @@ final class FakeClient {}
     @Test func aFullPoolServesTheClientWithoutADialFromAnIdleServerOnAnotherLoop() {
         // One server idle on loop 0; two clients on loop 1 each dial rather than take it, which fills the pool.
         // The third client has no dial coming: it must get the idle server instead of waiting for a release.
-        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 3))
         let a = FakeServer()
-        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
-        _ = pool.connected(a, loop: 0, createdAt: 0, now: 0)
-        _ = pool.released(a, loop: 0, createdAt: 0, reusable: true, now: 1)
+        var pool = poolWithIdleServer(a, on: 0, poolSize: 3)
         guard case .connectAndWait(loop: 1) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want dial"); return }
         guard case .connectAndWait(loop: 1) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want dial"); return }
         guard case .use(let chosen) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want use"); return }

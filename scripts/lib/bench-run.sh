@@ -3,7 +3,10 @@
 #   bench_setup NAME      bench_binaries, then a scratch folder `dir`, `pgport`, `shoalport`, and a cleanup that
 #                         stops Shoal and PostgreSQL on exit
 #   bench_start_shoal     starts Shoal in front of $pgport with transaction pooling, scram-sha-256 and the
-#                         settings on its standard input (pgbouncer.ini lines); sets shoal_pid and conninfo
+#                         settings on its standard input (pgbouncer.ini lines); sets shoal_pid and conninfo. The
+#                         auth file holds $bench_secret (default: the plaintext password)
+#   bench_stored_verifier prints the SCRAM verifier PostgreSQL on $pgport stores for postgres (what a real
+#                         deployment's userlist holds)
 bench_binaries() {
     if [ -n "${SHOAL_BIN:-}" ]; then
         shoal_bin=$SHOAL_BIN
@@ -49,9 +52,14 @@ log_disconnections = 0
 INI
         cat
     } > "$dir/shoal.ini"
-    echo "\"postgres\" \"$PG_PASSWORD\"" > "$dir/userlist.txt"
+    printf '"postgres" "%s"\n' "${bench_secret:-$PG_PASSWORD}" > "$dir/userlist.txt"
     "$shoal_bin" -q "$dir/shoal.ini" 2> "$dir/shoal.log" &
     shoal_pid=$!
     wait_port "$shoalport"
     conninfo="host=127.0.0.1 port=$shoalport dbname=postgres user=postgres password=$PG_PASSWORD sslmode=disable"
+}
+
+bench_stored_verifier() {
+    PGPASSWORD=$PG_PASSWORD psql -X -At -h 127.0.0.1 -p "$pgport" -U postgres \
+        -c "select rolpassword from pg_authid where rolname='postgres'" postgres
 }

@@ -23,11 +23,16 @@ final class RawClient {
         guard sent == bytes.count else { throw TestFailure("short send") }
     }
 
-    func login(user: String = "postgres", database: String = "postgres") throws {
+    /// Sends a protocol 3.0 startup packet.
+    func sendStartup(user: String = "postgres", database: String = "postgres") throws {
         var body = be32(196608)
         for (key, value) in [("user", user), ("database", database)] { body += Array(key.utf8) + [0] + Array(value.utf8) + [0] }
         body += [0]
         try send(be32(body.count + 4) + body)
+    }
+
+    func login(user: String = "postgres", database: String = "postgres") throws {
+        try sendStartup(user: user, database: database)
         _ = try readUntilReady()
     }
 
@@ -51,10 +56,7 @@ final class RawClient {
 
     /// Logs in (trust) and returns the BackendKeyData it was given.
     func loginForKey(user: String = "postgres", database: String = "postgres") throws -> (processID: Int32, secretKey: Int32) {
-        var body = be32(196608)
-        for (key, value) in [("user", user), ("database", database)] { body += Array(key.utf8) + [0] + Array(value.utf8) + [0] }
-        body += [0]
-        try send(be32(body.count + 4) + body)
+        try sendStartup(user: user, database: database)
         let bytes = try readBytesUntilReady()
         var index = 0
         while index + 5 <= bytes.count {
