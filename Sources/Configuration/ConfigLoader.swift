@@ -49,6 +49,7 @@ public struct ConfigLoader {
         guard sawMain else {
             throw ConfigDiagnostic(.error, file: path, line: 0, "load_init_file: main section missing from config file")
         }
+        try Self.checkAuthentication(&config, file: path, warnings: &warnings, read: reader.fileLoader)
         return Result(config: config, warnings: warnings)
     }
 
@@ -84,7 +85,7 @@ public struct ConfigLoader {
     nonisolated(unsafe) private static let keys: [String: Kind] = [
         "listen_addr": .list(\.listenAddr), "listen_port": .int(\.listenPort), "unix_socket_dir": .string(\.unixSocketDir),
         "listen_backlog": .int(\.listenBacklog),
-        "auth_type": .authType, "auth_file": .optionalString(\.authFile), "auth_user": .optionalString(\.authUser),
+        "auth_type": .authType, "auth_file": .optionalString(\.authFile), "auth_hba_file": .optionalString(\.authHbaFile), "auth_user": .optionalString(\.authUser),
         "auth_query": .string(\.authQuery), "auth_dbname": .optionalString(\.authDbname),
         "admin_users": .list(\.adminUsers), "stats_users": .list(\.statsUsers),
         "pool_mode": .poolMode, "max_client_conn": .int(\.maxClientConn), "default_pool_size": .int(\.defaultPoolSize),
@@ -146,7 +147,7 @@ public struct ConfigLoader {
         "stats_users_prefix": .unsupported, "suspend_timeout": .unsupported,
         "syslog": .unsupported, "syslog_facility": .unsupported, "syslog_ident": .unsupported,
         "tcp_defer_accept": .unsupported,
-        "user": .unsupported, "auth_hba_file": .unsupported, "auth_ident_file": .unsupported, "auth_ldap_options": .unsupported,
+        "user": .unsupported, "auth_ident_file": .unsupported, "auth_ldap_options": .unsupported,
     ]
 
     static func apply(_ entry: IniEntry, to config: inout ShoalConfig, warnings: inout [ConfigDiagnostic]) throws(ConfigDiagnostic) {
@@ -183,12 +184,6 @@ public struct ConfigLoader {
         case .authType:
             guard let type = AuthType(rawValue: value.lowercased()) else {
                 throw bad("any, trust, plain, md5, cert, hba or scram-sha-256")
-            }
-            guard type != .hba && type != .cert else {
-                // Refused wherever a config is read — start-up, RELOAD/SIGHUP, SET, --check — so it can never
-                // fail open: accepting it would let everyone in by password with none of its rules applied.
-                throw ConfigDiagnostic(.error, file: entry.file, line: entry.line, key: entry.key,
-                                       "auth_type \(type.rawValue) is not supported by Shoal yet (no HBA or certificate rules)")
             }
             config.authType = type
         case .sslmode(let path):
@@ -282,7 +277,38 @@ public struct ConfigLoader {
             throw ConfigDiagnostic(.error, file: "SET", line: 0, key: key, "parameter \(key) cannot be changed online")
         }
         var warnings: [ConfigDiagnostic] = []
-        try apply(IniEntry(section: "pgbouncer", key: key, value: value, file: "SET", line: 0), to: &config, warnings: &warnings)
+        var changed = config
+        try apply(IniEntry(section: "pgbouncer", key: key, value: value, file: "SET", line: 0), to: &changed, warnings: &warnings)
+        if key.hasPrefix("auth_") || key.hasPrefix("client_tls") { try checkAuthentication(&changed, file: "SET", warnings: &warnings) }
+        config = changed
+    }
+
+    /// What auth_type needs, checked wherever a config is read — start-up, RELOAD/SIGHUP, SET, --check — so a
+    /// config Shoal would refuse at start-up is refused everywhere, and the running one kept: `hba` reads its rules
+    /// here (a missing or bad file is refused, never run as "no rules"), `cert` needs verified client certificates.
+    static func checkAuthentication(_ config: inout ShoalConfig, file: String, warnings: inout [ConfigDiagnostic],
+                                    read: @escaping IniReader.FileLoader = { try String(contentsOfFile: $0, encoding: .utf8) }) throws(ConfigDiagnostic) {
+        let verifiesClients = config.clientTLSSSLMode == "verify-ca" || config.clientTLSSSLMode == "verify-full"
+        switch config.authType {
+        case .hba:
+            guard let path = config.authHbaFile else {
+                throw ConfigDiagnostic(.error, file: file, line: 0, key: "auth_type", "auth_type = hba needs auth_hba_file")
+            }
+            let rules = try HBARules.load(path: path, read: read)
+            if !verifiesClients, let rule = rules.rules.first(where: { $0.method == .cert }) {
+                warnings.append(ConfigDiagnostic(.warning, file: rule.file, line: rule.line, key: "auth_hba_file",
+                                                 "cert rules need client_tls_sslmode = verify-ca or verify-full; logins they match will fail"))
+            }
+            config.hbaRules = rules
+        case .cert:
+            guard verifiesClients else {
+                throw ConfigDiagnostic(.error, file: file, line: 0, key: "auth_type",
+                                       "auth_type = cert needs client_tls_sslmode = verify-ca or verify-full (a client certificate Shoal verifies)")
+            }
+            config.hbaRules = nil
+        default:
+            config.hbaRules = nil
+        }
     }
 
     private static func render(_ key: String, _ config: ShoalConfig) -> String? {

@@ -43,6 +43,9 @@ public struct IniReader {
         self.load = load
     }
 
+    /// How this reader reads files (the files a config names, such as auth_hba_file, are read the same way).
+    public var fileLoader: FileLoader { load }
+
     public func read(path: String) throws(ConfigDiagnostic) -> [IniEntry] {
         var entries: [IniEntry] = []
         var section = ""

@@ -29,6 +29,9 @@ public struct ShoalConfig: Sendable {
     // MARK: Authentication
     public var authType: AuthType = .md5
     public var authFile: String?
+    /// auth_hba_file, and its rules as read when the config was loaded or SET (auth_type = hba only).
+    public var authHbaFile: String?
+    public var hbaRules: HBARules?
     public var authUser: String?
     public var authQuery = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
     public var authDbname: String?

@@ -161,21 +161,27 @@ extension ClientConnection {
             return startConsole(access: .admin)
         }
         let secret = runtime.userList.secrets[user]
+        let authType: AuthType
+        switch hostBasedAuthType(snapshot.config) {
+        case .refused: return
+        case .proven: return beginAuthentication(secret: secret, authType: .trust, snapshot: snapshot)
+        case .authType(let type): authType = type
+        }
         let authUser = databaseEntry?.authUser ?? snapshot.config.authUser
-        if secret == nil, let database = databaseEntry, authUser != nil, snapshot.config.authType != .any {
+        if secret == nil, let database = databaseEntry, authUser != nil, authType != .any {
             // Not in the auth file: ask the database (auth_query as auth_user), then authenticate. Under trust too:
             // trust skips the password, not the question whether the user exists (PgBouncer's rule).
             AuthLookups.lookUp(user: user, database: database, runtime: runtime, on: eventLoop) { [weak self] outcome in
                 guard let self, self.state == .authenticating else { return }
                 switch outcome {
                 case .found(let secret):
-                    self.beginAuthentication(secret: secret ?? "", snapshot: snapshot)
+                    self.beginAuthentication(secret: secret ?? "", authType: authType, snapshot: snapshot)
                 case .noSuchUser:
                     self.logger.info("no such user: \(self.user)")
                     // Under trust there is no password to fail; otherwise the exchange runs against a throwaway
                     // secret and fails as a wrong password does, so an unknown name cannot be told from a real one.
-                    if snapshot.config.authType == .trust { return self.fatal("no such user", code: "28000") }
-                    self.beginAuthentication(secret: nil, snapshot: snapshot)
+                    if authType == .trust { return self.fatal("no such user", code: "28000") }
+                    self.beginAuthentication(secret: nil, authType: authType, snapshot: snapshot)
                 case .failed(let message):
                     self.logger.error("\(message)")
                     self.fatal("bouncer config error")
@@ -183,18 +189,18 @@ extension ClientConnection {
             }
             return
         }
-        if snapshot.config.authType == .trust, snapshot.config.authFile != nil, secret == nil, authUser == nil {
+        if authType == .trust, snapshot.config.authFile != nil, secret == nil, authUser == nil {
             return fatal("\"trust\" authentication failed", code: "28000")
         }
-        if secret == nil && snapshot.config.authType != .trust && snapshot.config.authType != .any {
+        if secret == nil && authType != .trust && authType != .any {
             logger.info("no such user: \(user)")
         }
-        beginAuthentication(secret: secret, snapshot: snapshot)
+        beginAuthentication(secret: secret, authType: authType, snapshot: snapshot)
     }
 
-    func beginAuthentication(secret: String?, snapshot: ConfigSnapshot) {
+    func beginAuthentication(secret: String?, authType: AuthType, snapshot: ConfigSnapshot) {
         authSecret = secret
-        var machine = ClientAuthMachine(authType: snapshot.config.authType, user: user, secret: secret,
+        var machine = ClientAuthMachine(authType: authType, user: user, secret: secret,
                                         parsedVerifier: secret.flatMap(runtime.parsedVerifier),
                                         scramIterations: snapshot.config.scramIterations, salts: runtime.salts,
                                         verifierCache: { [runtime] in runtime.scramVerifier(user: $0, password: $1) })

@@ -65,20 +65,34 @@ import Testing
         }
     }
 
-    /// auth_type hba/cert are refused by the loader itself, so start-up, RELOAD, SET and --check all refuse them
-    /// (they used to be refused at start-up only, and a reload then admitted everyone by password).
-    @Test func authTypesShoalCannotEnforceAreRefusedEverywhere() throws {
-        for type in ["hba", "cert"] {
+    /// What auth_type hba/cert need is checked by the loader itself, so start-up, RELOAD, SET and --check refuse
+    /// the same configs (hba used to be accepted by a reload and then let everyone in by password).
+    @Test func hbaAndCertAreCheckedWhereverAConfigIsRead() throws {
+        let refused: [(files: [String: String], line: Int, key: String, text: String)] = [
+            (["a.ini": "[pgbouncer]\nauth_type = hba\n"], 0, "auth_type", "needs auth_hba_file"),
+            (["a.ini": "[pgbouncer]\nauth_type = hba\nauth_hba_file = missing.conf\n"], 0, "auth_hba_file", "cannot read hba file"),
+            (["a.ini": "[pgbouncer]\nauth_type = hba\nauth_hba_file = hba.conf\n",
+              "hba.conf": "host all all 10.0.0.0/8 trust\nhost all all 10.0.0.1/8 reject\n"], 2, "auth_hba_file", "bits outside its mask"),
+            (["a.ini": "[pgbouncer]\nauth_type = cert\nclient_tls_sslmode = require\n"], 0, "auth_type", "verify-ca or verify-full"),
+        ]
+        for (files, line, key, text) in refused {
             do {
-                _ = try loader(["a.ini": "[pgbouncer]\nauth_type = \(type)\n"]).load(path: "a.ini")
-                Issue.record("auth_type \(type) loaded")
+                _ = try loader(files).load(path: "a.ini")
+                Issue.record("loaded: \(files)")
             } catch {
-                #expect(error.line == 2 && error.key == "auth_type" && error.description.contains("not supported"), "\(error)")
+                #expect(error.line == line && error.key == key && error.message.contains(text), "\(error)")
             }
-            var config = ShoalConfig()
-            #expect(throws: ConfigDiagnostic.self) { try ConfigLoader.set("auth_type", to: type, in: &config) }
-            #expect(config.authType != .hba && config.authType != .cert)
         }
+        let good = try loader(["a.ini": "[pgbouncer]\nauth_type = hba\nauth_hba_file = hba.conf\n",
+                               "hba.conf": "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n"]).load(path: "a.ini")
+        #expect(good.config.hbaRules?.rules.map(\.method) == [.peer, .scramSHA256])
+        // SET refuses what start-up refuses, and leaves the running config as it was.
+        var config = good.config
+        #expect(throws: ConfigDiagnostic.self) { try ConfigLoader.set("auth_hba_file", to: "/nonexistent/hba.conf", in: &config) }
+        #expect(throws: ConfigDiagnostic.self) { try ConfigLoader.set("auth_type", to: "cert", in: &config) }
+        #expect(config.authType == .hba && config.authHbaFile == "hba.conf" && config.hbaRules == good.config.hbaRules)
+        try ConfigLoader.set("auth_type", to: "md5", in: &config)
+        #expect(config.authType == .md5 && config.hbaRules == nil)
     }
 
     @Test func transactionTimeoutIsReadGloballyAndPerUser() throws {

@@ -141,6 +141,36 @@ import Testing
         #expect(!refusal(clientConninfo(mutual, sslmode: "verify-full")).isEmpty, "no client certificate, no login")
     }
 
+    /// auth_type = cert, and a `cert` rule under auth_type = hba: the login's user name must be the verified
+    /// client certificate's common name (CN=postgres here); no password is asked.
+    @Test func certAuthenticationTakesTheUserFromTheClientCertificate() async throws {
+        let withCertificate = "sslcert=\(certificates.certFile("client")) sslkey=\(certificates.keyFile("client"))"
+        let cert = try await ShoalInstance {
+            self.configureTLS(&$0, serverMode: "require", clientMode: "verify-ca")
+            $0.authType = .cert
+        }
+        let noPassword = { (shoal: ShoalInstance, user: String, extra: String) in
+            "host=localhost port=\(shoal.port) user=\(user) dbname=postgres connect_timeout=10 sslmode=verify-full sslrootcert=\(self.certificates.caFile) \(extra)"
+        }
+        #expect(try PQConnection(noPassword(cert, "postgres", withCertificate)).scalar("select current_user") == "postgres")
+        #expect(refusal(noPassword(cert, "alice", withCertificate)).contains("certificate authentication failed"))
+        #expect(!refusal(noPassword(cert, "postgres", "")).isEmpty, "no client certificate, no login")
+        await cert.stop()
+
+        let rules = "\(NSTemporaryDirectory())/shoal-cert-hba-\(getpid()).conf"
+        try "hostssl all all 127.0.0.1/32 cert\nhost all all 127.0.0.1/32 scram-sha-256\n".write(toFile: rules, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: rules) }
+        let hba = try await ShoalInstance {
+            self.configureTLS(&$0, serverMode: "require", clientMode: "verify-ca")
+            $0.authType = .hba
+            $0.authHbaFile = rules
+            $0.hbaRules = try? HBARules.load(path: rules)
+        }
+        defer { Task { await hba.stop() } }
+        #expect(try PQConnection(noPassword(hba, "postgres", withCertificate)).scalar("select 'by certificate'") == "by certificate")
+        #expect(refusal(noPassword(hba, "alice", withCertificate)).contains("certificate authentication failed"))
+    }
+
     @Test func reloadSwapsCertificatesWithoutDroppingClients() async throws {
         let shoal = try await ShoalInstance { self.configureTLS(&$0, serverMode: "require", clientMode: "require") }
         defer { Task { await shoal.stop() } }
