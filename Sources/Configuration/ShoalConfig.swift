@@ -55,6 +55,9 @@ public struct ShoalConfig: Sendable {
     public var serverCheckDelay = 30.0
     public var serverLifetime = 3600.0
     public var serverIdleTimeout = 600.0
+    /// A database created through `*` with no clients and no servers for this long is dropped (PgBouncer's
+    /// autodb_idle_timeout), so names tried once do not keep pools for good.
+    public var autodbIdleTimeout = 3600.0
     public var serverConnectTimeout = 15.0
     public var serverLoginRetry = 15.0
     public var serverRoundRobin = false

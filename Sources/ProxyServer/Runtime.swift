@@ -281,6 +281,34 @@ public final class ShoalRuntime: @unchecked Sendable {
         }
     }
 
+    /// autodb_idle_timeout: drops the pools of databases made through `*` that have had no clients and no servers
+    /// for that long, as PgBouncer frees them. Checked and removed under the pools lock, so a client that logs
+    /// in meanwhile either counts (and keeps the pools) or gets a new pool made after the removal.
+    func dropUnusedAutoDatabases(now: UInt64, unusedSince: inout [String: UInt64]) {
+        let config = snapshot.config
+        let timeout = UInt64(config.autodbIdleTimeout * 1e9)
+        var dropped: [String] = []
+        poolsLock.withLock {
+            var unused: [String: UInt64] = [:]
+            let byDatabase = Dictionary(grouping: pools.values) { $0.key.database }
+            for (name, databasePools) in byDatabase where config.databases[name] == nil {
+                guard clientLimits.clients(database: name) == 0,
+                      databasePools.allSatisfy({ $0.withState { $0.totalServers == 0 && $0.waitingCount == 0 } }) else { continue }
+                let since = unusedSince[name] ?? now
+                guard now &- since >= timeout else {
+                    unused[name] = since
+                    continue
+                }
+                for pool in databasePools { pools[pool.key] = nil }
+                dropped.append(name)
+            }
+            unusedSince = unused
+        }
+        for name in dropped {
+            logger.warning("dropping database '\(name)' as it does not exist anymore or inactive auto-database")
+        }
+    }
+
     func removePool(_ pool: Pool) {
         poolsLock.withLock { if pools[pool.key] === pool { pools[pool.key] = nil } }
     }

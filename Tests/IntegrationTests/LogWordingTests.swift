@@ -29,6 +29,38 @@ import Testing
         #expect(shoal.log.components(separatedBy: "registered new auto-database: wording_auto").count == 2, "\(shoal.log)")
     }
 
+    /// autodb_idle_timeout (issue 15: accepted and ignored, so every name tried through `*` kept its pools for
+    /// good): a `*` database with no clients and no servers for that long is dropped, and comes back on demand.
+    @Test func unusedAutoDatabasesAreDroppedAfterAutodbIdleTimeout() async throws {
+        _ = try? TestPostgres.shared.psql("CREATE DATABASE autodb_reaped")
+        let shoal = try await ShoalInstance {
+            $0.adminUsers = ["postgres"]
+            $0.autodbIdleTimeout = 1
+            $0.serverIdleTimeout = 1
+        }
+        defer { Task { await shoal.stop() } }
+        let auto = shoal.conninfo.replacingOccurrences(of: "dbname=postgres", with: "dbname=autodb_reaped")
+        let console = try PQConnection(shoal.consoleConninfo())
+        func listed(_ database: String = "autodb_reaped") throws -> Bool { try console.query("SHOW POOLS").contains { $0[0] == database } }
+        // The configured database idles alongside, with no clients and (after server_idle_timeout) no servers.
+        #expect(try PQConnection(shoal.conninfo).scalar("select 1") == "1")
+        var client: PQConnection? = try PQConnection(auto)
+        #expect(try client?.scalar("select current_database()") == "autodb_reaped")
+        // A connected client keeps it, however long it idles.
+        try await Task.sleep(nanoseconds: 3_500_000_000)
+        #expect(try listed())
+        #expect(!shoal.log.contains("dropping database 'autodb_reaped'"))
+        client = nil // PQfinish
+        // Its server goes after server_idle_timeout, then the database after autodb_idle_timeout.
+        try waitUntil("the auto-database is dropped", timeout: 10) { try !listed() }
+        #expect(shoal.log.contains("dropping database 'autodb_reaped' as it does not exist anymore or inactive auto-database"), "\(shoal.log)")
+        // The configured database is never dropped, and the auto-database is registered again when used.
+        #expect(try listed("postgres"))
+        #expect(try PQConnection(auto).scalar("select 'back'") == "back")
+        #expect(try listed())
+        #expect(shoal.log.components(separatedBy: "registered new auto-database: autodb_reaped").count == 3, "\(shoal.log)")
+    }
+
     /// unix_socket_mode, unix_socket_group and login_notify_message act as PgBouncer documents them (issue 15:
     /// they were accepted and ignored; the socket was always 0777).
     @Test func unixSocketModeGroupAndLoginNotice() async throws {
