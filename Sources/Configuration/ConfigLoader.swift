@@ -121,7 +121,7 @@ public struct ConfigLoader {
         "client_tls_ciphers": .string(\.clientTLSCiphers),
         // Shoal's own.
         "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort), "log_format": .logFormat,
-        "pin_session_state": .switch(\.pinSessionState), "max_prepared_statements": .int(\.maxPreparedStatements), "max_pinned_clients": .int(\.maxPinnedClients),
+        "pin_session_state": .switch(\.pinSessionState), "max_prepared_statements": .int(\.maxPreparedStatements), "max_client_prepared_statements": .count(\.maxClientPreparedStatements), "max_pinned_clients": .int(\.maxPinnedClients),
         "pin_warn_timeout": .seconds(\.pinWarnTimeout), "worker_threads": .count(\.workerThreads),
         "so_reuseport": .bool(\.soReuseport),
         "readonly_listen_port": .int(\.readonlyListenPort), "health_check_period": .seconds(\.healthCheckPeriod),

@@ -116,6 +116,9 @@ public struct ShoalConfig: Sendable {
     /// Transaction/statement mode: named protocol-level prepared statements kept per client and prepared on each
     /// server connection as needed, up to this many per server connection (LRU); 0 turns it off (PgBouncer's key).
     public var maxPreparedStatements = 200
+    /// Shoal's own: named statements one client may keep while max_prepared_statements tracks them (least
+    /// recently used forgotten past it, with a byte ceiling beside it); 0 = no count limit.
+    public var maxClientPreparedStatements = 10_000
     /// Transaction/statement mode: keep a client on its server connection while it holds session state there.
     public var pinSessionState = true
     /// Per pool: how many server connections pinned clients may hold; 0 = no cap beyond pool_size. Below

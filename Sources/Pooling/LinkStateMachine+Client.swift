@@ -85,6 +85,7 @@ extension LinkStateMachine {
                 let rewritten = rewrite(bytes, messages: scan.statementMessages)
                 read.toServer = rewritten.bytes
                 read.injectedParses = rewritten.injectedParses
+                if read.warning == nil { read.warning = rewritten.warning }
             }
             unitsSent &+= scan.units
         case .linked, .waitingForServer:
@@ -163,12 +164,17 @@ extension LinkStateMachine {
     }
 
     /// The queued bytes, ready for the linked server (rewritten where they hold statement messages).
-    mutating func takePending() -> ByteBuffer? {
+    mutating func takePending(warning: inout String?) -> ByteBuffer? {
         guard let bytes = pending else { return nil }
         pending = nil
         let messages = pendingStatements
         pendingStatements = []
-        let out = messages.isEmpty ? bytes : rewrite(bytes, messages: messages).bytes
+        var out = bytes
+        if !messages.isEmpty {
+            let rewritten = rewrite(bytes, messages: messages)
+            out = rewritten.bytes
+            if warning == nil { warning = rewritten.warning }
+        }
         unitsSent &+= pendingUnits
         pendingUnits = 0
         return out
@@ -176,8 +182,9 @@ extension LinkStateMachine {
 
     /// Maps the statement names in `bytes` to the server's and injects Parses where this server lacks a
     /// statement. Built only once a message needs it: unnamed statements (PHP's pg_query_params) go as they came.
-    mutating func rewrite(_ bytes: ByteBuffer, messages: [StatementMessage]) -> (bytes: ByteBuffer, injectedParses: Int) {
-        guard let names = options.statementNames, server != nil else { return (bytes, 0) }
+    mutating func rewrite(_ bytes: ByteBuffer, messages: [StatementMessage]) -> (bytes: ByteBuffer, injectedParses: Int, warning: String?) {
+        guard let names = options.statementNames, server != nil else { return (bytes, 0, nil) }
+        let evictedBefore = statements.evicted
         var out: ByteBuffer?
         var copyFrom = 0
         var injected = 0
@@ -186,7 +193,7 @@ extension LinkStateMachine {
             let type = bytes.getInteger(at: start, as: UInt8.self)!
             let body = bytes.getSlice(at: start + 5, length: message.size - 5)!
             switch statements.rewrite(type: type, body: body, batch: unitsSent + message.unitsBefore, server: &server!.statements,
-                                      names: names, capacity: options.preparedCapacity) {
+                                      names: names, capacity: options.preparedCapacity, limits: options.clientStatementLimits) {
             case .forward:
                 continue
             case .replace(let replacement, let expecting):
@@ -199,12 +206,21 @@ extension LinkStateMachine {
                 injected += expecting.filter { $0.type == BackendMessage.parseComplete && $0.drop }.count
             }
         }
-        guard var result = out else { return (bytes, 0) }
+        guard var result = out else { return (bytes, 0, evictionWarning(since: evictedBefore)) }
         if copyFrom < bytes.readableBytes {
             var rest = bytes.getSlice(at: bytes.readerIndex + copyFrom, length: bytes.readableBytes - copyFrom)!
             result.writeBuffer(&rest)
         }
-        return (result, injected)
+        return (result, injected, evictionWarning(since: evictedBefore))
+    }
+
+    /// The once-per-client log line when the statement limits made this client's statements be forgotten.
+    mutating func evictionWarning(since evictedBefore: Int) -> String? {
+        guard statements.evicted > evictedBefore && !statementEvictionWarned else { return nil }
+        statementEvictionWarned = true
+        let limits = options.clientStatementLimits
+        return "client keeps more prepared statements than max_client_prepared_statements (\(limits.count)) or "
+            + "\(limits.bytes) bytes of them: forgetting the least recently used (said once per client)"
     }
 
     // MARK: Server assignment
@@ -277,7 +293,7 @@ extension LinkStateMachine {
             step.action = .sendToServer(startOwn(.replay, sql: sql))
             return step
         }
-        if let bytes = takePending() { step.action = .sendToServer(bytes) }
+        if let bytes = takePending(warning: &step.warning) { step.action = .sendToServer(bytes) }
         return step
     }
 

@@ -89,7 +89,7 @@ extension LinkStateMachine {
             }
             server!.parameters.adoptSession(of: parameters)
             read.forward = forward(length: buffer.readableBytes, ownAtStart: true, ownEnd: scan.ownEnd, drops: scan.drops)
-            if let bytes = takePending() { read.action = .sendToServer(bytes) }
+            if let bytes = takePending(warning: &read.warning) { read.action = .sendToServer(bytes) }
             return read
         }
         if scan.statementModeViolation {

@@ -50,6 +50,8 @@ public struct LinkStateMachine: Sendable {
         public var maxMessageLength = Int(Int32.max)
         /// The process-wide server names of prepared statements (needed with `preparedCapacity`).
         public var statementNames: StatementNames?
+        /// How many statements, and bytes of their definitions, one client may keep (least recently used out).
+        public var clientStatementLimits = ClientStatements.Limits.unlimited
 
         public init(mode: PoolMode, detectsSessionState: Bool = false, preparedCapacity: Int = 0, watchesReadOnly: Bool = false) {
             self.mode = mode
@@ -124,6 +126,8 @@ public struct LinkStateMachine: Sendable {
     public internal(set) var server: ServerSession?
     /// The client's named prepared statements (max_prepared_statements).
     public internal(set) var statements = ClientStatements()
+    /// Said once per client, the first time one of its statements is forgotten for the limits.
+    var statementEvictionWarned = false
     /// A DEALLOCATE ALL / DISCARD ALL is queued for the next server, whose statement list it empties.
     var clearServerStatementsAtLink = false
     /// A `set_config(…, false)` changed a setting Shoal cannot follow: DISCARD ALL at release.

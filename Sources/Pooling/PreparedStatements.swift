@@ -89,16 +89,66 @@ public struct ExpectedResponse: Sendable, Equatable {
 }
 
 /// The per-client half: the client's names and what each stands for, and the rewriting of its messages.
+///
+/// Bounded, so one client cannot make Shoal hold without end: past `Limits.count` statements, or
+/// `Limits.bytes` of definitions, the least recently used name is forgotten. The client is not told (the
+/// protocol has no way to); a later Bind of that name reaches the server as sent, and PostgreSQL answers
+/// `prepared statement "…" does not exist` (26000), so the loss shows as an error, never as another statement.
 public struct ClientStatements: Sendable {
     public struct Statement: Sendable {
         public var serverName: String
         /// Query text and parameter types as the Parse body carries them after the name.
         public var definition: ByteBuffer
+        var lastUse: UInt64 = 0
+    }
+
+    public struct Limits: Sendable, Equatable {
+        /// Statements per client (max_client_prepared_statements); 0 = no limit.
+        public var count: Int
+        /// Bytes of definitions per client.
+        public var bytes: Int
+
+        public init(count: Int, bytes: Int) {
+            self.count = count
+            self.bytes = bytes
+        }
+
+        public static let unlimited = Limits(count: 0, bytes: Int.max)
     }
 
     public private(set) var statements: [String: Statement] = [:]
+    private var tick: UInt64 = 0
+    public private(set) var definitionBytes = 0
+    /// Names forgotten to stay within the limits, over this client's life.
+    public private(set) var evicted = 0
 
     public init() {}
+
+    /// Uses `name` now (for the least-recently-used order).
+    private mutating func touch(_ name: String) {
+        tick &+= 1
+        statements[name]?.lastUse = tick
+    }
+
+    private mutating func add(_ name: String, _ statement: Statement, limits: Limits) {
+        statements[name] = statement
+        definitionBytes += statement.definition.readableBytes
+        touch(name)
+        while (limits.count > 0 && statements.count > limits.count) || definitionBytes > limits.bytes {
+            // A linear search, only once over a limit (a client that stays within them pays nothing for it).
+            var victim: (name: String, lastUse: UInt64)?
+            for (candidate, statement) in statements where candidate != name && statement.lastUse < (victim?.lastUse ?? .max) {
+                victim = (candidate, statement.lastUse)
+            }
+            guard let victim else { return }
+            forget(victim.name)
+            evicted += 1
+        }
+    }
+
+    private mutating func forget(_ name: String) {
+        if let gone = statements.removeValue(forKey: name) { definitionBytes -= gone.definition.readableBytes }
+    }
 
     public enum Rewrite {
         /// Send the message as it is.
@@ -110,7 +160,7 @@ public struct ClientStatements: Sendable {
     /// Rewrites one client message of type Parse, Bind, Describe or Close. `batch` is the ordinal of the
     /// Sync/Query that will end it; `server` is what the current server connection has prepared.
     public mutating func rewrite(type: UInt8, body: ByteBuffer, batch: Int, server: inout ServerStatements,
-                                 names: StatementNames, capacity: Int) -> Rewrite {
+                                 names: StatementNames, capacity: Int, limits: Limits = .unlimited) -> Rewrite {
         var body = body
         switch type {
         case FrontendMessage.parse:
@@ -129,7 +179,7 @@ public struct ClientStatements: Sendable {
             // as long as the statement (and the process-wide name map) lives.
             let definition = ByteBuffer(bytes: body.readableBytesView)
             let serverName = names.name(for: definition)
-            statements[name] = Statement(serverName: serverName, definition: definition)
+            add(name, Statement(serverName: serverName, definition: definition), limits: limits)
             var out: [ByteBuffer] = []
             var expecting: [ExpectedResponse] = []
             if server.contains(serverName) {
@@ -149,6 +199,7 @@ public struct ClientStatements: Sendable {
         case FrontendMessage.bind:
             guard let portal = body.readNullTerminatedString(), let name = body.readNullTerminatedString(), !name.isEmpty,
                   let statement = statements[name] else { return .forward }
+            touch(name)
             var out: [ByteBuffer] = []
             var expecting: [ExpectedResponse] = []
             ensurePrepared(statement, on: &server, capacity: capacity, batch: batch, into: &out, expecting: &expecting)
@@ -169,11 +220,12 @@ public struct ClientStatements: Sendable {
             if type == FrontendMessage.close {
                 // The server keeps its copy for others; the client's name is gone. Closing the unnamed statement
                 // makes the server answer CloseComplete itself.
-                statements[name] = nil
+                forget(name)
                 out.append(Self.nameMessage(type, kind: kind, name: ""))
                 expecting.append(ExpectedResponse(type: UInt8(ascii: "3"), drop: false, batch: batch))
                 return .replace(out, expecting: expecting)
             }
+            touch(name)
             ensurePrepared(statement, on: &server, capacity: capacity, batch: batch, into: &out, expecting: &expecting)
             out.append(Self.nameMessage(type, kind: kind, name: statement.serverName))
             return .replace(out, expecting: expecting)
@@ -183,10 +235,13 @@ public struct ClientStatements: Sendable {
     }
 
     /// A Parse of ours failed: the client's name does not exist after all.
-    public mutating func parseFailed(clientName: String) { statements[clientName] = nil }
+    public mutating func parseFailed(clientName: String) { forget(clientName) }
 
     /// DEALLOCATE ALL / DISCARD ALL from the client.
-    public mutating func removeAll() { statements = [:] }
+    public mutating func removeAll() {
+        statements = [:]
+        definitionBytes = 0
+    }
 
     private func ensurePrepared(_ statement: Statement, on server: inout ServerStatements, capacity: Int, batch: Int,
                                 into out: inout [ByteBuffer], expecting: inout [ExpectedResponse]) {

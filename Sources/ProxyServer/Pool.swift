@@ -104,6 +104,8 @@ final class Pool: @unchecked Sendable {
         options.trackedNames = snapshot.trackedNames
         options.maxMessageLength = config.maxPacketSize
         options.statementNames = statementNames
+        options.clientStatementLimits = ClientStatements.Limits(count: config.maxClientPreparedStatements,
+                                                                bytes: LinkStateMachine.heldStatementLimit)
         return options
     }
 

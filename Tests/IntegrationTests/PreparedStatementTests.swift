@@ -114,4 +114,23 @@ import Testing
         let onServer = Int(try client.scalar("select count(*) from pg_prepared_statements") ?? "") ?? -1
         #expect(onServer > 0 && onServer <= 50, "\(onServer) statements on the server")
     }
+
+    /// issue 15: what one client keeps is bounded (max_client_prepared_statements, least recently used out). A
+    /// forgotten name fails as PostgreSQL fails an unknown one, the session goes on, and the log says it once.
+    @Test func aClientsOwnStatementsAreBoundedAndAForgottenOneFailsCleanly() async throws {
+        let shoal = try await ShoalInstance { $0.maxClientPreparedStatements = 5 }
+        defer { Task { await shoal.stop() } }
+        let client = try PQConnection(shoal.conninfo)
+        for index in 0..<8 { try client.prepare("s\(index)", "SELECT \(index)") }
+        #expect(try client.executePrepared("s7", []) == "7")
+        #expect(try client.executePrepared("s3", []) == "3")
+        do {
+            _ = try client.executePrepared("s0", [])
+            Issue.record("s0 should have been forgotten")
+        } catch {
+            #expect("\(error)".contains("prepared statement \"s0\" does not exist"), "\(error)")
+        }
+        #expect(try client.scalar("select 'still here'") == "still here")
+        #expect(shoal.log.components(separatedBy: "more prepared statements than max_client_prepared_statements (5)").count == 2, "\(shoal.log)")
+    }
 }

@@ -567,6 +567,35 @@ func rfq(_ tracker: inout TransactionTracker, _ status: TransactionStatus) -> Bo
         #expect(server.count == 2 && !server.contains("shoal_1"))
     }
 
+    /// issue 15: a client's own table is bounded by count and by bytes, least recently used out; a forgotten
+    /// name is forwarded as sent (PostgreSQL then says it does not exist), never mapped to another statement.
+    @Test func aClientsStatementsAreBoundedLeastRecentlyUsedOut() {
+        let names = StatementNames()
+        var client = ClientStatements()
+        var server = ServerStatements()
+        let limits = ClientStatements.Limits(count: 3, bytes: 1 << 20)
+        func parse(_ name: String, _ sql: String) {
+            _ = client.rewrite(type: FrontendMessage.parse, body: parseBody(name, sql), batch: 0, server: &server, names: names,
+                               capacity: 100, limits: limits)
+        }
+        for index in 0..<3 { parse("s\(index)", "SELECT \(index)") }
+        // s0 used again: s1 is now the least recently used.
+        #expect(messages(client.rewrite(type: FrontendMessage.bind, body: bindBody("s0"), batch: 0, server: &server, names: names,
+                                        capacity: 100, limits: limits)).last?.1 == "shoal_1")
+        parse("s3", "SELECT 3")
+        #expect(Set(client.statements.keys) == ["s0", "s2", "s3"] && client.evicted == 1)
+        #expect(client.rewrite(type: FrontendMessage.bind, body: bindBody("s1"), batch: 0, server: &server, names: names,
+                               capacity: 100, limits: limits) == .forward)
+        // The byte ceiling alone: one long definition pushes the older ones out, and never itself.
+        let long = String(repeating: "x", count: 1 << 20)
+        parse("big", "SELECT '\(long)'")
+        #expect(Array(client.statements.keys) == ["big"] && client.definitionBytes > 1 << 20)
+        // Close and DEALLOCATE ALL give the bytes back.
+        _ = client.rewrite(type: FrontendMessage.close, body: { var b = ByteBuffer(); b.writeInteger(UInt8(ascii: "S")); b.writeCString("big"); return b }(),
+                           batch: 0, server: &server, names: names, capacity: 100, limits: limits)
+        #expect(client.statements.isEmpty && client.definitionBytes == 0)
+    }
+
     @Test func expectationsDropOursAndAnErrorCancelsTheBatch() {
         var expectations = ResponseExpectations()
         expectations.append([ExpectedResponse(type: UInt8(ascii: "1"), drop: true, batch: 0, serverName: "shoal_1", clientName: nil),
