@@ -119,6 +119,10 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         case connectAndWait(loop: Int)
         /// The client was queued; a server will be handed over on release.
         case wait
+        /// The client was queued, and this idle server, unused for server_check_delay, must answer
+        /// server_check_query first (PgBouncer checks at reuse): then it is released as usual and goes to the
+        /// first waiter; if it fails, it closes and a replacement is dialed.
+        case checkAndWait(Server)
         /// Server logins have been failing recently; answer the client with this error.
         case fail(message: String, code: String)
     }
@@ -150,7 +154,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         if waitingCount == 0 {
             // Nobody queued ahead: an idle server, preferably on this loop.
             if let index = idle.lastIndex(where: { $0.loop == loop }) {
-                return .use(takeIdle(at: index))
+                return handOut(index, to: waiter, loop: loop, now: now)
             }
             if totalServers < settings.poolSize {
                 if let failure = loginFailure, elapsed(since: failure.at, now: now) < seconds(settings.serverLoginRetry), activeCount == 0, idle.isEmpty {
@@ -166,7 +170,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             }
             if !idle.isEmpty {
                 // The pool is full and the only idle servers live on other loops: use one rather than wait.
-                return .use(takeIdle(at: settings.serverRoundRobin ? 0 : idle.count - 1))
+                return handOut(settings.serverRoundRobin ? 0 : idle.count - 1, to: waiter, loop: loop, now: now)
             }
         }
         let mayDial = totalServers < settings.poolSize && !waitsForRetry(now: now)
@@ -174,7 +178,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             // Every waiter ahead has a dial coming (each preferred dialing on its own loop to taking this idle
             // server from another), no dial is left for this client, and the idle server would otherwise sit
             // there while it waits.
-            return .use(takeIdle(at: settings.serverRoundRobin ? 0 : idle.count - 1))
+            return handOut(settings.serverRoundRobin ? 0 : idle.count - 1, to: waiter, loop: loop, now: now)
         }
         enqueue(waiter, loop: loop, now: now)
         if mayDial && connectingCount < waitingCount {
@@ -182,6 +186,16 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             return .connectAndWait(loop: loop)
         }
         return .wait
+    }
+
+    /// An idle server for `waiter`: at once, or after server_check_query when it has been idle for
+    /// server_check_delay (then the client queues for it, and a check that fails costs a dial, not an error).
+    private mutating func handOut(_ index: Int, to waiter: Waiter, loop: Int, now: UInt64) -> LeaseAction {
+        let due = !settings.serverCheckQuery.isEmpty && elapsed(since: idle[index].idleSince, now: now) >= seconds(settings.serverCheckDelay)
+        let server = takeIdle(at: index)
+        guard due else { return .use(server) }
+        enqueue(waiter, loop: loop, now: now)
+        return .checkAndWait(server)
     }
 
     /// The server was unavailable less than server_login_retry ago: no new dial yet (the janitor retries).
@@ -297,8 +311,6 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         public var connect: [Int] = []
         /// The waiter for whom a reserve-pool server is dialed (PgBouncer logs it on that client).
         public var reserveFor: Waiter?
-        /// Idle servers unused for server_check_delay: run server_check_query on them, then release them.
-        public var check: [Server] = []
         /// Waiters queued longer than query_wait_notify, each reported once per wait.
         public var queuedTooLong: [Waiter] = []
     }
@@ -331,17 +343,12 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             result.reserveFor = first.waiter
         }
         var kept: [IdleServer] = []
-        let checking = !settings.serverCheckQuery.isEmpty
         for entry in idle {
             let tooOld = settings.serverLifetime > 0 && elapsed(since: entry.createdAt, now: now) >= seconds(settings.serverLifetime)
             let idleTooLong = settings.serverIdleTimeout > 0 && elapsed(since: entry.idleSince, now: now) >= seconds(settings.serverIdleTimeout)
                 && idle.count - result.close.count + activeCount > settings.minPoolSize
             if tooOld || idleTooLong {
                 result.close.append(entry.server)
-            } else if checking && elapsed(since: entry.idleSince, now: now) >= seconds(settings.serverCheckDelay) {
-                // Lent to the checker: it comes back through released() (or dies).
-                activeCount += 1
-                result.check.append(entry.server)
             } else {
                 kept.append(entry)
             }

@@ -94,6 +94,9 @@ extension ClientConnection {
             ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
         case .wait:
             waitStartedAt = now
+        case .checkAndWait(let server):
+            waitStartedAt = now
+            server.check(query: pool.settings.serverCheckQuery)
         case .fail(let message, let code):
             fatal(message, code: code)
         }

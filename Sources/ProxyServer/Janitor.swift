@@ -31,10 +31,6 @@ final class Janitor: @unchecked Sendable {
         for server in work.close {
             server.close(reason: "server idle timeout or lifetime")
         }
-        let checkQuery = pool.settings.serverCheckQuery
-        for server in work.check {
-            server.check(query: checkQuery)
-        }
         if let waiter = work.reserveFor {
             waiter.eventLoop.execute { waiter.logger.warning("taking connection from reserve_pool") }
         }

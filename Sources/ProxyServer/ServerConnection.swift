@@ -628,7 +628,8 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
     }
 
-    /// server_check_query on an idle server the janitor took out of the pool; it returns once answered.
+    /// server_check_query on an idle server due for one, taken out of the pool for a client (PgBouncer checks at
+    /// reuse); it returns to the pool once answered and goes to the first waiter, or closes if the check fails.
     func check(query: String) {
         onLoop { $0.resetAndRelease(query: query) }
     }

@@ -36,12 +36,10 @@ import Testing
         #expect(try PQConnection(shoal.conninfo).scalar("select 1") == "1")
     }
 
-    @Test func connectQueryRunsOnEveryNewServerAndCheckQueryOnIdleOnes() async throws {
+    @Test func connectQueryRunsOnEveryNewServer() async throws {
         try TestPostgres.shared.psql("drop table if exists server_logins; create table server_logins (at timestamptz default now(), pid int default pg_backend_pid())")
         let shoal = try await ShoalInstance {
             $0.defaultPoolSize = 2
-            $0.serverCheckDelay = 0.5
-            $0.serverCheckQuery = "select 1"
             $0.databases["postgres"]?.connectQuery = "insert into server_logins default values"
         }
         defer { Task { await shoal.stop() } }
@@ -52,11 +50,46 @@ import Testing
         try a.query("commit")
         try b.query("commit")
         #expect(try TestPostgres.shared.psql("select count(distinct pid) from server_logins") == "2")
-        // Idle past server_check_delay: the janitor checks them; they stay usable and no new server is made.
+    }
+
+    /// server_check_query runs when a server idle for server_check_delay is handed out, as in PgBouncer (it used to
+    /// run from the janitor on every idle server every server_check_delay, and never at reuse). A check that
+    /// fails closes that server, and the client is served by a new one instead of getting an error.
+    @Test func checkQueryRunsAtReuseAfterServerCheckDelay() async throws {
+        try TestPostgres.shared.psql("""
+            drop table if exists check_log, check_gate, check_logins;
+            create table check_log (at timestamptz default now());
+            create table check_gate (ok bool); insert into check_gate values (true);
+            create table check_logins (pid int default pg_backend_pid());
+            create or replace function shoal_check() returns int language plpgsql as $$
+            begin
+              if not (select ok from check_gate) then raise exception 'gate closed'; end if;
+              insert into check_log default values;
+              return 1;
+            end $$;
+            """)
+        let shoal = try await ShoalInstance {
+            $0.defaultPoolSize = 1
+            $0.serverCheckDelay = 0.5
+            $0.serverCheckQuery = "select shoal_check()"
+            $0.databases["postgres"]?.connectQuery = "insert into check_logins default values"
+        }
+        defer { Task { await shoal.stop() } }
+        func count(_ table: String) throws -> String { try TestPostgres.shared.psql("select count(*) from \(table)") }
+        let client = try PQConnection(shoal.conninfo)
+        #expect(try client.scalar("select 'first'") == "first")
         try await Task.sleep(nanoseconds: 1_500_000_000)
-        #expect(try a.scalar("select 'checked'") == "checked")
-        #expect(try TestPostgres.shared.psql("select count(*) from server_logins") == "2")
-        let checks = try TestPostgres.shared.psql("select count(*) from pg_stat_activity where query = 'select 1'")
-        #expect(Int(checks)! >= 1)
+        #expect(try count("check_log") == "0", "an idle server is not checked until it is handed out")
+        #expect(try client.scalar("select 'after a check'") == "after a check")
+        #expect(try count("check_log") == "1")
+        #expect(try client.scalar("select 'soon after'") == "soon after")
+        #expect(try count("check_log") == "1", "idle less than server_check_delay: no check")
+        #expect(try count("check_logins") == "1")
+        // The check fails: that server closes and a new one serves the client, no error.
+        try TestPostgres.shared.psql("update check_gate set ok = false")
+        try await Task.sleep(nanoseconds: 1_500_000_000)
+        #expect(try client.scalar("select 'served anyway'") == "served anyway")
+        #expect(try count("check_logins") == "2")
+        #expect(shoal.log.contains("server reset or check query failed"), "\(shoal.log.suffix(600))")
     }
 }

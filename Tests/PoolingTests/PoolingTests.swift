@@ -209,6 +209,32 @@ final class FakeClient {}
         return pool
     }
 
+    /// server_check_query at reuse (PgBouncer's rule): a server idle for server_check_delay is checked before a
+    /// client gets it; the client queues meanwhile and the checked server comes back through the release.
+    @Test func aServerIdleForTheCheckDelayIsCheckedBeforeReuse() {
+        let a = FakeServer()
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 2, serverCheckDelay: 30, serverCheckQuery: "select 1"))
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.connected(a, loop: 0, createdAt: 0, now: 0)
+        _ = pool.released(a, loop: 0, createdAt: 0, reusable: true, now: 1 * second)
+        // Idle 10 s: used as it is.
+        guard case .use(let used) = pool.leaseRequested(by: FakeClient(), loop: 0, now: 11 * second), used === a else { Issue.record("want use"); return }
+        _ = pool.released(a, loop: 0, createdAt: 0, reusable: true, now: 12 * second)
+        // The janitor leaves idle servers alone, however long they idle.
+        #expect(pool.maintain(now: 100 * second).close.isEmpty && pool.idle.count == 1)
+        // Idle 88 s: checked first, the client queued for it.
+        let client = FakeClient()
+        guard case .checkAndWait(let checked) = pool.leaseRequested(by: client, loop: 0, now: 100 * second), checked === a else {
+            Issue.record("want check"); return
+        }
+        #expect(pool.waitingCount == 1 && pool.idle.isEmpty && pool.activeCount == 1)
+        guard case .handOver(let server, let waiter) = pool.released(a, loop: 0, createdAt: 0, reusable: true, now: 100 * second),
+              server === a, waiter === client else { Issue.record("want hand-over after the check"); return }
+        // Without a check query nothing is checked.
+        var unchecked = poolWithIdleServer(a, on: 0, poolSize: 1)
+        guard case .use = unchecked.leaseRequested(by: FakeClient(), loop: 0, now: 1000 * second) else { Issue.record("want use"); return }
+    }
+
     @Test func aRefusedDialLetsAnIdleServerOnAnotherLoopServeTheWaiter() {
         // The lease prefers dialing on its own loop; when a shared limit refuses that dial, the idle server on
         // the other loop must serve the client now (it used to wait for server_check_delay to free it).
