@@ -84,7 +84,7 @@ public struct LinkStateMachine: Sendable {
     /// pg_query_params) are never held: they stream as they come, whatever their size.
     public static let heldStatementLimit = 16 << 20
 
-    public let options: Options
+    public private(set) var options: Options
     public internal(set) var phase: Phase = .idle
     public internal(set) var tracker = TransactionTracker()
     public internal(set) var ledger = SettingsLedger()
@@ -165,6 +165,23 @@ public struct LinkStateMachine: Sendable {
         self.clientScanner = FrameScanner(maxMessageLength: options.maxMessageLength, holdsPartialHeaders: true,
                                           maxCollectedBody: Self.scannedStatementLimit)
         self.lastActivity = now
+    }
+
+    /// A new config (RELOAD, SIGHUP, console SET) reaches an existing client between its transactions, as
+    /// PgBouncer applies a changed key to clients already connected. The options are swapped only at a point
+    /// where nothing depends on the old ones: no server, nothing queued or held, the stream at a message
+    /// boundary. Returns false when this is not such a point (the caller tries again later).
+    public mutating func replaceOptions(_ new: Options) -> Bool {
+        guard phase == .idle, server == nil, carry == nil, pending == nil, lost == nil, clientScanner.atBoundary else { return false }
+        if new.maxMessageLength != options.maxMessageLength {
+            clientScanner = FrameScanner(maxMessageLength: new.maxMessageLength, holdsPartialHeaders: true,
+                                         maxCollectedBody: Self.scannedStatementLimit)
+        }
+        // Tracking turned off: the client's names mean nothing to the servers any more (its later uses of them
+        // reach PostgreSQL as sent, as with PgBouncer), and their definitions need not be kept.
+        if options.tracksPrepared && !new.tracksPrepared { statements.removeAll() }
+        options = new
+        return true
     }
 
     // MARK: Release

@@ -8,6 +8,7 @@ extension ClientConnection {
     // MARK: Client traffic
 
     func clientBytesReceived(_ buffer: ByteBuffer) {
+        if link.phase == .idle { adoptNewConfig() }
         let now = link.options.tracksActivity ? NIODeadline.now().uptimeNanoseconds : 0
         let read: LinkStateMachine.ClientRead
         do {
@@ -78,6 +79,21 @@ extension ClientConnection {
     func serverWritabilityChanged(_ writable: Bool, from origin: ServerConnection) {
         guard origin === server else { return }
         if writable { resumeReading(.serverBusy) } else { pauseReading(.serverBusy) }
+    }
+
+    /// RELOAD or SET changed the config since this client's link options were built: rebuild them (once per
+    /// config per pool and user, cached by the pool) and swap them in at this quiet point.
+    func adoptNewConfig() {
+        guard let pool, let linkSnapshot else { return }
+        let snapshot = runtime.snapshot
+        guard snapshot !== linkSnapshot else { return }
+        let options = pool.linkOptions(user: user, snapshot: snapshot, statementNames: runtime.statementNames)
+        guard link.replaceOptions(options) else { return }
+        self.linkSnapshot = snapshot
+        if options.tracksActivity && !registeredWithSweeper {
+            runtime.sweepers[loopIndex].add(self)
+            registeredWithSweeper = true
+        }
     }
 
     // MARK: Getting a server

@@ -276,6 +276,7 @@ extension ClientConnection {
         let options = pool.linkOptions(user: user, snapshot: snapshot, statementNames: runtime.statementNames)
         let startupParameters = link.parameters
         link = LinkStateMachine(options: options, now: NIODeadline.now().uptimeNanoseconds)
+        linkSnapshot = snapshot
         link.parameters = startupParameters
         link.pinSlots = pool
         if options.tracksActivity {

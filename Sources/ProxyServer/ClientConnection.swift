@@ -98,6 +98,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Accepted on readonly_listen_port: served by replicas.
     let readOnlyRoute: Bool
     var registeredWithSweeper = false
+    /// The config the link's options were built from: a newer one reaches this client between transactions.
+    var linkSnapshot: ConfigSnapshot?
     var needsFlush = false
     var readPauses: ReadPause = []
 

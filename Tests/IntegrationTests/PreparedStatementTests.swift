@@ -133,4 +133,37 @@ import Testing
         #expect(try client.scalar("select 'still here'") == "still here")
         #expect(shoal.log.components(separatedBy: "more prepared statements than max_client_prepared_statements (5)").count == 2, "\(shoal.log)")
     }
+
+    /// issue 16: `SET max_prepared_statements` (and RELOAD) reach clients already connected, at their next
+    /// transaction, as PgBouncer applies the key at once; while tracking is off the parse counters stay still.
+    @Test func setMaxPreparedStatementsReachesConnectedClients() async throws {
+        let shoal = try await ShoalInstance {
+            $0.defaultPoolSize = 1
+            $0.adminUsers = ["postgres"]
+        }
+        defer { Task { await shoal.stop() } }
+        let console = try PQConnection(shoal.consoleConninfo())
+        func clientParses() throws -> String? {
+            try console.query("SHOW STATS_TOTALS").first { $0[0] == "postgres" }?[9]
+        }
+        let client = try PQConnection(shoal.conninfo)
+        try client.prepare("tracked", "SELECT 1")
+        func onServer(_ name: String) throws -> String? {
+            try client.scalar("select count(*) from pg_prepared_statements where name = $1", [name])
+        }
+        #expect(try onServer("tracked") == "0", "tracked: prepared under Shoal's name")
+        // Every Parse counts while tracking is on (PQexecParams sends an unnamed one too).
+        let before = Int(try clientParses() ?? "") ?? -1
+        #expect(before >= 2)
+        try console.query("SET max_prepared_statements = 0")
+        // The same connection, after the SET: its Parse reaches the server under its own name, uncounted.
+        try client.prepare("untracked", "SELECT 2")
+        #expect(try onServer("untracked") == "1")
+        #expect(Int(try clientParses() ?? "") == before)
+        try console.query("SET max_prepared_statements = 100")
+        try client.prepare("tracked_again", "SELECT 3")
+        #expect(try onServer("tracked_again") == "0")
+        #expect(try client.executePrepared("tracked_again", []) == "3")
+        #expect(Int(try clientParses() ?? "") ?? 0 > before)
+    }
 }

@@ -44,6 +44,29 @@ extension LinkAction {
         #expect(machine.phase == .idle)
     }
 
+    /// A new config reaches a client only between its transactions: not while linked, not with half a message
+    /// held; switching prepared-statement tracking off forgets the client's names.
+    @Test func optionsAreReplacedOnlyAtAQuietPoint() throws {
+        var machine = Self.machine(prepared: 10)
+        var off = machine.options
+        off.preparedCapacity = 0
+        _ = try Self.link(&machine, Wire.join(Wire.parse("s1", "SELECT 1"), Wire.sync()))
+        let whileLinked = machine.replaceOptions(off)
+        #expect(!whileLinked, "linked")
+        _ = machine.serverBytes(Wire.join(Wire.parseComplete(), Wire.ready(.idle))) { true }
+        #expect(machine.phase == .idle && machine.statements.statements.count == 1)
+        let query = Wire.query("SELECT 1")
+        _ = try machine.clientBytes(query.getSlice(at: 0, length: 3)!, now: 0)
+        let whileHolding = machine.replaceOptions(off)
+        #expect(!whileHolding, "half a header held")
+        _ = try machine.clientBytes(query.getSlice(at: 3, length: query.readableBytes - 3)!, now: 0)
+        _ = machine.serverAssigned(ServerSession())
+        _ = machine.serverBytes(Wire.join(Wire.complete("SELECT 1"), Wire.ready(.idle))) { true }
+        let whenQuiet = machine.replaceOptions(off)
+        #expect(whenQuiet)
+        #expect(!machine.options.tracksPrepared && machine.statements.statements.isEmpty)
+    }
+
     /// Found by the fuzz-link-raw target: a server that goes on after the ReadyForQuery that ends the client's
     /// work with a message nobody asked for is not clean: it is closed, never given back. Half a message after it
     /// (an asynchronous one split across reads, or worse) keeps the server with its client until it ends; a whole
