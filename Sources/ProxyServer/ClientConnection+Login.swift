@@ -259,7 +259,7 @@ extension ClientConnection {
         guard let database = databaseEntry else {
             return fatal("no such database: \(databaseName)", code: "3D000")
         }
-        if let refusal = runtime.lifecycle.withLockedValue({ $0.loginRefusal(database: databaseName) }) {
+        if let refusal = runtime.lifecycle.withLockedValue({ $0.loginRefusal(database: databaseName, overTCP: !isUnixSocket) }) {
             return fatal(refusal)
         }
         if let refusal = runtime.clientLimits.admit(

@@ -17,8 +17,14 @@ struct LifecycleState {
     }
 
     /// The login error for a non-console client, if logins to `database` are refused now.
-    func loginRefusal(database: String) -> String? {
-        if shutdown != nil { return "pooler is shutting down" }
+    ///
+    /// During SHUTDOWN WAIT_FOR_CLIENTS (SIGTERM) a client that came in over TCP is served: it got through a
+    /// listener that is closed or closing, so it is one of the clients being waited for. PgBouncer refuses its
+    /// login, and in a rolling restart with so_reuseport those are the connections that fail — the ones the kernel
+    /// handed to the old process just before its listener closed. The Unix socket stays open for the console,
+    /// so a login there is refused as PgBouncer refuses it.
+    func loginRefusal(database: String, overTCP: Bool) -> String? {
+        if let shutdown, !(shutdown == .waitForClients && overTCP) { return "pooler is shutting down" }
         if disabledDatabases.contains(database) { return "database \"\(database)\" is disabled" }
         return nil
     }

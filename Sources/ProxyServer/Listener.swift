@@ -50,6 +50,14 @@ public enum Listener {
             // An IPv6 wildcard would otherwise take the IPv4 port too, and `*` could not bind both.
             return ipv6 ? bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1) : bootstrap
         }
+        if config.soReuseport, let migrate = try? String(contentsOfFile: "/proc/sys/net/ipv4/tcp_migrate_req", encoding: .utf8),
+           migrate.trimmingCharacters(in: .whitespacesAndNewlines) == "0" {
+            // Without it, connections the kernel has queued on this process's listeners when they close (the
+            // instant of a rolling restart's SIGTERM) are reset instead of moving to the other process's.
+            let advice = "so_reuseport: net.ipv4.tcp_migrate_req is 0, so connections queued on this process's listeners "
+                + "when it stops are reset; set it to 1 (sysctl) for restarts that refuse nobody"
+            runtime.logger.warning("\(advice)")
+        }
         var channels: [Channel] = []
         var tcpListeners = 0
         // The main port, and readonly_listen_port whose clients are served by replicas under the same names.

@@ -134,7 +134,7 @@ import Testing
         #expect(build.status == 0, "\(build.stderr)")
         let package = build.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let contents = try ProcessRunner.run("dpkg-deb", ["--contents", package])
-        for path in ["./usr/bin/shoal", "./lib/systemd/system/shoal.service", "./etc/shoal/shoal.ini"] {
+        for path in ["./usr/bin/shoal", "./lib/systemd/system/shoal.service", "./etc/shoal/shoal.ini", "./usr/lib/sysctl.d/60-shoal.conf"] {
             #expect(contents.stdout.contains(path), "\(path) missing: \(contents.stdout)")
         }
         let depends = try ProcessRunner.run("dpkg-deb", ["-f", package, "Depends"]).stdout

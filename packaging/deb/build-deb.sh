@@ -26,6 +26,7 @@ trap 'rm -rf "$root"' EXIT
 # Stripped, as in the image: symbols are about 45% of a static Swift binary.
 install -D -m 0755 -s "$binary" "$root/usr/bin/shoal"
 install -D -m 0644 conf/shoal.service "$root/lib/systemd/system/shoal.service"
+install -D -m 0644 packaging/deb/60-shoal.conf "$root/usr/lib/sysctl.d/60-shoal.conf"
 install -D -m 0640 packaging/deb/shoal.ini "$root/etc/shoal/shoal.ini"
 install -D -m 0640 packaging/deb/userlist.txt "$root/etc/shoal/userlist.txt"
 install -D -m 0644 conf/examples/moodle-transaction.ini "$root/usr/share/doc/shoal/examples/moodle-transaction.ini"
