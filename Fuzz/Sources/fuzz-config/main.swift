@@ -1,4 +1,5 @@
-// pgbouncer.ini, [databases] connection strings, [users] lines and userlist.txt as an operator might write them:
+// pgbouncer.ini, [databases] connection strings, [users] lines, userlist.txt and auth_hba_file as an operator might
+// write them:
 // each loads or is refused with a diagnostic that names file and line, never traps; and for a config that loads,
 // every live setting SHOW CONFIG prints is accepted back by the console's SET with the same result (reload and
 // SET refuse what start-up refuses, and accept what it accepts).
@@ -15,6 +16,22 @@ fuzz { input in
         return "[pgbouncer]\npool_mode = session\n"
     }
     _ = UserList.parse(text, file: "userlist.txt")
+    // The same bytes as HBA rules (an @file gets a fixed name list): loaded or refused with file and line, and
+    // rules that load decide a login without trapping.
+    do {
+        let rules = try HBARules.load(path: "/etc/shoal/hba.conf", read: { path in
+            if path == "/etc/shoal/hba.conf" { return text }
+            if path.contains("missing") { throw ConfigDiagnostic(.error, file: path, line: 0, "no such file") }
+            return "alice, bob\n\"odd name\"\n"
+        })
+        for peer in [HBARules.Peer.unixSocket, .inet([10, 0, 0, 1]), .inet([UInt8](repeating: 0, count: 15) + [1])] {
+            _ = rules.rule(for: peer, tls: input.count % 2 == 0, database: "moodle", user: "alice")
+        }
+    } catch let diagnostic as ConfigDiagnostic {
+        precondition(diagnostic.line > 0 || diagnostic.key == "auth_hba_file", "an HBA diagnostic without its place: \(diagnostic)")
+    } catch {
+        preconditionFailure("not a diagnostic: \(error)")
+    }
     let result: ConfigLoader.Result
     do {
         result = try ConfigLoader(reader: reader).load(path: "fuzz.ini")
