@@ -25,6 +25,8 @@ public struct ConnectionInfo: Sendable, Equatable {
     public var poolKey: PoolKey?
     /// Shoal's extension: the session state pinning a client to its server (`held_cursor,advisory_lock`…).
     public var pinned: String = ""
+    /// PgBouncer's `replication` column: `none`, `logical` or `physical`.
+    public var replication = "none"
 
     public init(type: String, user: String, database: String, state: String, addr: String, port: Int, localAddr: String,
                 localPort: Int, connectTime: Date, requestTime: Date, waitMicros: UInt64, closeNeeded: Bool, ptr: String,

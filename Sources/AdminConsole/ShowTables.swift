@@ -19,7 +19,7 @@ public enum ShowTables {
         let ordered = rows.sorted { ($0.database, $0.user, $0.id) < ($1.database, $1.user, $1.id) }
         for row in ordered {
             table.append([
-                row.type, row.user.isEmpty ? "(nouser)" : row.user, row.database.isEmpty ? "(nodb)" : row.database, "none",
+                row.type, row.user.isEmpty ? "(nouser)" : row.user, row.database.isEmpty ? "(nodb)" : row.database, row.replication,
                 row.state, row.addr, String(row.port), row.localAddr, String(row.localPort),
                 ConsoleFormat.timestamp(row.connectTime), ConsoleFormat.timestamp(row.requestTime),
                 String(row.waitMicros / 1_000_000), String(row.waitMicros % 1_000_000), row.closeNeeded ? "1" : "0",

@@ -237,10 +237,11 @@ extension LinkStateMachine {
         if phase == .idle { phase = .waitingForServer }
     }
 
-    /// The pool handed this client a server whose session is `session`.
-    public mutating func serverAssigned(_ session: ServerSession) -> Step {
+    /// The pool handed this client a server whose session is `session`. `keep`: link even with nothing queued
+    /// (a replication client's dedicated server, held from its welcome on).
+    public mutating func serverAssigned(_ session: ServerSession, keep: Bool = false) -> Step {
         var step = Step()
-        guard phase == .waitingForServer, pending != nil else {
+        guard phase == .waitingForServer, pending != nil || keep else {
             // Not wanted any more (served meanwhile, or the welcome was all it waited for).
             if phase == .waitingForServer { phase = .idle }
             step.action = .giveBackUnused(session)

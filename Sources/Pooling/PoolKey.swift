@@ -9,12 +9,18 @@ public struct PoolKey: Hashable, Sendable, CustomStringConvertible {
     public var user: String
     /// Opened through `readonly_listen_port`.
     public var readOnly: Bool
+    /// A replication client's own pool (the client's id): its server is dedicated to it, never shared.
+    public var dedicatedTo: Int?
 
-    public init(database: String, user: String, readOnly: Bool = false) {
+    public init(database: String, user: String, readOnly: Bool = false, dedicatedTo: Int? = nil) {
         self.database = database
         self.user = user
         self.readOnly = readOnly
+        self.dedicatedTo = dedicatedTo
     }
+
+    /// The shared pool this one belongs with in SHOW POOLS and /metrics (itself, unless dedicated).
+    public var shared: PoolKey { PoolKey(database: database, user: user, readOnly: readOnly) }
 
     /// The database as SHOW POOLS and /metrics label it: read-only pools are told apart from the writer's by
     /// a suffix, so no two rows or series share their labels.

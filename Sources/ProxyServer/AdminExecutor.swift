@@ -299,19 +299,22 @@ extension ShoalRuntime {
             let servers = perLoop.flatMap(\.1)
             let now = NIODeadline.now().uptimeNanoseconds
             var infos: [PoolKey: PoolInfo] = [:]
-            for pool in pools {
+            // A replication client's dedicated pool is counted in the shared pool's row (one row per database and
+            // user, so exporters' series stay unique).
+            for pool in pools.sorted(by: { ($0.key.dedicatedTo ?? -1) < ($1.key.dedicatedTo ?? -1) }) {
+                if pool.key.dedicatedTo != nil && infos[pool.key.shared] != nil { continue }
                 let settings = pool.settings
                 let database = pool.database
-                var info = PoolInfo(key: pool.key, mode: settings.mode.rawValue)
+                var info = PoolInfo(key: pool.key.shared, mode: settings.mode.rawValue)
                 info.loadBalanceHosts = database.hosts.count > 1 ? (database.loadBalanceHosts ?? "round-robin") : nil
                 let (wait, paused) = pool.withState { ($0.longestWait(now: now), $0.paused) }
                 info.maxWaitMicros = wait / 1000
                 info.paused = paused
-                infos[pool.key] = info
+                infos[pool.key.shared] = info
             }
             for row in clients + servers {
                 guard let key = row.poolKey else { continue }
-                infos[key]?.count(row)
+                infos[key.shared]?.count(row)
             }
             return ConsoleSnapshot(clients: clients, servers: servers, pools: Array(infos.values),
                                    authFailures: perLoop.reduce(0) { $0 &+ $1.2 })

@@ -49,7 +49,7 @@ extension ClientConnection {
         case .startup, .authenticating, .closed: return nil
         }
         let requestAt = queryStartedAt != 0 ? queryStartedAt : nil
-        return ConnectionInfo(
+        var row = ConnectionInfo(
             type: "C", user: user, database: databaseName, state: status,
             addr: remoteHost, port: remotePort, localAddr: localHost, localPort: localPort,
             connectTime: connectedAtWall,
@@ -58,6 +58,8 @@ extension ClientConnection {
             closeNeeded: false, ptr: Self.pointerString(self), link: server.map(Self.pointerString) ?? "",
             remotePid: Int(peerPID), tls: tlsDescription ?? "", applicationName: link.parameters["application_name"] ?? "",
             id: id, poolKey: pool?.key, pinned: link.pinned.names)
+        if let replication { row.replication = replication == "database" ? "logical" : "physical" }
+        return row
     }
 
     /// PgBouncer prints the protocol as OpenSSL names it.

@@ -143,7 +143,12 @@ extension ClientConnection {
             sendWelcome(pool?.welcome)
         }
         // The server is idle in no list now (the pool handed it over under its lock): its session is lent here.
-        let step = state == .pooled ? link.serverAssigned(server.session) : nil
+        if replication != nil && state == .pooled {
+            // The dedicated server was started with this client's own parameters: what it reports is what the
+            // client asked for, and nothing is replayed (a physical walsender takes no SET).
+            link.parameters = server.session.parameters
+        }
+        let step = state == .pooled ? link.serverAssigned(server.session, keep: replication != nil) : nil
         if let step {
             if let warning = step.warning { logger.warning("\(warning)") }
             if let answer = step.toClient, let context {

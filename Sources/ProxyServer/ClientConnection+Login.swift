@@ -19,6 +19,10 @@ extension ClientConnection {
     }
     var startupParameters: [(String, String)] { get { loginState?.startupParameters ?? [] } set { loginState?.startupParameters = newValue } }
     var databaseEntry: DatabaseEntry? { get { loginState?.databaseEntry } set { loginState?.databaseEntry = newValue } }
+    var replicationParameters: [(String, String)] {
+        get { loginState?.replicationParameters ?? [] }
+        set { loginState?.replicationParameters = newValue }
+    }
 
     // MARK: Startup
 
@@ -103,8 +107,16 @@ extension ClientConnection {
             case "user": user = value
             case "database": databaseName = value
             case "replication":
-                return fatal("unsupported startup parameter: replication")
+                // PostgreSQL's values: `database` is logical replication, a boolean true is physical.
+                switch value.lowercased() {
+                case "database": replication = "database"
+                case "true", "on", "yes", "1": replication = "true"
+                case "false", "off", "no", "0": replication = nil
+                default:
+                    return fatal("invalid value for parameter \"replication\": \"\(value)\"", code: "22023")
+                }
             case "options":
+                replicationParameters.append((key, value)) // passed verbatim to a replication client's server
                 let settings: [(String, String)]
                 do {
                     settings = try StartupOptions.parse(value)
@@ -125,6 +137,7 @@ extension ClientConnection {
             default:
                 if tracked.contains(key.lowercased()) {
                     clientSettings.append((key, value))
+                    replicationParameters.append((key, value))
                 } else if !ignored.contains(key) {
                     logger.warning("unsupported startup parameter: \(key)=\(value)")
                     return fatal("unsupported startup parameter: \(key)")
@@ -145,7 +158,8 @@ extension ClientConnection {
         }
         for (name, value) in clientSettings { link.parameters.set(name, value) }
         if snapshot.config.logConnections {
-            logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=no")
+            let kind = replication == nil ? "no" : replication == "database" ? "database" : "yes"
+            logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=\(kind)")
         }
         let isConsoleLogin = snapshot.config.isConsoleDatabase(databaseName)
         if !isConsoleLogin && !counted {
@@ -269,7 +283,10 @@ extension ClientConnection {
             return fatal(refusal)
         }
         countedPerDatabaseAndUser = true
-        let pool = runtime.pool(for: PoolKey(database: databaseName, user: database.user ?? user, readOnly: readOnlyRoute), database: database)
+        let key = PoolKey(database: databaseName, user: database.user ?? user, readOnly: readOnlyRoute)
+        let pool = replication.map {
+            runtime.replicationPool(key: key, client: id, database: database, replication: $0, parameters: replicationParameters)
+        } ?? runtime.pool(for: key, database: database)
         self.pool = pool
         statsShard = pool.shards[loopIndex]
         statsShard!.counters.clientLogins &+= 1

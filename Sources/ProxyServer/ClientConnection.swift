@@ -63,6 +63,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         var authScanner = FrameScanner(maxMessageLength: 65_536)
         var startupParameters: [(String, String)] = []
         var databaseEntry: DatabaseEntry?
+        /// A replication client's startup parameters for its dedicated server (tracked ones, and `options` as sent).
+        var replicationParameters: [(String, String)] = []
         /// Watched by the loop's sweeper for client_login_timeout.
         var watchedForTimeout = false
         /// Turned away at accept (LoginLimits): answered with this FATAL once the startup packet comes, so the
@@ -77,6 +79,9 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     var pendingLogin = false
     /// Counted in max_db_client_connections / max_user_client_connections (`ClientLimits`).
     var countedPerDatabaseAndUser = false
+    /// The startup packet asked for a replication connection: `database` (logical) or `true` (physical), as
+    /// the dedicated server is asked. nil for every other client.
+    var replication: String?
     var cancelKey: (processID: Int32, secretKey: Int32)?
 
     // Pooling
@@ -285,6 +290,7 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         case .startup, .authenticating, .console, .closed:
             break
         }
+        if let pool, pool.key.dedicatedTo != nil { runtime.dropDedicatedPool(pool) }
     }
 
     /// This client's logger: PgBouncer's `C-<id>: db/user@addr` prefix and the structured keys. Built when a line

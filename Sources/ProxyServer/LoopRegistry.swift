@@ -30,7 +30,8 @@ extension ShoalRuntime {
         return EventLoopFuture.whenAllSucceed(futures, on: loops[0])
     }
 
-    /// Traffic totals per pool, summed over every loop's shard.
+    /// Traffic totals per pool, summed over every loop's shard (a replication client's own pool counts in its
+    /// shared pool's).
     func trafficTotals() -> EventLoopFuture<[PoolKey: TrafficCounters]> {
         let pools = allPools
         return visitLoops { _, index in
@@ -38,7 +39,7 @@ extension ShoalRuntime {
         }.map { perLoop in
             var totals: [PoolKey: TrafficCounters] = [:]
             for loop in perLoop {
-                for (key, counters) in loop { totals[key, default: TrafficCounters()].add(counters) }
+                for (key, counters) in loop { totals[key.shared, default: TrafficCounters()].add(counters) }
             }
             return totals
         }

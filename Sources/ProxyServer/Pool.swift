@@ -76,9 +76,18 @@ final class Pool: @unchecked Sendable {
         // otherwise be overwritten by options built from the settings it replaced.
         lock.withLock {
             if let cached = _linkOptions, cached.snapshot === snapshot, cached.user == user { return cached.options }
-            let options = Self.makeLinkOptions(user: user, snapshot: snapshot, mode: state.settings.mode,
+            var options = Self.makeLinkOptions(user: user, snapshot: snapshot, mode: state.settings.mode,
                                                watchesReadOnly: _routed && target(of: _database).wantsWriterOnly,
                                                statementNames: statementNames)
+            if key.dedicatedTo != nil {
+                // A replication stream: one long command (START_REPLICATION) that no timeout may cut, and a
+                // walsender that takes no reset query (its server closes after the client anyway).
+                options.queryTimeout = 0
+                options.idleTransactionTimeout = 0
+                options.transactionTimeout = 0
+                options.resetQueryOnRelease = nil
+                options.resetQueryOnDisconnect = nil
+            }
             _linkOptions = (snapshot, user, options)
             return options
         }

@@ -190,6 +190,43 @@ public final class ShoalRuntime: @unchecked Sendable {
         }
     }
 
+    /// A replication client's own pool (PgBouncer ≥ 1.23: "a client and server replication connection form a
+    /// strong pair"): one server, dialled with the client's startup parameters and `replication`, never shared or
+    /// reused — released, it closes (server_lifetime 0) — and the pool goes with its client. It counts in
+    /// max_db_connections, max_user_connections and max_host_connections like any other.
+    func replicationPool(key: PoolKey, client: Int, database: DatabaseEntry, replication: String,
+                         parameters: [(String, String)]) -> Pool {
+        let config = snapshot.config
+        var entry = database
+        entry.connectQuery = nil // a walsender takes replication commands; connect_query is for pooled servers
+        let given = Set(parameters.map { $0.0.lowercased() })
+        entry.startupParameters = entry.startupParameters.filter { !given.contains($0.0.lowercased()) } + parameters
+            + [("replication", replication)]
+        var settings = PoolSettings(config: config, database: database, user: key.user)
+        settings.mode = .session
+        settings.poolSize = 1
+        settings.minPoolSize = 0
+        settings.reservePoolSize = 0
+        settings.serverLifetime = 0
+        settings.serverCheckQuery = ""
+        var dedicated = key
+        dedicated.dedicatedTo = client
+        let pool = Pool(key: dedicated, database: entry, settings: settings, loopCount: loops.count, routed: hosts.isRouted(database, config))
+        pool.serverSecret = initialServerSecret(database: database, user: key.user)
+        poolsLock.withLock { pools[dedicated] = pool }
+        return pool
+    }
+
+    /// The replication client of a dedicated pool is gone: a dial still under way is discarded when it lands,
+    /// an idle server closes, and the pool is forgotten.
+    func dropDedicatedPool(_ pool: Pool) {
+        guard pool.key.dedicatedTo != nil else { return }
+        for server in pool.withState({ $0.reconnect(now: NIODeadline.now().uptimeNanoseconds) }) {
+            server.close(reason: "replication client gone")
+        }
+        removePool(pool)
+    }
+
     var allPools: [Pool] { poolsLock.withLock { Array(pools.values) } }
 
     func existingPool(_ key: PoolKey) -> Pool? { poolsLock.withLock { pools[key] } }
@@ -248,6 +285,8 @@ public final class ShoalRuntime: @unchecked Sendable {
                 removePool(pool)
                 continue
             }
+            // A replication client's pool keeps the entry its server was dialled with, for the client's life.
+            if pool.key.dedicatedTo != nil { continue }
             let old = pool.database
             let wasRouted = pool.routed
             pool.update(database: database, settings: PoolSettings(config: config, database: database, user: pool.key.user),

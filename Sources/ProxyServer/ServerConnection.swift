@@ -531,7 +531,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         case .resetting: status = "tested"
         case .closed: return nil
         }
-        return ConnectionInfo(
+        var row = ConnectionInfo(
             type: "S", user: pool.database.user ?? pool.key.user, database: pool.key.database, state: status,
             addr: remoteHost.hasPrefix("/") ? "unix" : remoteHost, port: remotePort, localAddr: localHost, localPort: localPort,
             connectTime: nowWall.addingTimeInterval(-Double(nowMono &- createdAt) / 1e9),
@@ -539,6 +539,10 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
             waitMicros: 0, closeNeeded: closeNeeded, ptr: ClientConnection.pointerString(self),
             link: client.map(ClientConnection.pointerString) ?? "", remotePid: Int(backendKey?.processID ?? 0), tls: tlsDescription ?? "",
             applicationName: "", id: id, poolKey: pool.key)
+        if pool.key.dedicatedTo != nil, let mode = pool.database.startupParameters.last(where: { $0.0 == "replication" })?.1 {
+            row.replication = mode == "database" ? "logical" : "physical"
+        }
+        return row
     }
 
     var ageSeconds: UInt64 { (NIODeadline.now().uptimeNanoseconds &- createdAt) / 1_000_000_000 }
