@@ -230,7 +230,8 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        logger.debug("client connection error: \(error)")
+        // Not the error's own description: a client can cause TLS errors, whose text names the build's source files.
+        logger.debug("client connection error: \(error is NIOSSLError || error is BoringSSLError ? TLSFailureText.describe(error) : "\(error)")")
         context.close(promise: nil)
     }
 

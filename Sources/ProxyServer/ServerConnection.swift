@@ -391,8 +391,9 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
         switch state {
         case .requestingTLS, .handshakingTLS:
             // A certificate that fails verification, a protocol mismatch: say so to the queued clients.
-            loginFailed(message: "server login failed: TLS handshake failed: \(error)", code: "08006",
-                        logLine: "server login failed: TLS handshake failed: \(error)")
+            let reason = TLSFailureText.describe(error, host: remoteHost)
+            loginFailed(message: "server login failed: TLS handshake failed: \(reason)", code: "08006",
+                        logLine: "server login failed: TLS handshake failed: \(reason)")
         case .connecting, .loggingIn, .connectQuery, .ready, .resetting, .closed:
             logger.debug("server connection error: \(error)")
         }
