@@ -182,7 +182,10 @@ extension ClientConnection {
         case .authType(let type): authType = type
         }
         let authUser = databaseEntry?.authUser ?? snapshot.config.authUser
-        if secret == nil, let database = databaseEntry, authUser != nil, authType != .any {
+        // The console has no entry of its own: a stats or admin user that exists only in the database is looked up
+        // through auth_dbname's entry, as PgBouncer does.
+        let lookupEntry = databaseEntry ?? (isConsoleLogin ? snapshot.config.authDbname.flatMap { snapshot.config.database(named: $0) } : nil)
+        if secret == nil, let database = lookupEntry, authUser != nil, authType != .any {
             // Not in the auth file: ask the database (auth_query as auth_user), then authenticate. Under trust too:
             // trust skips the password, not the question whether the user exists (PgBouncer's rule).
             AuthLookups.lookUp(user: user, database: database, runtime: runtime, on: eventLoop) { [weak self] outcome in

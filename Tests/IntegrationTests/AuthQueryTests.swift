@@ -73,4 +73,21 @@ import Testing
         #expect(refusal("host=127.0.0.1 port=\(misconfigured.port) dbname=postgres user=chemistry password=atoms").contains("bouncer config error"))
         #expect(misconfigured.log.contains("authentication database \"nosuchentry\" is not configured"), "\(misconfigured.log)")
     }
+
+    /// issue 16: a stats user that exists only in the database (not in the auth file) logs in to the console
+    /// through auth_query on auth_dbname's entry, as in PgBouncer.
+    @Test func consoleUsersAreLookedUpThroughAuthDbname() async throws {
+        try TestPostgres.shared.psql("drop role if exists watcher; create role watcher login password 'eyes'")
+        let shoal = try await ShoalInstance {
+            $0.authUser = "postgres"
+            $0.authDbname = "postgres"
+            $0.statsUsers = ["watcher"]
+        }
+        defer { Task { await shoal.stop() } }
+        let console = "host=127.0.0.1 port=\(shoal.port) dbname=pgbouncer user=watcher"
+        let stats = try PQConnection("\(console) password=eyes")
+        #expect(try stats.query("SHOW VERSION").first?.first??.hasPrefix("PgBouncer") == true)
+        #expect(throws: PQError.self) { try stats.query("RELOAD") } // read-only: a stats user, not an admin
+        #expect(refusal("\(console) password=wrong").contains("password authentication failed for user \"watcher\""))
+    }
 }
