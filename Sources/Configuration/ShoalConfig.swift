@@ -58,6 +58,9 @@ public struct ShoalConfig: Sendable {
     /// A database created through `*` with no clients and no servers for this long is dropped (PgBouncer's
     /// autodb_idle_timeout), so names tried once do not keep pools for good.
     public var autodbIdleTimeout = 3600.0
+    /// Any pool with no clients, no servers and nobody waiting for this long is freed (PgBouncer 1.25's
+    /// pool_idle_timeout); 0 = never.
+    public var poolIdleTimeout = 0.0
     public var serverConnectTimeout = 15.0
     public var serverLoginRetry = 15.0
     public var serverRoundRobin = false

@@ -99,6 +99,13 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
 
     public mutating func unpinned() { pinnedCount = max(0, pinnedCount - 1) }
 
+    /// Logged-in clients of this pool, with or without a server: a pool with none, no server and nobody
+    /// waiting may be freed (pool_idle_timeout, autodb_idle_timeout).
+    public private(set) var clientCount = 0
+    public mutating func clientJoined() { clientCount += 1 }
+    public mutating func clientLeft() { clientCount = max(0, clientCount - 1) }
+    public var isUnused: Bool { clientCount == 0 && totalServers == 0 && waitingCount == 0 }
+
     /// Set while shutting down paused: a client that would queue is answered with this instead.
     public private(set) var refusal: String?
     /// RECONNECT: servers created before this instant close when released instead of being reused.

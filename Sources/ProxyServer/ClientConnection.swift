@@ -291,7 +291,10 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         case .startup, .authenticating, .console, .closed:
             break
         }
-        if let pool, pool.key.dedicatedTo != nil { runtime.dropDedicatedPool(pool) }
+        if let pool {
+            pool.withState { $0.clientLeft() }
+            if pool.key.dedicatedTo != nil { runtime.dropDedicatedPool(pool) }
+        }
     }
 
     /// This client's logger: PgBouncer's `C-<id>: db/user@addr` prefix and the structured keys. Built when a line

@@ -24,11 +24,6 @@ final class ClientLimits: Sendable {
         }
     }
 
-    /// Logged-in clients of `database` now.
-    func clients(database: String) -> Int {
-        counts.withLockedValue { $0.databases[database, default: 0] }
-    }
-
     func left(database: String, user: String) {
         counts.withLockedValue { counts in
             counts.databases[database] = counts.databases[database].flatMap { $0 > 1 ? $0 - 1 : nil }

@@ -6,8 +6,8 @@ import Pooling
 final class Janitor: @unchecked Sendable {
     private let runtime: ShoalRuntime
     private var task: RepeatedTask?
-    /// Auto-databases (made through `*`) with no clients and no servers, and since when; loop 0 only.
-    private var autoDatabasesUnusedSince: [String: UInt64] = [:]
+    /// Pools with no clients, servers or waiters, and since when (autodb_idle_timeout, pool_idle_timeout); loop 0 only.
+    private var poolsUnusedSince: [PoolKey: UInt64] = [:]
 
     init(runtime: ShoalRuntime) { self.runtime = runtime }
 
@@ -15,7 +15,7 @@ final class Janitor: @unchecked Sendable {
         task = runtime.loops[0].scheduleRepeatedTask(initialDelay: .milliseconds(333), delay: .milliseconds(333)) { [self, runtime] _ in
             let now = NIODeadline.now().uptimeNanoseconds
             for pool in runtime.allPools { Janitor.maintain(pool, runtime: runtime, now: now) }
-            runtime.dropUnusedAutoDatabases(now: now, unusedSince: &autoDatabasesUnusedSince)
+            runtime.freeUnusedPools(now: now, unusedSince: &poolsUnusedSince)
         }
     }
 

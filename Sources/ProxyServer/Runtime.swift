@@ -172,9 +172,15 @@ public final class ShoalRuntime: @unchecked Sendable {
 
     // MARK: Pools
 
+    /// The pool for `key`, made if needed, with the logging-in client counted in it — under the pools lock, so a
+    /// pool found unused and freed by the janitor (which checks and removes under the same lock) is never one
+    /// a client is joining.
     func pool(for key: PoolKey, database: DatabaseEntry) -> Pool {
         poolsLock.withLock {
-            if let pool = pools[key] { return pool }
+            if let pool = pools[key] {
+                pool.withState { $0.clientJoined() }
+                return pool
+            }
             let config = self.config
             if config.databases[key.database] == nil, !pools.keys.contains(where: { $0.database == key.database }) {
                 logger.info("registered new auto-database: \(key.database)")
@@ -185,6 +191,7 @@ public final class ShoalRuntime: @unchecked Sendable {
             if lifecycle.withLockedValue({ $0.isPaused(database: key.database) }) {
                 _ = pool.withState { $0.pause() }
             }
+            pool.withState { $0.clientJoined() }
             pools[key] = pool
             return pool
         }
@@ -213,6 +220,7 @@ public final class ShoalRuntime: @unchecked Sendable {
         dedicated.dedicatedTo = client
         let pool = Pool(key: dedicated, database: entry, settings: settings, loopCount: loops.count, routed: hosts.isRouted(database, config))
         pool.serverSecret = initialServerSecret(database: database, user: key.user)
+        pool.withState { $0.clientJoined() }
         poolsLock.withLock { pools[dedicated] = pool }
         return pool
     }
@@ -320,31 +328,41 @@ public final class ShoalRuntime: @unchecked Sendable {
         }
     }
 
-    /// autodb_idle_timeout: drops the pools of databases made through `*` that have had no clients and no servers
-    /// for that long, as PgBouncer frees them. Checked and removed under the pools lock, so a client that logs
-    /// in meanwhile either counts (and keeps the pools) or gets a new pool made after the removal.
-    func dropUnusedAutoDatabases(now: UInt64, unusedSince: inout [String: UInt64]) {
+    /// autodb_idle_timeout and pool_idle_timeout, as PgBouncer frees them: a database made through `*` whose pools
+    /// have had no clients, no servers and no waiters for autodb_idle_timeout is dropped; any pool unused for
+    /// pool_idle_timeout (0 = never) is freed. Checked and removed under the pools lock, where logins join pools.
+    func freeUnusedPools(now: UInt64, unusedSince: inout [PoolKey: UInt64]) {
         let config = snapshot.config
-        let timeout = UInt64(config.autodbIdleTimeout * 1e9)
-        var dropped: [String] = []
+        let autodbTimeout = UInt64(config.autodbIdleTimeout * 1e9)
+        let poolTimeout = config.poolIdleTimeout > 0 ? UInt64(config.poolIdleTimeout * 1e9) : nil
+        var droppedDatabases: [String] = []
+        var freedPools: [PoolKey] = []
         poolsLock.withLock {
-            var unused: [String: UInt64] = [:]
-            let byDatabase = Dictionary(grouping: pools.values) { $0.key.database }
-            for (name, databasePools) in byDatabase where config.databases[name] == nil {
-                guard clientLimits.clients(database: name) == 0,
-                      databasePools.allSatisfy({ $0.withState { $0.totalServers == 0 && $0.waitingCount == 0 } }) else { continue }
-                let since = unusedSince[name] ?? now
-                guard now &- since >= timeout else {
-                    unused[name] = since
-                    continue
-                }
-                for pool in databasePools { pools[pool.key] = nil }
-                dropped.append(name)
+            var unused: [PoolKey: UInt64] = [:]
+            for (key, pool) in pools where key.dedicatedTo == nil && pool.withState({ $0.isUnused }) {
+                unused[key] = unusedSince[key] ?? now
             }
             unusedSince = unused
+            // Auto-databases: every pool of the database unused that long.
+            let byDatabase = Dictionary(grouping: pools.values) { $0.key.database }
+            for (name, databasePools) in byDatabase where config.databases[name] == nil {
+                let since = databasePools.map { unused[$0.key] }
+                guard since.allSatisfy({ $0 != nil }), let latest = since.compactMap({ $0 }).max(), now &- latest >= autodbTimeout else { continue }
+                for pool in databasePools { pools[pool.key] = nil; unusedSince[pool.key] = nil }
+                droppedDatabases.append(name)
+            }
+            guard let poolTimeout else { return }
+            for (key, since) in unusedSince where now &- since >= poolTimeout {
+                pools[key] = nil
+                unusedSince[key] = nil
+                freedPools.append(key)
+            }
         }
-        for name in dropped {
+        for name in droppedDatabases {
             logger.warning("dropping database '\(name)' as it does not exist anymore or inactive auto-database")
+        }
+        for key in freedPools {
+            logger.info("pool \(key) unused for pool_idle_timeout, freed")
         }
     }
 

@@ -61,6 +61,28 @@ import Testing
         #expect(shoal.log.components(separatedBy: "registered new auto-database: autodb_reaped").count == 3, "\(shoal.log)")
     }
 
+    /// pool_idle_timeout (PgBouncer 1.25; issue 16: accepted and ignored): any pool with no clients, no servers
+    /// and nobody waiting that long is freed; a client idle in transaction pooling (no server) keeps its pool.
+    @Test func unusedPoolsAreFreedAfterPoolIdleTimeout() async throws {
+        let shoal = try await ShoalInstance {
+            $0.adminUsers = ["postgres"]
+            $0.poolIdleTimeout = 1
+            $0.serverIdleTimeout = 1
+        }
+        defer { Task { await shoal.stop() } }
+        let console = try PQConnection(shoal.consoleConninfo())
+        func listed() throws -> Bool { try console.query("SHOW POOLS").contains { $0[0] == "postgres" } }
+        var client: PQConnection? = try PQConnection(shoal.conninfo)
+        #expect(try client?.scalar("select 1") == "1")
+        try await Task.sleep(nanoseconds: 3_000_000_000)
+        #expect(try listed(), "an idle client, even without a server, keeps its pool")
+        client = nil // PQfinish
+        try waitUntil("the pool is freed", timeout: 10) { try !listed() }
+        #expect(shoal.log.contains("pool postgres/postgres unused for pool_idle_timeout, freed"), "\(shoal.log.suffix(600))")
+        #expect(try PQConnection(shoal.conninfo).scalar("select 'again'") == "again")
+        #expect(try listed())
+    }
+
     /// unix_socket_mode, unix_socket_group and login_notify_message act as PgBouncer documents them (issue 15:
     /// they were accepted and ignored; the socket was always 0777).
     @Test func unixSocketModeGroupAndLoginNotice() async throws {
