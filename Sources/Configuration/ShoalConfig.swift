@@ -61,6 +61,8 @@ public struct ShoalConfig: Sendable {
     /// Any pool with no clients, no servers and nobody waiting for this long is freed (PgBouncer 1.25's
     /// pool_idle_timeout); 0 = never.
     public var poolIdleTimeout = 0.0
+    /// server_fast_close: sessions whose server must close (RECONNECT, a changed entry) end between transactions.
+    public var serverFastClose = false
     public var serverConnectTimeout = 15.0
     public var serverLoginRetry = 15.0
     public var serverRoundRobin = false

@@ -413,8 +413,9 @@ extension LinkStateMachine {
     }
 
     /// A session (or pinned) client idle between transactions whose server may have to go (its host left
-    /// the pool's rotation): whether it can be ended cleanly now.
-    public var mayEndSessionForHost: Bool {
+    /// the pool's rotation, or its configuration changed under server_fast_close): whether it can be ended
+    /// cleanly now.
+    public var mayEndSession: Bool {
         phase == .linked && (options.mode == .session || !pinned.isEmpty)
             && (releaseBlocker == nil || releaseBlocker == .cancelInFlight)
     }
@@ -424,5 +425,12 @@ extension LinkStateMachine {
         _ = abandonServer()
         return .fatal(message: "terminating connection because its server's host left the pool's rotation (failover or lag)",
                       code: "57P01", serverReason: "host left the pool's rotation")
+    }
+
+    /// server_fast_close: the server's database entry changed (RECONNECT, a reload that moved it) and the session
+    /// ends between its transactions rather than at its end, in PgBouncer's words; the client is then closed.
+    public mutating func endSessionForConfigChange() -> LinkAction {
+        _ = abandonServer()
+        return .fatal(message: "database configuration changed", code: "08P01", serverReason: "database configuration changed")
     }
 }

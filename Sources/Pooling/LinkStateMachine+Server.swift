@@ -110,7 +110,7 @@ extension LinkStateMachine {
             probeAnswered(scan.probeFailed ? nil : scan.probeKinds)
             read.becamePinned = !wasPinned && !pinned.isEmpty
         }
-        if scan.transactionsEnded > 0 && own == nil && mayEndSessionForHost && !hostStillFits() {
+        if scan.transactionsEnded > 0 && own == nil && mayEndSession && !hostStillFits() {
             // A session (or a pinned client) that was mid-transaction when its host left the rotation ends here.
             read.action = endSessionForHost()
             return read

@@ -212,6 +212,10 @@ extension ClientConnection {
         }
         if flush { flushToClient() }
         run(read.action)
+        if read.transactionsEnded > 0, link.mayEndSession, runtime.snapshot.config.serverFastClose {
+            flushToClient()
+            endSessionIfServerMustClose()
+        }
     }
 
     /// ReadyForQuery messages arrived: `queries` requests and `transactions` transactions are complete.
@@ -278,13 +282,22 @@ extension ClientConnection {
 
     // MARK: Outside events
 
+    /// server_fast_close: a session between transactions whose server must close (RECONNECT, a changed entry)
+    /// ends now instead of at its end; running transactions are never interrupted.
+    @discardableResult
+    func endSessionIfServerMustClose() -> Bool {
+        guard state == .pooled, let server, link.mayEndSession, server.predatesReconnect else { return false }
+        run(link.endSessionForConfigChange())
+        return true
+    }
+
     /// A client that keeps its server between transactions (session pooling, or pinned by session state) and
     /// sits idle on a host its pool may no longer use — the old side of a failover, a lagging replica — is
     /// disconnected, so nobody writes to an old primary once the new one is known. Its session state lives on
     /// that server, so it cannot move; it reconnects and lands on a host that fits. Returns whether it ended.
     @discardableResult
     func endSessionIfHostLeft() -> Bool {
-        guard state == .pooled, let server, link.mayEndSessionForHost, !server.hostStillFits() else { return false }
+        guard state == .pooled, let server, link.mayEndSession, !server.hostStillFits() else { return false }
         run(link.endSessionForHost())
         return true
     }

@@ -70,6 +70,13 @@ extension ShoalRuntime {
     func reconnect(pool: Pool) {
         let now = NIODeadline.now().uptimeNanoseconds
         for server in pool.withState({ $0.reconnect(now: now) }) { server.close(reason: "reconnect") }
+        guard snapshot.config.serverFastClose else { return }
+        // Sessions idle between transactions end now; the others at their transaction's end (serverDataReceived).
+        for (index, loop) in loops.enumerated() {
+            loop.execute { [registries] in
+                for client in registries[index].clients.values where client.pool === pool { client.endSessionIfServerMustClose() }
+            }
+        }
     }
 
     /// KILL: every client and server of the pool goes now.

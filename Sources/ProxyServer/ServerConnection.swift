@@ -520,8 +520,12 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// Set once RECONNECT (or a changed database entry) wants this server gone at its next release.
     var closeNeeded: Bool {
         if case .closed = state { return false }
-        return createdAt < pool.withState { $0.closeBefore }
+        return predatesReconnect
     }
+
+    /// Made before the pool's last RECONNECT (or changed entry). Safe from any loop: `createdAt` never changes
+    /// and the pool's mark is read under its lock.
+    var predatesReconnect: Bool { createdAt < pool.withState { $0.closeBefore } }
 
     /// This server as a SHOW SERVERS row. Runs on the server's loop.
     func consoleRow(nowWall: Date, nowMono: UInt64) -> ConnectionInfo? {

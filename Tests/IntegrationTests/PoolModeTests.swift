@@ -92,4 +92,38 @@ import Testing
         #expect(try count("check_logins") == "2")
         #expect(shoal.log.contains("server reset or check query failed"), "\(shoal.log.suffix(600))")
     }
+
+    /// server_fast_close (issue 16: accepted and ignored before): after RECONNECT a session idle between
+    /// transactions ends at once with PgBouncer's "database configuration changed"; one inside a transaction
+    /// finishes it (its COMMIT succeeds) and ends right after. Without the key, sessions run on.
+    @Test func serverFastCloseEndsSessionsBetweenTransactions() async throws {
+        for fastClose in [true, false] {
+            let shoal = try await ShoalInstance {
+                $0.poolMode = .session
+                $0.adminUsers = ["postgres"]
+                $0.serverFastClose = fastClose
+            }
+            let console = try PQConnection(shoal.consoleConninfo())
+            let idle = try PQConnection(shoal.conninfo)
+            #expect(try idle.scalar("select 1") == "1")
+            let busy = try PQConnection(shoal.conninfo)
+            try busy.query("begin")
+            #expect(try busy.scalar("select 2") == "2")
+            try console.query("RECONNECT postgres")
+            try await Task.sleep(nanoseconds: 300_000_000)
+            #expect(try busy.scalar("select 'still in the transaction'") == "still in the transaction")
+            try busy.query("commit")
+            if fastClose {
+                #expect(throws: PQError.self) { try idle.query("select 1") }
+                #expect(throws: PQError.self) { try busy.query("select 1") }
+                #expect(shoal.log.contains("database configuration changed"), "\(shoal.log.suffix(500))")
+            } else {
+                #expect(try idle.scalar("select 'runs on'") == "runs on")
+                #expect(try busy.scalar("select 'runs on'") == "runs on")
+            }
+            // A new session gets a new server either way.
+            #expect(try PQConnection(shoal.conninfo).scalar("select 3") == "3")
+            await shoal.stop()
+        }
+    }
 }
