@@ -104,7 +104,7 @@ public struct ConfigLoader {
         "ignore_startup_parameters": .list(\.ignoreStartupParameters),
         "track_extra_parameters": .list(\.trackExtraParameters),
         "max_packet_size": .int(\.maxPacketSize), "application_name_add_host": .bool(\.applicationNameAddHost),
-        "cancel_wait_timeout": .seconds(\.cancelWaitTimeout), "autodb_idle_timeout": .seconds(\.autodbIdleTimeout), "pool_idle_timeout": .seconds(\.poolIdleTimeout), "server_fast_close": .bool(\.serverFastClose),
+        "cancel_wait_timeout": .seconds(\.cancelWaitTimeout), "autodb_idle_timeout": .seconds(\.autodbIdleTimeout), "pool_idle_timeout": .seconds(\.poolIdleTimeout), "server_fast_close": .bool(\.serverFastClose), "tcp_defer_accept": .bool(\.tcpDeferAccept),
         "tcp_keepalive": .bool(\.tcpKeepalive), "tcp_keepidle": .count(\.tcpKeepidle), "tcp_keepintvl": .count(\.tcpKeepintvl),
         "tcp_keepcnt": .count(\.tcpKeepcnt), "tcp_user_timeout": .count(\.tcpUserTimeout),
         "tcp_socket_buffer": .count(\.tcpSocketBuffer),
@@ -146,7 +146,6 @@ public struct ConfigLoader {
         "server_tls13_ciphers": .unsupported,
         "stats_users_prefix": .unsupported, "suspend_timeout": .unsupported,
         "syslog": .unsupported, "syslog_facility": .unsupported, "syslog_ident": .unsupported,
-        "tcp_defer_accept": .unsupported,
         "user": .unsupported, "auth_ident_file": .unsupported, "auth_ldap_options": .unsupported,
     ]
 
@@ -251,7 +250,7 @@ public struct ConfigLoader {
     public static let restartOnlyKeys: Set<String> = [
         "disable_pqexec", "job_name", "listen_addr", "listen_backlog", "listen_port", "pidfile", "pkt_buf", "resolv_conf",
         "so_reuseport", "track_extra_parameters", "peers_dns", "unix_socket_dir", "unix_socket_group", "unix_socket_mode", "user",
-        "metrics_addr", "metrics_port", "readonly_listen_port", "worker_threads",
+        "metrics_addr", "metrics_port", "readonly_listen_port", "worker_threads", "tcp_defer_accept",
     ]
 
     public struct Setting: Sendable, Equatable {

@@ -63,6 +63,9 @@ public struct ShoalConfig: Sendable {
     public var poolIdleTimeout = 0.0
     /// server_fast_close: sessions whose server must close (RECONNECT, a changed entry) end between transactions.
     public var serverFastClose = false
+    /// tcp_defer_accept (PgBouncer's default on Linux: on, 45 s): the kernel completes accept() only once the
+    /// client's first bytes (its startup packet) arrive, so a connection costs one wakeup instead of two.
+    public var tcpDeferAccept = true
     public var serverConnectTimeout = 15.0
     public var serverLoginRetry = 15.0
     public var serverRoundRobin = false

@@ -18,7 +18,7 @@ public enum Listener {
     public static func bind(runtime: ShoalRuntime) async throws -> [Channel] {
         let config = runtime.config
         // A function, not one value: ServerBootstrap is a class and its options accumulate.
-        @Sendable func makeBootstrap(ipv6: Bool = false, readOnly: Bool = false, loop: EventLoop? = nil) -> ServerBootstrap {
+        @Sendable func makeBootstrap(ipv6: Bool = false, readOnly: Bool = false, loop: EventLoop? = nil, tcp: Bool = true) -> ServerBootstrap {
             var bootstrap = loop.map { ServerBootstrap(group: $0, childGroup: $0) } ?? ServerBootstrap(group: runtime.group)
             if loop != nil {
                 bootstrap = bootstrap.serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
@@ -47,6 +47,12 @@ public enum Listener {
                         try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop, readOnlyRoute: readOnly))
                     }
                 }
+            if tcp && config.tcpDeferAccept {
+                // tcp_defer_accept: PgBouncer's 45 s. A PostgreSQL client speaks first, so its accept and its
+                // startup packet come in one wakeup instead of two.
+                bootstrap = bootstrap.serverChannelOption(
+                    ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: TCP_DEFER_ACCEPT)), value: 45)
+            }
             // An IPv6 wildcard would otherwise take the IPv4 port too, and `*` could not bind both.
             return ipv6 ? bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1) : bootstrap
         }
@@ -100,7 +106,7 @@ public enum Listener {
                 let path = "\(config.unixSocketDir)/.s.PGSQL.\(port)"
                 try? FileManager.default.removeItem(atPath: path)
                 do {
-                    let channel = try await makeBootstrap(readOnly: readOnly).bind(unixDomainSocketPath: path).get()
+                    let channel = try await makeBootstrap(readOnly: readOnly, tcp: false).bind(unixDomainSocketPath: path).get()
                     chmod(path, mode_t(config.unixSocketMode))
                     if !config.unixSocketGroup.isEmpty {
                         // PgBouncer's unix_socket_group: the socket's group, for a mode like 0770.

@@ -71,7 +71,8 @@ import Testing
 
     @Test func silentAndStalledLoginsEndAtClientLoginTimeout() async throws {
         // Deadlines are kept by each loop's sweeper (no timer per connection); each stalled stage must still end.
-        let shoal = try await ShoalInstance { $0.clientLoginTimeout = 1 }
+        // Without tcp_defer_accept: with it the kernel holds a silent connection back (45 s) before Shoal sees it.
+        let shoal = try await ShoalInstance { $0.clientLoginTimeout = 1; $0.tcpDeferAccept = false }
         defer { Task { await shoal.stop() } }
         func stalled(_ start: (RawClient) throws -> Void = { _ in }) throws -> (code: String, message: String)? {
             let client = try RawClient(port: shoal.port, receiveTimeout: 6)

@@ -154,7 +154,8 @@ import Configuration
     /// leave the limit unguarded; per address, connections waiting to log in and failed logins per minute are
     /// capped (max_pending_logins_per_address, max_failed_logins_per_minute). The console stays reachable.
     @Test func connectionsCountFromAcceptAndPerAddressLoginLimitsHold() async throws {
-        let counting = try await ShoalInstance { $0.maxClientConn = 2; $0.adminUsers = ["postgres"] }
+        // Silent connections reach Shoal only without tcp_defer_accept (with it, the kernel holds them back 45 s).
+        let counting = try await ShoalInstance { $0.maxClientConn = 2; $0.adminUsers = ["postgres"]; $0.tcpDeferAccept = false }
         defer { Task { await counting.stop() } }
         let silent = [try RawClient(port: counting.port), try RawClient(port: counting.port)]
         try waitUntil("both silent connections are counted") { counting.server.runtime.clientCount == 2 }
@@ -163,7 +164,7 @@ import Configuration
         for connection in silent { connection.close() }
         try waitUntil("their places are freed") { (try? PQConnection(counting.conninfo)) != nil }
 
-        let limited = try await ShoalInstance { $0.maxPendingLoginsPerAddress = 2; $0.maxFailedLoginsPerMinute = 3 }
+        let limited = try await ShoalInstance { $0.maxPendingLoginsPerAddress = 2; $0.maxFailedLoginsPerMinute = 3; $0.tcpDeferAccept = false }
         defer { Task { await limited.stop() } }
         var waiting = [try RawClient(port: limited.port), try RawClient(port: limited.port)]
         usleep(300_000) // accepted by Shoal, not only by the kernel
@@ -173,5 +174,18 @@ import Configuration
         for _ in 0..<3 { #expect(refusal("\(limited.conninfo) password=wrong").contains("password authentication failed")) }
         #expect(refusal(limited.conninfo).contains("too many failed logins from this address"))
         #expect(limited.log.contains("too many failed logins from this address"))
+    }
+
+    /// tcp_defer_accept (PgBouncer's default on Linux; it was accepted and ignored): a connection that sends
+    /// nothing is not handed to Shoal at all, so it costs no accept, no client object and no max_client_conn place;
+    /// one that sends its startup packet is accepted with it.
+    @Test func tcpDeferAcceptKeepsSilentConnectionsInTheKernel() async throws {
+        let shoal = try await ShoalInstance()
+        defer { Task { await shoal.stop() } }
+        let silent = try RawClient(port: shoal.port)
+        usleep(500_000)
+        #expect(shoal.server.runtime.clientCount == 0, "a silent connection reached Shoal")
+        #expect(try PQConnection(shoal.conninfo).scalar("select 'served'") == "served")
+        silent.close()
     }
 }
