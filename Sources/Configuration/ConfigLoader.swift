@@ -104,7 +104,7 @@ public struct ConfigLoader {
         "ignore_startup_parameters": .list(\.ignoreStartupParameters),
         "track_extra_parameters": .list(\.trackExtraParameters),
         "max_packet_size": .int(\.maxPacketSize), "application_name_add_host": .bool(\.applicationNameAddHost),
-        "cancel_wait_timeout": .seconds(\.cancelWaitTimeout), "autodb_idle_timeout": .seconds(\.autodbIdleTimeout), "pool_idle_timeout": .seconds(\.poolIdleTimeout), "server_fast_close": .bool(\.serverFastClose), "tcp_defer_accept": .bool(\.tcpDeferAccept),
+        "cancel_wait_timeout": .seconds(\.cancelWaitTimeout), "autodb_idle_timeout": .seconds(\.autodbIdleTimeout), "pool_idle_timeout": .seconds(\.poolIdleTimeout), "server_fast_close": .bool(\.serverFastClose), "tcp_defer_accept": .bool(\.tcpDeferAccept), "disable_pqexec": .bool(\.disablePqexec),
         "tcp_keepalive": .bool(\.tcpKeepalive), "tcp_keepidle": .count(\.tcpKeepidle), "tcp_keepintvl": .count(\.tcpKeepintvl),
         "tcp_keepcnt": .count(\.tcpKeepcnt), "tcp_user_timeout": .count(\.tcpUserTimeout),
         "tcp_socket_buffer": .count(\.tcpSocketBuffer),
@@ -138,7 +138,7 @@ public struct ConfigLoader {
         // Known to PgBouncer, accepted, not acted on yet.
         "client_tls13_ciphers": .unsupported,
         "client_tls_dheparams": .unsupported, "client_tls_ecdhcurve": .unsupported,
-        "conffile": .unsupported, "disable_pqexec": .unsupported, "dns_max_ttl": .unsupported, "dns_nxdomain_ttl": .unsupported,
+        "conffile": .unsupported, "dns_max_ttl": .unsupported, "dns_nxdomain_ttl": .unsupported,
         "dns_zone_check_period": .unsupported, "job_name": .unsupported,
         "pkt_buf": .unsupported,
 "resolv_conf": .unsupported,

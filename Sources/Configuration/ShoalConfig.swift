@@ -66,6 +66,8 @@ public struct ShoalConfig: Sendable {
     /// tcp_defer_accept (PgBouncer's default on Linux: on, 45 s): the kernel completes accept() only once the
     /// client's first bytes (its startup packet) arrive, so a connection costs one wakeup instead of two.
     public var tcpDeferAccept = true
+    /// disable_pqexec: simple Query messages end the client; only the extended protocol is served.
+    public var disablePqexec = false
     public var serverConnectTimeout = 15.0
     public var serverLoginRetry = 15.0
     public var serverRoundRobin = false

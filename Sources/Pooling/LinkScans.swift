@@ -27,6 +27,9 @@ struct ClientScan: FrameVisitor {
     /// A statement message too long to hold (the machine refuses the client).
     var tooLongToHold: (type: UInt8, length: Int)?
     var terminated = false
+    /// disable_pqexec: a simple Query was found (the scan stopped before it).
+    let refusesSimpleQuery: Bool
+    var simpleQuery = false
     var parses = 0
     var binds = 0
     /// Requests that earn a ReadyForQuery (Query, Sync, FunctionCall), and whether the last message was one.
@@ -41,7 +44,8 @@ struct ClientScan: FrameVisitor {
     /// pg_query_params, go as they came and cost no entry here).
     var statementMessages: [StatementMessage] = []
 
-    init(tracker: TransactionTracker, detectsSessionState: Bool, tracksPrepared: Bool, buffer: ByteBuffer) {
+    init(tracker: TransactionTracker, detectsSessionState: Bool, tracksPrepared: Bool, buffer: ByteBuffer, refusesSimpleQuery: Bool = false) {
+        self.refusesSimpleQuery = refusesSimpleQuery
         self.tracker = tracker
         self.detectsSessionState = detectsSessionState
         self.tracksPrepared = tracksPrepared
@@ -62,6 +66,10 @@ struct ClientScan: FrameVisitor {
     @inline(__always) mutating func messageStarted(type: UInt8, length: Int, offset: Int) -> Bool {
         if type == FrontendMessage.terminate {
             terminated = true
+            return false
+        }
+        if refusesSimpleQuery && type == FrontendMessage.query {
+            simpleQuery = true
             return false
         }
         if tracksPrepared && Self.isStatementMessage(type) {

@@ -17,6 +17,8 @@ extension LinkStateMachine {
         public var refused: String?
         /// For the log: a pipelined request let past max_pinned_clients.
         public var warning: String?
+        /// The client broke a rule that ends it (disable_pqexec); nothing of this read was forwarded.
+        public var protocolRefusal: String?
         // Statistics.
         public var parses = 0
         public var binds = 0
@@ -44,8 +46,13 @@ extension LinkStateMachine {
         }
         let trackerBefore = tracker
         var scan = ClientScan(tracker: tracker, detectsSessionState: options.detectsSessionState,
-                              tracksPrepared: options.tracksPrepared, buffer: buffer)
+                              tracksPrepared: options.tracksPrepared, buffer: buffer, refusesSimpleQuery: options.refusesSimpleQuery)
         let consumed = try clientScanner.scan(buffer, visitor: &scan)
+        if scan.simpleQuery {
+            // PgBouncer's disable_pqexec: the client is ended, and nothing it sent in this read reaches the server.
+            read.protocolRefusal = "PQexec disallowed"
+            return read
+        }
         if let (type, length) = scan.tooLongToHold {
             throw .tooLongToHold(type: type, length: length, limit: Self.heldStatementLimit)
         }

@@ -52,6 +52,8 @@ public struct LinkStateMachine: Sendable {
         public var statementNames: StatementNames?
         /// How many statements, and bytes of their definitions, one client may keep (least recently used out).
         public var clientStatementLimits = ClientStatements.Limits.unlimited
+        /// disable_pqexec: a simple Query message ends the client ("PQexec disallowed").
+        public var refusesSimpleQuery = false
 
         public init(mode: PoolMode, detectsSessionState: Bool = false, preparedCapacity: Int = 0, watchesReadOnly: Bool = false) {
             self.mode = mode

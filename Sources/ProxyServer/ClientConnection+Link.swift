@@ -22,6 +22,10 @@ extension ClientConnection {
                              code: "54000")
             }
         }
+        if let refusal = read.protocolRefusal {
+            logger.error("client used pqexec")
+            return fatal(refusal)
+        }
         if let warning = read.warning { logger.warning("\(warning)") }
         if let refused = read.refused { logger.warning("refused: \(refused)") }
         if let answer = read.toClient, let context {

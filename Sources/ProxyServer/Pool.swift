@@ -113,6 +113,7 @@ final class Pool: @unchecked Sendable {
         options.trackedNames = snapshot.trackedNames
         options.maxMessageLength = config.maxPacketSize
         options.statementNames = statementNames
+        options.refusesSimpleQuery = config.disablePqexec
         options.clientStatementLimits = ClientStatements.Limits(count: config.maxClientPreparedStatements,
                                                                 bytes: LinkStateMachine.heldStatementLimit)
         return options

@@ -196,6 +196,26 @@ import Testing
         #expect(copyOut.stdout.split(separator: "\n").count == 5000)
         #expect(try connection.scalar("select sum(a) from copied") == "12502500")
     }
+
+    /// disable_pqexec (PgBouncer's; issue 15/16: accepted and ignored): a simple Query ends the client with
+    /// `PQexec disallowed`, nothing of it reaching the server; the extended protocol is served.
+    @Test func disablePqexecRefusesTheSimpleProtocol() async throws {
+        let shoal = try await ShoalInstance { $0.disablePqexec = true; $0.adminUsers = ["postgres"] }
+        defer { Task { await shoal.stop() } }
+        let extended = try PQConnection(shoal.conninfo)
+        #expect(try extended.scalar("select $1::int + 1", ["41"]) == "42")
+        let simple = try PQConnection(shoal.conninfo)
+        do {
+            try simple.query("select 1")
+            Issue.record("a simple Query was served")
+        } catch let error as PQError {
+            #expect(error.message.contains("PQexec disallowed"), "\(error.message)")
+        }
+        #expect(shoal.log.contains("client used pqexec"))
+        // The server that client had is unharmed, and the console still takes simple queries.
+        #expect(try extended.scalar("select $1::text", ["still served"]) == "still served")
+        #expect(try PQConnection(shoal.consoleConninfo()).query("SHOW VERSION").count == 1)
+    }
 }
 
 final class Box<T>: @unchecked Sendable {

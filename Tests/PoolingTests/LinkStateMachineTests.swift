@@ -44,6 +44,17 @@ extension LinkAction {
         #expect(machine.phase == .idle)
     }
 
+    /// disable_pqexec: a Query anywhere in a read ends the client, and nothing of that read is forwarded.
+    @Test func aSimpleQueryIsRefusedWholeUnderDisablePqexec() throws {
+        var machine = Self.machine { $0.refusesSimpleQuery = true }
+        let extended = Wire.join(Wire.parse("", "SELECT 1"), Wire.bind(""), Wire.sync())
+        _ = try Self.link(&machine, extended)
+        _ = machine.serverBytes(Wire.join(Wire.parseComplete(), Wire.bindComplete(), Wire.ready(.idle))) { true }
+        let read = try machine.clientBytes(Wire.join(Wire.parse("", "SELECT 2"), Wire.query("SELECT 3")), now: 0)
+        #expect(read.protocolRefusal == "PQexec disallowed")
+        #expect(read.toServer == nil && !read.requestServer && machine.phase == .idle)
+    }
+
     /// A new config reaches a client only between its transactions: not while linked, not with half a message
     /// held; switching prepared-statement tracking off forgets the client's names.
     @Test func optionsAreReplacedOnlyAtAQuietPoint() throws {
