@@ -5,7 +5,7 @@
 # /metrics tests).
 # Idempotent: packages already present are left alone.
 set -euo pipefail
-packages=(postgresql-15 postgresql-client-15 libpq-dev pgbouncer php-cli php-pgsql pkg-config python3 python3-psycopg python3-asyncpg python3-prometheus-client python3-yaml python3-pip openssl adduser iproute2)
+packages=(postgresql-15 postgresql-client-15 libpq-dev pgbouncer php-cli php-pgsql pkg-config python3 python3-psycopg python3-asyncpg python3-prometheus-client python3-yaml python3-pip openssl adduser iproute2 iptables)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
