@@ -134,7 +134,8 @@ import Testing
         #expect(build.status == 0, "\(build.stderr)")
         let package = build.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let contents = try ProcessRunner.run("dpkg-deb", ["--contents", package])
-        for path in ["./usr/bin/shoal", "./lib/systemd/system/shoal.service", "./etc/shoal/shoal.ini", "./usr/lib/sysctl.d/60-shoal.conf"] {
+        for path in ["./usr/bin/shoal", "./lib/systemd/system/shoal.service", "./etc/shoal/shoal.ini", "./usr/lib/sysctl.d/60-shoal.conf",
+                     "./lib/systemd/system/shoal@.service"] {
             #expect(contents.stdout.contains(path), "\(path) missing: \(contents.stdout)")
         }
         let depends = try ProcessRunner.run("dpkg-deb", ["-f", package, "Depends"]).stdout
@@ -162,6 +163,11 @@ import Testing
         // The unit's syntax, as systemd reads it.
         let verify = try ProcessRunner.run("systemd-analyze", ["verify", "/lib/systemd/system/shoal.service"])
         #expect(!verify.stderr.contains("shoal.service:"), "\(verify.stderr)")
+        // The template for restarts that refuse nobody: the same unit, whose runtime directory outlives an instance.
+        let template = try String(contentsOfFile: "/lib/systemd/system/shoal@.service", encoding: .utf8)
+        #expect(template.contains("RuntimeDirectoryPreserve=yes") && template.contains("(instance %i)"))
+        let verifyTemplate = try ProcessRunner.run("systemd-analyze", ["verify", "/lib/systemd/system/shoal@.service"])
+        #expect(!verifyTemplate.stderr.contains("shoal@"), "\(verifyTemplate.stderr)")
 
         // Start the installed binary the way systemd would, with a notify socket the test listens on.
         let notify = try NotifySocket(path: "\(scratch)/notify")

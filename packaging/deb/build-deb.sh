@@ -26,6 +26,12 @@ trap 'rm -rf "$root"' EXIT
 # Stripped, as in the image: symbols are about 45% of a static Swift binary.
 install -D -m 0755 -s "$binary" "$root/usr/bin/shoal"
 install -D -m 0644 conf/shoal.service "$root/lib/systemd/system/shoal.service"
+# shoal@.service, for a restart that refuses nobody (so_reuseport = 1 in shoal.ini): `systemctl start shoal@green`,
+# then `systemctl stop shoal@blue` (SIGTERM: it drains). Made from the same unit, so the two never drift apart;
+# the runtime directory (the Unix socket's) must outlive whichever instance stops first.
+sed -e 's/^Description=.*/& (instance %i)/' -e '/^RuntimeDirectoryMode=/a RuntimeDirectoryPreserve=yes' \
+    conf/shoal.service > "$root/lib/systemd/system/shoal@.service"
+chmod 0644 "$root/lib/systemd/system/shoal@.service"
 install -D -m 0644 packaging/deb/60-shoal.conf "$root/usr/lib/sysctl.d/60-shoal.conf"
 install -D -m 0640 packaging/deb/shoal.ini "$root/etc/shoal/shoal.ini"
 install -D -m 0640 packaging/deb/userlist.txt "$root/etc/shoal/userlist.txt"
