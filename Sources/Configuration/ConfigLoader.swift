@@ -87,6 +87,7 @@ public struct ConfigLoader {
         "listen_backlog": .int(\.listenBacklog),
         "auth_type": .authType, "auth_file": .optionalString(\.authFile), "auth_hba_file": .optionalString(\.authHbaFile), "auth_user": .optionalString(\.authUser),
         "auth_query": .string(\.authQuery), "auth_dbname": .optionalString(\.authDbname),
+        "auth_query_cache_ttl": .seconds(\.authQueryCacheTTL), "auth_query_negative_cache_ttl": .seconds(\.authQueryNegativeCacheTTL),
         "admin_users": .list(\.adminUsers), "stats_users": .list(\.statsUsers),
         "pool_mode": .poolMode, "max_client_conn": .int(\.maxClientConn), "default_pool_size": .int(\.defaultPoolSize),
         "min_pool_size": .int(\.minPoolSize), "reserve_pool_size": .int(\.reservePoolSize),

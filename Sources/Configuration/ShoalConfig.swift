@@ -35,6 +35,10 @@ public struct ShoalConfig: Sendable {
     public var authUser: String?
     public var authQuery = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
     public var authDbname: String?
+    /// Shoal's own: seconds a secret found by auth_query, and a "no such user", are answered from memory (0, the
+    /// default: every login asks, as PgBouncer does — a changed or revoked password counts at once).
+    public var authQueryCacheTTL = 0.0
+    public var authQueryNegativeCacheTTL = 0.0
     public var adminUsers: [String] = []
     public var statsUsers: [String] = []
 

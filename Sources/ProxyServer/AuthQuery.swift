@@ -33,6 +33,9 @@ final class AuthLookups: @unchecked Sendable {
         var sql: String
         var user: String
         var timeout: TimeAmount
+        /// How long a found secret, and a "no such user", may be answered from the cache (0: not kept).
+        var cacheFound: TimeAmount = .zero
+        var cacheMissing: TimeAmount = .zero
         var finish: (Outcome) -> Void
         /// The client was answered already (its timeout, or it left): a lookup still queued is skipped.
         var answered: () -> Bool
@@ -48,6 +51,16 @@ final class AuthLookups: @unchecked Sendable {
     private let eventLoop: EventLoop
     private var targets: [Target: Connections] = [:]
     private var stopped = false
+
+    /// auth_query_cache_ttl / auth_query_negative_cache_ttl: answers kept for a while, so a burst of logins of one
+    /// user (or of one unknown name) costs one lookup. Bounded: past `cacheLimit` entries it starts again.
+    private enum Cached { case found(String?), noSuchUser }
+    private struct CacheKey: Hashable { var target: Target; var sql: String; var user: String }
+    private var cache: [CacheKey: (answer: Cached, expires: NIODeadline)] = [:]
+    static let cacheLimit = 10_000
+
+    /// RELOAD forgets every cached answer (an operator's way to make a changed password count at once).
+    func clearCache() { eventLoop.execute { [self] in cache = [:] } }
 
     init(eventLoop: EventLoop) { self.eventLoop = eventLoop }
 
@@ -88,14 +101,28 @@ final class AuthLookups: @unchecked Sendable {
         let lookups = runtime.authLookups
         lookups.eventLoop.execute {
             lookups.enqueue(Lookup(sql: database.authQuery ?? config.authQuery, user: user,
-                                   timeout: .milliseconds(Int64(config.serverConnectTimeout * 1000)), finish: finish,
-                                   answered: { answered.withLockedValue { $0 } }),
+                                   timeout: .milliseconds(Int64(config.serverConnectTimeout * 1000)),
+                                   cacheFound: .nanoseconds(Int64(config.authQueryCacheTTL * 1e9)),
+                                   cacheMissing: .nanoseconds(Int64(config.authQueryNegativeCacheTTL * 1e9)),
+                                   finish: finish, answered: { answered.withLockedValue { $0 } }),
                             target: Target(address: address, database: login.database, user: authUser), login: login)
         }
     }
 
     private func enqueue(_ lookup: Lookup, target: Target, login: HostCheckConnection.Login) {
         guard !stopped else { return lookup.finish(.failed("shutting down")) }
+        if lookup.cacheFound > .zero || lookup.cacheMissing > .zero {
+            let key = CacheKey(target: target, sql: lookup.sql, user: lookup.user)
+            if let entry = cache[key] {
+                if entry.expires > .now() {
+                    switch entry.answer {
+                    case .found(let secret): return lookup.finish(.found(secret))
+                    case .noSuchUser: return lookup.finish(.noSuchUser)
+                    }
+                }
+                cache[key] = nil
+            }
+        }
         var connections = targets[target] ?? Connections()
         if let connection = connections.idle.popLast() {
             targets[target] = connections
@@ -145,8 +172,11 @@ final class AuthLookups: @unchecked Sendable {
             if let error = answer.error {
                 lookup.finish(.failed("S: error in auth_query: \(error.message)"))
             } else if let row = answer.results.first?.first {
-                lookup.finish(.found(row.count >= 2 ? row[1] : nil))
+                let secret = row.count >= 2 ? row[1] : nil
+                remember(.found(secret), for: lookup, target: target, ttl: lookup.cacheFound)
+                lookup.finish(.found(secret))
             } else {
+                remember(.noSuchUser, for: lookup, target: target, ttl: lookup.cacheMissing)
                 lookup.finish(.noSuchUser)
             }
         case .failure(let failure):
@@ -168,6 +198,12 @@ final class AuthLookups: @unchecked Sendable {
         }
         targets[target] = connections
         if let next { enqueue(next, target: target, login: login) }
+    }
+
+    private func remember(_ answer: Cached, for lookup: Lookup, target: Target, ttl: TimeAmount) {
+        guard ttl > .zero else { return }
+        if cache.count >= Self.cacheLimit { cache.removeAll(keepingCapacity: true) }
+        cache[CacheKey(target: target, sql: lookup.sql, user: lookup.user)] = (answer, .now() + ttl)
     }
 
     /// Closes the idle connections and fails what waits (shutdown).

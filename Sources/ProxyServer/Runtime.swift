@@ -307,6 +307,7 @@ public final class ShoalRuntime: @unchecked Sendable {
             }
         }
         hosts.configure(config)
+        authLookups.clearCache()
     }
 
     /// A host changed health, role or lag: idle servers on hosts their pool may no longer use close now (busy

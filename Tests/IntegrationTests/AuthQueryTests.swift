@@ -90,4 +90,40 @@ import Testing
         #expect(throws: PQError.self) { try stats.query("RELOAD") } // read-only: a stats user, not an admin
         #expect(refusal("\(console) password=wrong").contains("password authentication failed for user \"watcher\""))
     }
+
+    /// issue 15: auth_query_cache_ttl and auth_query_negative_cache_ttl keep answers for a while, so repeated
+    /// logins of one user (or one unknown name) cost one lookup; off by default, every login asks, as PgBouncer.
+    @Test func authQueryAnswersAreCachedOnlyWhenAsked() async throws {
+        try TestPostgres.shared.psql("""
+            drop role if exists cached_user; create role cached_user login password 'kept';
+            drop table if exists auth_lookups; create table auth_lookups (name text);
+            """)
+        // A data-modifying WITH always runs: one row per lookup, found or not.
+        let query = "WITH logged AS (INSERT INTO auth_lookups VALUES ($1) RETURNING 1) "
+            + "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1 AND rolcanlogin"
+        func lookups(_ name: String) throws -> String {
+            try TestPostgres.shared.psql("select count(*) from auth_lookups where name = '\(name)'").trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        for cached in [true, false] {
+            try TestPostgres.shared.psql("truncate auth_lookups")
+            let shoal = try await ShoalInstance {
+                $0.authUser = "postgres"
+                $0.authQuery = query
+                if cached {
+                    $0.authQueryCacheTTL = 60
+                    $0.authQueryNegativeCacheTTL = 60
+                }
+            }
+            let base = "host=127.0.0.1 port=\(shoal.port) dbname=postgres"
+            for _ in 0..<3 {
+                #expect(try PQConnection("\(base) user=cached_user password=kept").scalar("select current_user") == "cached_user")
+                #expect(refusal("\(base) user=ghost password=x").contains("password authentication failed"))
+            }
+            // A wrong password for a cached user is still refused: the cache holds the secret, not a verdict.
+            #expect(refusal("\(base) user=cached_user password=wrong").contains("password authentication failed"))
+            #expect(try lookups("cached_user") == (cached ? "1" : "4"))
+            #expect(try lookups("ghost") == (cached ? "1" : "3"))
+            await shoal.stop()
+        }
+    }
 }
