@@ -13,6 +13,10 @@ public struct ServerLoginMachine {
         case scramKeys(clientKey: [UInt8], serverKey: [UInt8])
     }
 
+    /// The severity of the ErrorResponse that refused the login (FATAL, in practice), for PgBouncer's log line
+    /// `server login failed: FATAL …`; nil when Shoal itself gave up.
+    public private(set) var refusedWithSeverity: String?
+
     public enum Action {
         /// Send these bytes to the server and wait.
         case send(ByteBuffer)
@@ -74,6 +78,7 @@ public struct ServerLoginMachine {
             return .ready
         case BackendMessage.errorResponse:
             let fields = ErrorFields(body: body)
+            refusedWithSeverity = fields.severity
             return .fail(message: fields.message, code: fields.code)
         case BackendMessage.noticeResponse, BackendMessage.negotiateProtocolVersion:
             return .wait

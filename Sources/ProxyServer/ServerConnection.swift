@@ -259,7 +259,9 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
                     context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
                 case .fail(let message, let code):
                     state = .closed
-                    loginFailed(message: message, code: code, logLine: "server login failed: \(message)")
+                    // PgBouncer's line keeps the server's severity; Shoal's own reasons already read "server login failed: …".
+                    let logLine = login.refusedWithSeverity.map { "server login failed: \($0) \(message)" } ?? message
+                    loginFailed(message: message, code: code, logLine: logLine)
                     context.close(promise: nil)
                     return
                 case .ready:

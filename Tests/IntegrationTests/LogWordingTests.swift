@@ -29,6 +29,23 @@ import Testing
         #expect(shoal.log.components(separatedBy: "registered new auto-database: wording_auto").count == 2, "\(shoal.log)")
     }
 
+    /// A server login PostgreSQL refuses is logged as PgBouncer logs it, with the server's severity (and Shoal's
+    /// own reasons are not prefixed twice).
+    @Test func aRefusedServerLoginKeepsItsSeverity() async throws {
+        let shoal = try await ShoalInstance {
+            var entry = $0.databases["postgres"]!
+            entry.name = "wrongpw"
+            entry.user = "postgres"
+            entry.password = "not-the-password"
+            $0.databases["wrongpw"] = entry
+        }
+        defer { Task { await shoal.stop() } }
+        let answer = refusal(shoal.conninfo.replacingOccurrences(of: "dbname=postgres", with: "dbname=wrongpw"))
+        #expect(answer.contains("password authentication failed for user \"postgres\""), "\(answer)")
+        #expect(shoal.log.contains("server login failed: FATAL password authentication failed for user \"postgres\""), "\(shoal.log.suffix(600))")
+        #expect(!shoal.log.contains("server login failed: server login failed"))
+    }
+
     /// autodb_idle_timeout (issue 15: accepted and ignored, so every name tried through `*` kept its pools for
     /// good): a `*` database with no clients and no servers for that long is dropped, and comes back on demand.
     @Test func unusedAutoDatabasesAreDroppedAfterAutodbIdleTimeout() async throws {

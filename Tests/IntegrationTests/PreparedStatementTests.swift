@@ -85,6 +85,7 @@ import Testing
             #expect(error.sqlState == "42P05" && error.message.contains("already exists"), "\(error)")
         }
         #expect(try client.executePrepared("q", ["41"]) == "42", "the first definition still stands")
+        #expect(shoal.log.contains("prepared statement 'q' was already prepared"), "PgBouncer's line: \(shoal.log.suffix(400))")
         do {
             _ = try client.executePrepared("never_prepared", [])
             Issue.record("an unknown statement executed")
