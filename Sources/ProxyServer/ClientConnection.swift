@@ -247,13 +247,16 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Sends a FATAL ErrorResponse with PgBouncer's wording and closes.
     func fatal(_ message: String, code: String = "08P01") {
         guard state != .closed, let context else { return }
+        // PgBouncer's order: "closing because: …" is logged (and what the client held released) before the error
+        // is sent, so whoever reads the log after the client saw its FATAL finds the line.
+        disconnected(reason: message)
         if runtime.snapshot.config.logPoolerErrors {
             logger.warning("pooler error: \(message)")
         }
         var out = context.channel.allocator.buffer(capacity: 64 + message.utf8.count)
         out.writeErrorResponse(severity: "FATAL", code: code, message: message)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        close(reason: message)
+        context.close(promise: nil)
     }
 
     func close(reason: String) {

@@ -44,6 +44,12 @@ import Testing
         #expect(answer.contains("password authentication failed for user \"postgres\""), "\(answer)")
         #expect(shoal.log.contains("server login failed: FATAL password authentication failed for user \"postgres\""), "\(shoal.log.suffix(600))")
         #expect(!shoal.log.contains("server login failed: server login failed"))
+        // The client's side in PgBouncer's order: "closing because" is written before the error is sent (so the
+        // line is there as soon as the client has its FATAL), then "pooler error".
+        let log = shoal.log
+        let closing = log.range(of: "closing because: password authentication failed")
+        let poolerError = log.range(of: "pooler error: password authentication failed")
+        #expect(closing != nil && poolerError != nil && closing!.lowerBound < poolerError!.lowerBound, "\(log.suffix(600))")
     }
 
     /// autodb_idle_timeout (issue 15: accepted and ignored, so every name tried through `*` kept its pools for
