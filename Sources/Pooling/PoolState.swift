@@ -117,6 +117,12 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
 
     public var totalServers: Int { idle.count + activeCount + connectingCount }
 
+    /// Servers lent out that a RECONNECT condemned (made before `closeBefore`): they close at release and serve
+    /// nobody after, so a failing login is not held back by them (PgBouncer: "unless a usable server exists").
+    public private(set) var condemnedActiveCount = 0
+    /// Lent-out servers that will serve again.
+    var usableActiveCount: Int { activeCount - condemnedActiveCount }
+
     // MARK: Actions
 
     public enum LeaseAction {
@@ -164,7 +170,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
                 return handOut(index, to: waiter, loop: loop, now: now)
             }
             if totalServers < settings.poolSize {
-                if let failure = loginFailure, elapsed(since: failure.at, now: now) < seconds(settings.serverLoginRetry), activeCount == 0, idle.isEmpty {
+                if let failure = loginFailure, elapsed(since: failure.at, now: now) < seconds(settings.serverLoginRetry), usableActiveCount == 0, idle.isEmpty {
                     return .fail(message: "server login has been failing, cached error: \(failure.message) (server_login_retry)", code: "08P01")
                 }
                 if waitsForRetry(now: now) {
@@ -214,6 +220,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     /// A client is done with its server. `reusable` is false when the server's state is unknown or dirty.
     public mutating func released(_ server: Server, loop: Int, createdAt: UInt64, reusable: Bool, now: UInt64) -> ReleaseAction {
         activeCount -= 1
+        if createdAt < closeBefore { condemnedActiveCount = max(0, condemnedActiveCount - 1) }
         // server_lifetime = 0 is PgBouncer's "use once, then close", not "no limit".
         let expired = settings.serverLifetime <= 0 || elapsed(since: createdAt, now: now) >= seconds(settings.serverLifetime)
         if !reusable || expired || paused || createdAt < closeBefore || totalServers >= settings.poolSize + settings.reservePoolSize + 1 {
@@ -257,7 +264,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     public mutating func connectFailed(message: String, code: String, now: UInt64) -> [Waiter] {
         connectingCount -= 1
         loginFailure = (now, message, code)
-        guard activeCount == 0, idle.isEmpty, connectingCount == 0 else { return [] }
+        guard usableActiveCount == 0, idle.isEmpty, connectingCount == 0 else { return [] }
         return drainWaiters()
     }
 
@@ -290,8 +297,9 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
 
     /// A server that was lent out closed without being released. Returns a loop to dial a replacement on if
     /// clients are waiting.
-    public mutating func activeServerClosed() -> Int? {
+    public mutating func activeServerClosed(createdAt: UInt64 = .max) -> Int? {
         activeCount -= 1
+        if createdAt < closeBefore { condemnedActiveCount = max(0, condemnedActiveCount - 1) }
         if !paused, let next = peekWaiter(), totalServers < settings.poolSize, connectingCount < waitingCount {
             connectingCount += 1
             return next.loop
@@ -408,6 +416,7 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
     /// RECONNECT: every server older than `now` closes at its next release. Returns the idle ones to close now.
     public mutating func reconnect(now: UInt64) -> [Server] {
         closeBefore = now
+        condemnedActiveCount = activeCount // every server lent out now was made before this instant
         defer { idle = [] }
         return idle.map(\.server)
     }

@@ -472,7 +472,7 @@ final class ServerConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     /// A server the pool counts as lent out is gone: let the pool know, and dial for waiters if it says so.
     func lentServerGone() {
-        if let loop = pool.withState({ $0.activeServerClosed() }) {
+        if let loop = pool.withState({ $0.activeServerClosed(createdAt: createdAt) }) {
             ServerConnection.dial(pool: pool, runtime: runtime, on: runtime.loops[loop])
         }
     }

@@ -37,4 +37,40 @@ import Testing
         let waited = Date().timeIntervalSince(started)
         #expect(waited >= 2 && waited < 20, "waited \(waited) s")
     }
+
+    /// issue 16: after RECONNECT, a server login that now fails (the password was changed under Shoal) fails the
+    /// waiting client at once, even though an old server is still lent out mid-transaction — that server closes at
+    /// its release and serves nobody. The waiter used to hang until the old server came back.
+    @Test func aFailingLoginAfterReconnectFailsWaitersWhileAnOldServerIsBusy() async throws {
+        try TestPostgres.shared.psql("drop role if exists rotating; create role rotating login password 'one'")
+        let shoal = try await ShoalInstance {
+            var entry = $0.databases["postgres"]!
+            entry.name = "fixed"
+            entry.user = "rotating"
+            entry.password = "one"
+            $0.databases["fixed"] = entry
+            $0.adminUsers = ["postgres"]
+            $0.defaultPoolSize = 2
+            $0.queryWaitTimeout = 30
+        }
+        defer { Task { await shoal.stop() } }
+        let fixed = shoal.conninfo.replacingOccurrences(of: "dbname=postgres", with: "dbname=fixed")
+        let holder = try PQConnection(fixed)
+        try holder.query("begin")
+        #expect(try holder.scalar("select current_user") == "rotating")
+        try TestPostgres.shared.psql("alter role rotating password 'two'")
+        try PQConnection(shoal.consoleConninfo()).query("RECONNECT fixed")
+        let waiter = try PQConnection(fixed)
+        let started = Date()
+        do {
+            _ = try waiter.query("select 1")
+            Issue.record("served through a login that must fail")
+        } catch let error as PQError {
+            #expect(error.message.contains("password authentication failed for user \"rotating\""), "\(error.message)")
+        }
+        #expect(Date().timeIntervalSince(started) < 10, "failed at once, not after query_wait_timeout (30 s)")
+        // The old server finishes its transaction, then closes (RECONNECT).
+        #expect(try holder.scalar("select 'old server'") == "old server")
+        try holder.query("commit")
+    }
 }

@@ -235,6 +235,30 @@ final class FakeClient {}
         guard case .use = unchecked.leaseRequested(by: FakeClient(), loop: 0, now: 1000 * second) else { Issue.record("want use"); return }
     }
 
+    /// issue 16: after RECONNECT, a login that fails (a changed password) fails the waiters even while an old
+    /// server is still lent out: that server closes at its release and will serve nobody (it used to make them
+    /// wait for it, up to query_wait_timeout).
+    @Test func aFailedLoginAfterReconnectIsNotHeldBackByCondemnedServers() {
+        let old = FakeServer()
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 2))
+        _ = pool.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = pool.connected(old, loop: 0, createdAt: 0, now: 0) // lent to its client, mid-transaction
+        _ = pool.reconnect(now: 10)
+        let waiter = FakeClient()
+        guard case .connectAndWait = pool.leaseRequested(by: waiter, loop: 0, now: 11) else { Issue.record("want dial"); return }
+        let failed = pool.connectFailed(message: "password authentication failed", code: "28P01", now: 12)
+        #expect(failed.count == 1 && failed.first === waiter)
+        // Without the RECONNECT, a usable server lent out still keeps the waiters (it will come back).
+        var kept = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 2))
+        _ = kept.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = kept.connected(FakeServer(), loop: 0, createdAt: 0, now: 0)
+        _ = kept.leaseRequested(by: FakeClient(), loop: 0, now: 11)
+        #expect(kept.connectFailed(message: "x", code: "28P01", now: 12).isEmpty)
+        // The condemned server's release closes it, and the count follows.
+        guard case .close = pool.released(old, loop: 0, createdAt: 0, reusable: true, now: 13) else { Issue.record("want close"); return }
+        #expect(pool.condemnedActiveCount == 0 && pool.activeCount == 0)
+    }
+
     @Test func aRefusedDialLetsAnIdleServerOnAnotherLoopServeTheWaiter() {
         // The lease prefers dialing on its own loop; when a shared limit refuses that dial, the idle server on
         // the other loop must serve the client now (it used to wait for server_check_delay to free it).
