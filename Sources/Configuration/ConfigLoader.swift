@@ -266,7 +266,7 @@ public struct ConfigLoader {
         let defaults = ShoalConfig()
         return keys.keys.sorted().map { key in
             Setting(key: key, value: render(key, config), defaultValue: render(key, defaults),
-                    changeable: !restartOnlyKeys.contains(key))
+                    changeable: !restartOnlyKeys.contains(key) && !isUnsupported(key))
         }
     }
 
@@ -275,6 +275,10 @@ public struct ConfigLoader {
         let key = key.lowercased()
         guard keys[key] != nil, !restartOnlyKeys.contains(key) else {
             throw ConfigDiagnostic(.error, file: "SET", line: 0, key: key, "parameter \(key) cannot be changed online")
+        }
+        // A key Shoal does not act on is never "set": start-up only accepts it with a warning naming file and line.
+        guard !isUnsupported(key) else {
+            throw ConfigDiagnostic(.error, file: "SET", line: 0, key: key, "parameter \(key) is not supported by Shoal")
         }
         var warnings: [ConfigDiagnostic] = []
         var changed = config
@@ -331,8 +335,14 @@ public struct ConfigLoader {
         case .mode(let path): return "0" + String(config[keyPath: path], radix: 8)
         case .peerID: return String(config.peerID)
         case .iterations: return String(config.scramIterations)
-        case .unsupported: return config.unsupportedSettings[key]
+        // Shown as what it is: a value read and ignored, never as a setting in force.
+        case .unsupported: return config.unsupportedSettings[key].map { "\($0) (ignored: not supported by Shoal)" }
         }
+    }
+
+    private static func isUnsupported(_ key: String) -> Bool {
+        if case .unsupported? = keys[key] { return true }
+        return false
     }
 
     /// strtol(…, 0): decimal, 0x hex, leading-0 octal.

@@ -95,6 +95,17 @@ import Testing
         #expect(config.authType == .md5 && config.hbaRules == nil)
     }
 
+    /// issue 15: a key Shoal reads but does not act on is a warning with file and line at start-up, shown by SHOW
+    /// CONFIG as ignored (never as a setting in force), and refused by SET.
+    @Test func keysShoalIgnoresAreSaidToBeIgnoredEverywhere() throws {
+        let result = try loader(["a.ini": "[pgbouncer]\nsyslog = 1\n"]).load(path: "a.ini")
+        #expect(result.warnings.contains { $0.line == 2 && $0.key == "syslog" && $0.message.contains("not supported") })
+        let shown = ConfigLoader.settings(of: result.config).first { $0.key == "syslog" }
+        #expect(shown?.value == "1 (ignored: not supported by Shoal)" && shown?.changeable == false, "\(String(describing: shown))")
+        var config = result.config
+        #expect(throws: ConfigDiagnostic.self) { try ConfigLoader.set("syslog", to: "0", in: &config) }
+    }
+
     @Test func transactionTimeoutIsReadGloballyAndPerUser() throws {
         let ini = "[pgbouncer]\ntransaction_timeout = 5\n[users]\nmoodle = transaction_timeout=2\n"
         let config = try loader(["a.ini": ini]).load(path: "a.ini").config
