@@ -131,7 +131,7 @@ public struct HBARules: Sendable, Equatable {
         }
 
         /// Splits at spaces, tabs and commas; `#` outside quotes ends the line; `""` inside quotes is a quote.
-        /// An unterminated quote is returned as a quoted token running to the end, and refused by its caller.
+        /// An unterminated quote comes back as a word starting with `"`, which the name reader refuses.
         static func tokenize(_ text: Substring) -> [Token] {
             var tokens: [Token] = []
             var rest = text[...]

@@ -58,7 +58,7 @@ extension ClientConnection {
             closeNeeded: false, ptr: Self.pointerString(self), link: server.map(Self.pointerString) ?? "",
             remotePid: Int(peerPID), tls: tlsDescription ?? "", applicationName: link.parameters["application_name"] ?? "",
             id: id, poolKey: pool?.key, pinned: link.pinned.names)
-        if let replication { row.replication = replication == "database" ? "logical" : "physical" }
+        if let replication { row.replication = replication.shown }
         return row
     }
 

@@ -109,8 +109,8 @@ extension ClientConnection {
             case "replication":
                 // PostgreSQL's values: `database` is logical replication, a boolean true is physical.
                 switch value.lowercased() {
-                case "database": replication = "database"
-                case "true", "on", "yes", "1": replication = "true"
+                case "database": replication = .logical
+                case "true", "on", "yes", "1": replication = .physical
                 case "false", "off", "no", "0": replication = nil
                 default:
                     return fatal("invalid value for parameter \"replication\": \"\(value)\"", code: "22023")
@@ -158,8 +158,7 @@ extension ClientConnection {
         }
         for (name, value) in clientSettings { link.parameters.set(name, value) }
         if snapshot.config.logConnections {
-            let kind = replication == nil ? "no" : replication == "database" ? "database" : "yes"
-            logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=\(kind)")
+            logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=\(replication?.loginLine ?? "no")")
         }
         let isConsoleLogin = snapshot.config.isConsoleDatabase(databaseName)
         if !isConsoleLogin && !counted {
@@ -288,7 +287,7 @@ extension ClientConnection {
         countedPerDatabaseAndUser = true
         let key = PoolKey(database: databaseName, user: database.user ?? user, readOnly: readOnlyRoute)
         let pool = replication.map {
-            runtime.replicationPool(key: key, client: id, database: database, replication: $0, parameters: replicationParameters)
+            runtime.replicationPool(key: key, client: id, database: database, replication: $0.startupValue, parameters: replicationParameters)
         } ?? runtime.pool(for: key, database: database)
         self.pool = pool
         statsShard = pool.shards[loopIndex]

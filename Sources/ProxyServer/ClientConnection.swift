@@ -79,9 +79,19 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
     var pendingLogin = false
     /// Counted in max_db_client_connections / max_user_client_connections (`ClientLimits`).
     var countedPerDatabaseAndUser = false
-    /// The startup packet asked for a replication connection: `database` (logical) or `true` (physical), as
-    /// the dedicated server is asked. nil for every other client.
-    var replication: String?
+    /// The startup packet asked for a replication connection (nil for every other client). One byte: every idle
+    /// client carries it.
+    var replication: ReplicationMode?
+
+    enum ReplicationMode: UInt8 {
+        case physical, logical
+
+        /// What the dedicated server's startup packet says.
+        var startupValue: String { self == .logical ? "database" : "true" }
+        /// PgBouncer's words: SHOW CLIENTS/SERVERS `replication` and the login line.
+        var shown: String { self == .logical ? "logical" : "physical" }
+        var loginLine: String { self == .logical ? "database" : "yes" }
+    }
     var cancelKey: (processID: Int32, secretKey: Int32)?
 
     // Pooling
