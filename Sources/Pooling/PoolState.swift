@@ -178,6 +178,9 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
                     return .wait
                 }
                 enqueue(waiter, loop: loop, now: now)
+                // A dial already under way that no waiter needs any more (its client was served by a released
+                // server meanwhile) serves this client: no second login for one client's worth of demand.
+                if connectingCount >= waitingCount { return .wait }
                 connectingCount += 1
                 return .connectAndWait(loop: loop)
             }
@@ -185,6 +188,12 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
                 // The pool is full and the only idle servers live on other loops: use one rather than wait.
                 return handOut(settings.serverRoundRobin ? 0 : idle.count - 1, to: waiter, loop: loop, now: now)
             }
+        }
+        if connectingCount >= waitingCount, let index = idle.lastIndex(where: { $0.loop == loop }) {
+            // Every waiter ahead has a dial coming, so an idle server on this loop takes nothing from them: it
+            // serves this client now rather than a new login (the welcome's server, back idle while another
+            // first client still waits for its own, was a third login for two clients).
+            return handOut(index, to: waiter, loop: loop, now: now)
         }
         let mayDial = totalServers < settings.poolSize && !waitsForRetry(now: now)
         if !mayDial && connectingCount <= waitingCount, !idle.isEmpty {

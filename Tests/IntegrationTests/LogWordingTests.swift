@@ -29,6 +29,26 @@ import Testing
         #expect(shoal.log.components(separatedBy: "registered new auto-database: wording_auto").count == 2, "\(shoal.log)")
     }
 
+    /// issue 16: a plain host list (no routing key) opens no health-check connection, and two concurrent first
+    /// clients cost two server logins, not three (a dial no waiter needs any more serves the next client; this
+    /// failed about one run in two before).
+    @Test func aHostListEntryOpensOnlyTheServersItsClientsNeed() async throws {
+        try TestPostgres.shared.psql("drop table if exists list_logins; create table list_logins (pid int default pg_backend_pid())")
+        let shoal = try await ShoalInstance {
+            var entry = $0.databases["postgres"]!
+            entry.hosts = ["127.0.0.1", "localhost"]
+            entry.ports = [TestPostgres.shared.port, TestPostgres.shared.port]
+            entry.connectQuery = "insert into list_logins default values"
+            $0.databases["postgres"] = entry
+        }
+        defer { Task { await shoal.stop() } }
+        let clients = (0..<2).map { _ in background { try PQConnection(shoal.conninfo).scalar("select pg_sleep(0.5)::text") } }
+        for client in clients { _ = try await client.value() }
+        #expect(try TestPostgres.shared.psql("select count(*) from list_logins").trimmingCharacters(in: .whitespacesAndNewlines) == "2",
+                "\(shoal.log)")
+        #expect(!shoal.log.contains("health check"), "no health-check connection without a routing key")
+    }
+
     /// A server login PostgreSQL refuses is logged as PgBouncer logs it, with the server's severity (and Shoal's
     /// own reasons are not prefixed twice).
     @Test func aRefusedServerLoginKeepsItsSeverity() async throws {

@@ -259,6 +259,32 @@ final class FakeClient {}
         #expect(pool.condemnedActiveCount == 0 && pool.activeCount == 0)
     }
 
+    /// issue 16: two first clients on two loops cost two logins, not three. The first one's welcome server goes
+    /// to the second (still waiting for its own dial); the first one's query then waits for that dial, which no
+    /// waiter needs any more, instead of starting a third login.
+    @Test func aDialNoWaiterNeedsServesTheNextClient() {
+        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 20))
+        let first = FakeClient(), second = FakeClient()
+        guard case .connectAndWait(loop: 0) = pool.leaseRequested(by: first, loop: 0, now: 0) else { Issue.record("want dial"); return }
+        guard case .connectAndWait(loop: 1) = pool.leaseRequested(by: second, loop: 1, now: 0) else { Issue.record("want dial"); return }
+        let a = FakeServer(), b = FakeServer()
+        guard case .handOver(_, let welcomed) = pool.connected(a, loop: 0, createdAt: 0, now: 1), welcomed === first else { Issue.record("want hand-over"); return }
+        guard case .handOver(_, let next) = pool.released(a, loop: 0, createdAt: 0, reusable: true, now: 2), next === second else {
+            Issue.record("want the released server for the second client"); return
+        }
+        guard case .wait = pool.leaseRequested(by: first, loop: 0, now: 3) else { Issue.record("want to wait for the dial under way"); return }
+        #expect(pool.totalServers == 2)
+        guard case .handOver(_, let served) = pool.connected(b, loop: 1, createdAt: 0, now: 4), served === first else { Issue.record("want hand-over"); return }
+        // An idle server on the client's loop is used while the waiters ahead all have dials coming.
+        var busy = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 20))
+        let c = FakeServer()
+        _ = busy.leaseRequested(by: FakeClient(), loop: 0, now: 0)
+        _ = busy.connected(c, loop: 0, createdAt: 0, now: 0)
+        _ = busy.released(c, loop: 0, createdAt: 0, reusable: true, now: 1)
+        _ = busy.leaseRequested(by: FakeClient(), loop: 1, now: 2) // dials on its own loop, waits
+        guard case .use(let used) = busy.leaseRequested(by: FakeClient(), loop: 0, now: 3), used === c else { Issue.record("want the idle server"); return }
+    }
+
     @Test func aRefusedDialLetsAnIdleServerOnAnotherLoopServeTheWaiter() {
         // The lease prefers dialing on its own loop; when a shared limit refuses that dial, the idle server on
         // the other loop must serve the client now (it used to wait for server_check_delay to free it).
