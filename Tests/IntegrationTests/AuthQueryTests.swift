@@ -55,9 +55,7 @@ import Testing
         try TestPostgres.shared.psql("drop role if exists chemistry; create role chemistry login password 'atoms'")
         let shoal = try await ShoalInstance {
             $0.authUser = "postgres"
-            var source = $0.databases["postgres"]!
-            source.name = "authsource"
-            $0.databases["authsource"] = source
+            $0.addEntry("authsource")
             $0.authDbname = "authsource"
         }
         defer { Task { await shoal.stop() } }

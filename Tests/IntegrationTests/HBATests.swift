@@ -29,13 +29,10 @@ import Testing
             $0.hbaRules = try? HBARules.load(path: hbaPath)
             $0.configFile = configPath
             $0.adminUsers = ["postgres"]
-            let postgres = $0.databases["postgres"]!
-            for name in ["trustdb", "elsewhere"] { var entry = postgres; entry.name = name; $0.databases[name] = entry }
+            $0.addEntry("trustdb")
+            $0.addEntry("elsewhere")
             // peer proves who the OS user is; the server login is the entry's forced user.
-            var peer = postgres
-            peer.name = "peerdb"
-            peer.user = "postgres"
-            $0.databases["peerdb"] = peer
+            $0.addEntry("peerdb") { $0.user = "postgres" }
         }
         defer { Task { await shoal.stop() } }
         let tcp = "host=127.0.0.1 port=\(shoal.port) connect_timeout=10"

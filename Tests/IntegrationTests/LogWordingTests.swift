@@ -35,11 +35,9 @@ import Testing
     @Test func aHostListEntryOpensOnlyTheServersItsClientsNeed() async throws {
         try TestPostgres.shared.psql("drop table if exists list_logins; create table list_logins (pid int default pg_backend_pid())")
         let shoal = try await ShoalInstance {
-            var entry = $0.databases["postgres"]!
-            entry.hosts = ["127.0.0.1", "localhost"]
-            entry.ports = [TestPostgres.shared.port, TestPostgres.shared.port]
-            entry.connectQuery = "insert into list_logins default values"
-            $0.databases["postgres"] = entry
+            $0.databases["postgres"]?.hosts = ["127.0.0.1", "localhost"]
+            $0.databases["postgres"]?.ports = [TestPostgres.shared.port, TestPostgres.shared.port]
+            $0.databases["postgres"]?.connectQuery = "insert into list_logins default values"
         }
         defer { Task { await shoal.stop() } }
         let clients = (0..<2).map { _ in background { try PQConnection(shoal.conninfo).scalar("select pg_sleep(0.5)::text") } }
@@ -53,11 +51,7 @@ import Testing
     /// own reasons are not prefixed twice).
     @Test func aRefusedServerLoginKeepsItsSeverity() async throws {
         let shoal = try await ShoalInstance {
-            var entry = $0.databases["postgres"]!
-            entry.name = "wrongpw"
-            entry.user = "postgres"
-            entry.password = "not-the-password"
-            $0.databases["wrongpw"] = entry
+            $0.addEntry("wrongpw") { $0.user = "postgres"; $0.password = "not-the-password" }
         }
         defer { Task { await shoal.stop() } }
         let answer = refusal(shoal.conninfo.replacingOccurrences(of: "dbname=postgres", with: "dbname=wrongpw"))

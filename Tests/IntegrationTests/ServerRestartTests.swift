@@ -44,11 +44,7 @@ import Testing
     @Test func aFailingLoginAfterReconnectFailsWaitersWhileAnOldServerIsBusy() async throws {
         try TestPostgres.shared.psql("drop role if exists rotating; create role rotating login password 'one'")
         let shoal = try await ShoalInstance {
-            var entry = $0.databases["postgres"]!
-            entry.name = "fixed"
-            entry.user = "rotating"
-            entry.password = "one"
-            $0.databases["fixed"] = entry
+            $0.addEntry("fixed") { $0.user = "rotating"; $0.password = "one" }
             $0.adminUsers = ["postgres"]
             $0.defaultPoolSize = 2
             $0.queryWaitTimeout = 30

@@ -99,3 +99,14 @@ final class ShoalInstance {
                               environment: ["PGPASSWORD": TestPostgres.password], timeout: timeout)
     }
 }
+
+extension ShoalConfig {
+    /// Another `[databases]` entry for the test PostgreSQL's `postgres` database, named `name`, as the default
+    /// `postgres` entry is, then adjusted (a forced user and password, a connect_query, hosts…).
+    mutating func addEntry(_ name: String, _ adjust: (inout DatabaseEntry) -> Void = { _ in }) {
+        var entry = databases["postgres"]!
+        entry.name = name
+        adjust(&entry)
+        databases[name] = entry
+    }
+}
