@@ -104,10 +104,17 @@ public enum Listener {
             }
             if !config.unixSocketDir.isEmpty {
                 let path = "\(config.unixSocketDir)/.s.PGSQL.\(port)"
-                try? FileManager.default.removeItem(atPath: path)
                 do {
-                    let channel = try await makeBootstrap(readOnly: readOnly, tcp: false).bind(unixDomainSocketPath: path).get()
-                    chmod(path, mode_t(config.unixSocketMode))
+                    let socket = try UnixListenSocket.make(path: path, mode: config.unixSocketMode, backlog: config.listenBacklog)
+                    let channel: Channel
+                    do {
+                        channel = try await makeBootstrap(readOnly: readOnly, tcp: false).withBoundSocket(socket.descriptor).get()
+                    } catch {
+                        close(socket.descriptor)
+                        socket.removeOwnedFile()
+                        throw error
+                    }
+                    runtime.unixSockets.withLockedValue { $0.append(socket) }
                     if !config.unixSocketGroup.isEmpty {
                         // PgBouncer's unix_socket_group: the socket's group, for a mode like 0770.
                         if let group = getgrnam(config.unixSocketGroup) {

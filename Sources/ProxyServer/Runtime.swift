@@ -105,6 +105,8 @@ public final class ShoalRuntime: @unchecked Sendable {
     }
 
     let clientLimits = ClientLimits()
+    /// The Unix sockets' files, removed at exit only while still Shoal's own (see `UnixListenSocket`).
+    let unixSockets = NIOLockedValueBox<[UnixListenSocket]>([])
 
     /// max_pending_logins_per_address and max_failed_logins_per_minute (limits read from the current config).
     private let loginLimits = NIOLockedValueBox(LoginLimits())

@@ -11,6 +11,8 @@ import NIOPosix
 public final class ShoalServer: @unchecked Sendable {
     public let runtime: ShoalRuntime
     private let channels = NIOLockedValueBox<[Channel]>([])
+    /// `shutdown` has begun: a second call returns at once (the loops it would visit are gone).
+    private let shutDown = NIOLockedValueBox(false)
     private let janitor: Janitor
     private let statsReporter: StatsReporter
     private var metricsServer: MetricsServer?
@@ -204,10 +206,16 @@ public final class ShoalServer: @unchecked Sendable {
             return tcpOnly ? tcp : unix + tcp
         }
         for channel in closing { channel.close(promise: nil) }
+        guard !tcpOnly else { return }
+        // The socket files go too, unless another Shoal has bound the path since (a restart with so_reuseport).
+        for socket in runtime.unixSockets.withLockedValue({ sockets in defer { sockets = [] }; return sockets }) {
+            socket.removeOwnedFile()
+        }
     }
 
     /// Stops everything (tests, and the process's last step).
     public func shutdown() async {
+        guard shutDown.withLockedValue({ done in defer { done = true }; return !done }) else { return }
         runtime.ready = false
         janitor.stop()
         runtime.hosts.stop()

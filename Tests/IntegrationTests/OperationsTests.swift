@@ -224,6 +224,25 @@ import Testing
         #expect(new.log.contains("login attempt"), "the new process served clients")
     }
 
+    /// issue 17: with so_reuseport two Shoals may share one unix_socket_dir (the packaged shoal@.service does): the
+    /// new one binds the socket file again, and the old one, stopping, must not remove that file. NIO removes the
+    /// path of a Unix listener it closes, which took the new process's socket off the file system.
+    @Test func theOldProcessLeavesTheNewOnesUnixSocketInPlace() async throws {
+        let shared = "/tmp/shoal-shared-socket-\(getpid())"
+        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: shared) }
+        let old = try await ShoalInstance { $0.soReuseport = true; $0.unixSocketDir = shared }
+        let new = try await ShoalInstance { [port = old.port] in $0.soReuseport = true; $0.unixSocketDir = shared; $0.listenPort = port }
+        defer { Task { await new.stop() } } // a second stop is a no-op
+        let socket = "host=\(shared) port=\(old.port) user=postgres dbname=postgres password=\(TestPostgres.password) connect_timeout=5"
+        #expect(try PQConnection(socket).scalar("select 'before'") == "before")
+        await old.stop()
+        #expect(FileManager.default.fileExists(atPath: "\(shared)/.s.PGSQL.\(old.port)"))
+        #expect(try PQConnection(socket).scalar("select 'served by the new one'") == "served by the new one")
+        await new.stop()
+        #expect(!FileManager.default.fileExists(atPath: "\(shared)/.s.PGSQL.\(old.port)"), "the last one removes its own file")
+    }
+
     /// PgBouncer's so_reuseport: two processes share one port, and the kernel spreads the connections between
     /// them (and, in Shoal, between each one's EventLoops). Without it the second cannot take the port.
     @Test func soReuseportLetsTwoInstancesShareThePort() async throws {
