@@ -192,7 +192,7 @@ extension LinkStateMachine {
     mutating func rewrite(_ bytes: ByteBuffer, messages: [StatementMessage]) -> (bytes: ByteBuffer, injectedParses: Int, warning: String?) {
         guard let names = options.statementNames, server != nil else { return (bytes, 0, nil) }
         let evictedBefore = statements.evicted
-        var redefined: String?
+        statements.redefined = nil
         var out: ByteBuffer?
         var copyFrom = 0
         var injected = 0
@@ -200,12 +200,6 @@ extension LinkStateMachine {
             let start = bytes.readerIndex + message.offset
             let type = bytes.getInteger(at: start, as: UInt8.self)!
             let body = bytes.getSlice(at: start + 5, length: message.size - 5)!
-            if type == FrontendMessage.parse, redefined == nil, let name = body.getNullTerminatedString(at: body.readerIndex),
-               !name.isEmpty, statements.statements[name] != nil {
-                // PostgreSQL answers 42P05 and the session goes on; the log line is PgBouncer's, for those who
-                // grep for it.
-                redefined = "prepared statement '\(name)' was already prepared"
-            }
             switch statements.rewrite(type: type, body: body, batch: unitsSent + message.unitsBefore, server: &server!.statements,
                                       names: names, capacity: options.preparedCapacity, limits: options.clientStatementLimits) {
             case .forward:
@@ -220,12 +214,18 @@ extension LinkStateMachine {
                 injected += expecting.filter { $0.type == BackendMessage.parseComplete && $0.drop }.count
             }
         }
-        guard var result = out else { return (bytes, 0, redefined ?? evictionWarning(since: evictedBefore)) }
+        guard var result = out else { return (bytes, 0, redefinitionWarning ?? evictionWarning(since: evictedBefore)) }
         if copyFrom < bytes.readableBytes {
             var rest = bytes.getSlice(at: bytes.readerIndex + copyFrom, length: bytes.readableBytes - copyFrom)!
             result.writeBuffer(&rest)
         }
-        return (result, injected, redefined ?? evictionWarning(since: evictedBefore))
+        return (result, injected, redefinitionWarning ?? evictionWarning(since: evictedBefore))
+    }
+
+    /// A name defined twice in this read: PostgreSQL answers 42P05 and the session goes on; the log line is
+    /// PgBouncer's, for those who grep for it.
+    var redefinitionWarning: String? {
+        statements.redefined.map { "prepared statement '\($0)' was already prepared" }
     }
 
     /// The once-per-client log line when the statement limits made this client's statements be forgotten.

@@ -121,6 +121,8 @@ public struct ClientStatements: Sendable {
     public private(set) var definitionBytes = 0
     /// Names forgotten to stay within the limits, over this client's life.
     public private(set) var evicted = 0
+    /// The last name a Parse defined a second time (PgBouncer logs "prepared statement '…' was already prepared").
+    public internal(set) var redefined: String?
 
     public init() {}
 
@@ -166,6 +168,7 @@ public struct ClientStatements: Sendable {
         case FrontendMessage.parse:
             guard let name = body.readNullTerminatedString(), !name.isEmpty else { return .forward }
             if let existing = statements[name] {
+                redefined = name
                 // Defined twice: make sure the server has the first one, then let it refuse the second under the
                 // same server name — PostgreSQL's own error (42P05 "already exists"), and its own batch abort.
                 var out: [ByteBuffer] = []
