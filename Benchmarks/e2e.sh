@@ -9,6 +9,8 @@
 # (NOPIN_NO_PREPARED=1: and max_prepared_statements = 0). SHOAL_VARIANT='key = value; key = value' adds a Shoal
 # with those settings on top ("shoal-variant", e.g. SHOAL_VARIANT='worker_threads = 1'). ONLY_LOAD=1 runs only the shoal-load scenario.
 # IDLE_CLIENTS=0 skips the idle-memory measurement; LOAD_USERS=0 skips the shoal-load scenario.
+# IDLE_WORKLOAD=idle-after-query measures idle clients that each sent one 16 KB statement first (default: idle,
+# clients that only log in).
 # BASELINE_BIN=path adds a Shoal built from another commit ("shoal-before") with the same config, interleaved
 # with the others: a before/after comparison in one run (build it with
 # `git worktree add /tmp/shoal-base REV && swift build -c release --product shoal --package-path /tmp/shoal-base`).
@@ -149,20 +151,21 @@ python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password
     "${load_option[@]}" \
     --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid" "${variant_targets[@]}" \
     "${base_target[@]}"
-# Memory per idle client: RSS before and after 10,000 clients connect and stay idle (shoal-load --workload idle).
+# Memory per idle client: RSS before and after 10,000 clients connect and stay idle (shoal-load --workload idle,
+# or IDLE_WORKLOAD).
 idle_clients=${IDLE_CLIENTS:-10000}
 [ "$idle_clients" = 0 ] || for who in shoal pgbouncer; do
     pid=$shoal_pid; port=$shoalport
     [ "$who" = pgbouncer ] && pid=$bouncer_pid && port=$bouncerport
     before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-    "$load_bin" --workload idle --users "$idle_clients" --ramp-up 20 --duration 40 --rounds 1 \
+    "$load_bin" --workload "${IDLE_WORKLOAD:-idle}" --users "$idle_clients" --ramp-up 20 --duration 40 --rounds 1 \
         --target "$who=host=127.0.0.1 port=$port dbname=postgres user=postgres password=$PG_PASSWORD" > "$dir/idle-$who.txt" 2>&1 &
     load_pid=$!
     sleep 35
     after=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     connected=$(ss -Htn state established "( sport = :$port )" | wc -l)
     wait "$load_pid" || true
-    echo "idle clients, $who: RSS ${before} kB -> ${after} kB with $connected connections: $(( (after - before) * 1024 / (connected > 0 ? connected : 1) )) bytes per client"
+    echo "idle clients (${IDLE_WORKLOAD:-idle}), $who: RSS ${before} kB -> ${after} kB with $connected connections: $(( (after - before) * 1024 / (connected > 0 ? connected : 1) )) bytes per client"
 done
 
 echo

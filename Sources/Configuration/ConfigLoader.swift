@@ -77,6 +77,8 @@ public struct ConfigLoader {
         case iterations
         /// Permission bits, written in octal (`0700`).
         case mode(WritableKeyPath<ShoalConfig, Int>)
+        /// pkt_buf: bytes, at least 512 (a client's first read is 512 bytes).
+        case packetBuffer
         /// A PgBouncer key that Shoal accepts but does not act on yet.
         case unsupported
     }
@@ -84,7 +86,7 @@ public struct ConfigLoader {
     // Immutable after initialisation; key paths are not Sendable, hence the annotation.
     nonisolated(unsafe) private static let keys: [String: Kind] = [
         "listen_addr": .list(\.listenAddr), "listen_port": .int(\.listenPort), "unix_socket_dir": .string(\.unixSocketDir),
-        "listen_backlog": .int(\.listenBacklog),
+        "listen_backlog": .int(\.listenBacklog), "pkt_buf": .packetBuffer,
         "auth_type": .authType, "auth_file": .optionalString(\.authFile), "auth_hba_file": .optionalString(\.authHbaFile),
         "auth_user": .optionalString(\.authUser),
         "auth_query": .string(\.authQuery), "auth_dbname": .optionalString(\.authDbname),
@@ -128,6 +130,7 @@ public struct ConfigLoader {
         "pin_session_state": .switch(\.pinSessionState), "max_prepared_statements": .int(\.maxPreparedStatements),
         "max_client_prepared_statements": .count(\.maxClientPreparedStatements), "max_pinned_clients": .int(\.maxPinnedClients),
         "pin_warn_timeout": .seconds(\.pinWarnTimeout), "worker_threads": .count(\.workerThreads),
+        "cross_thread_reuse_delay": .seconds(\.crossThreadReuseDelay),
         "so_reuseport": .bool(\.soReuseport),
         "readonly_listen_port": .int(\.readonlyListenPort), "health_check_period": .seconds(\.healthCheckPeriod),
         "health_check_timeout": .seconds(\.healthCheckTimeout), "health_check_failures": .int(\.healthCheckFailures),
@@ -145,7 +148,7 @@ public struct ConfigLoader {
         "client_tls_dheparams": .unsupported, "client_tls_ecdhcurve": .unsupported,
         "conffile": .unsupported, "dns_max_ttl": .unsupported, "dns_nxdomain_ttl": .unsupported,
         "dns_zone_check_period": .unsupported, "job_name": .unsupported,
-        "pkt_buf": .unsupported, "resolv_conf": .unsupported, "sbuf_loopcnt": .unsupported,
+        "resolv_conf": .unsupported, "sbuf_loopcnt": .unsupported,
         "server_tls13_ciphers": .unsupported,
         "stats_users_prefix": .unsupported, "suspend_timeout": .unsupported,
         "syslog": .unsupported, "syslog_facility": .unsupported, "syslog_ident": .unsupported,
@@ -172,10 +175,17 @@ public struct ConfigLoader {
             guard let number = parseInteger(value) else { throw bad("0 or 1") }
             config[keyPath: path] = number != 0
         case .seconds(let path):
-            guard let seconds = Double(value), seconds >= 0, seconds.isFinite else { throw bad("a number of seconds") }
+            // Bounded so that every use (nanoseconds in a UInt64, milliseconds in an Int64) stays in range: a
+            // larger value would trap at the conversion, long after the file was accepted.
+            guard let seconds = Double(value), seconds >= 0, seconds <= Self.maxSeconds else {
+                throw bad("a number of seconds up to \(Int(Self.maxSeconds))")
+            }
             config[keyPath: path] = seconds
         case .string(let path):
             config[keyPath: path] = value
+        case .packetBuffer:
+            guard let bytes = parseInteger(value), bytes >= 512, bytes <= 1 << 24 else { throw bad("a number of bytes from 512 to 16777216") }
+            config.pktBuf = bytes
         case .optionalString(let path):
             config[keyPath: path] = value.isEmpty ? nil : value
         case .list(let path):
@@ -250,6 +260,9 @@ public struct ConfigLoader {
     // MARK: Live settings (SHOW CONFIG, SET)
 
     /// Keys that only a restart changes (PgBouncer's `changeable = no`, plus Shoal's listeners for metrics).
+    /// The largest number of seconds a key takes: about 31 years.
+    static let maxSeconds = 1_000_000_000.0
+
     public static let restartOnlyKeys: Set<String> = [
         "disable_pqexec", "job_name", "listen_addr", "listen_backlog", "listen_port", "pidfile", "pkt_buf", "resolv_conf",
         "so_reuseport", "track_extra_parameters", "peers_dns", "unix_socket_dir", "unix_socket_group", "unix_socket_mode", "user",
@@ -337,6 +350,7 @@ public struct ConfigLoader {
         case .mode(let path): return "0" + String(config[keyPath: path], radix: 8)
         case .peerID: return String(config.peerID)
         case .iterations: return String(config.scramIterations)
+        case .packetBuffer: return String(config.pktBuf)
         // Shown as what it is: a value read and ignored, never as a setting in force.
         case .unsupported: return config.unsupportedSettings[key].map { "\($0) (ignored: not supported by Shoal)" }
         }

@@ -144,6 +144,12 @@ public struct ShoalConfig: Sendable {
     /// EventLoops (threads) serving connections; 0 = the CPUs this process may use, which honours a cgroup CPU
     /// limit (a Kubernetes pod limited to 1 CPU runs one loop). Only a restart changes it.
     public var workerThreads = 0
+    /// pkt_buf: the most a client connection reads at once, hence the most it keeps as its receive buffer while
+    /// idle (a buffer never shrinks once grown: 64 KB after one long statement without this bound).
+    public var pktBuf = 4096
+    /// cross_thread_reuse_delay (Shoal's key): seconds an idle server on another EventLoop must have idled before
+    /// a client whose own loop has none uses it instead of dialing. See PoolSettings.
+    public var crossThreadReuseDelay = 0.0
     /// SO_REUSEPORT on the TCP listeners (PgBouncer's key): other processes may listen on the same port, and
     /// Shoal opens one listener per EventLoop so each accepts its own connections. Only a restart changes it.
     public var soReuseport = false

@@ -233,6 +233,12 @@ public final class LoadRunner {
             user.connection = nil
             user.registeredFD = -1
         }
+        if workload.idleAfterFirstRequest {
+            // Kept open and unwatched from now on, like the idle workload's connections.
+            inFlight -= 1
+            user.phase = .finishing
+            return
+        }
         requestEnded(index)
     }
 

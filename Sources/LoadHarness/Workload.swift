@@ -15,6 +15,16 @@ public struct Workload: Sendable {
     public var statements: [Statement]
     /// true: connect, run the statements, disconnect (a PHP request); false: keep the connection (pg_pconnect).
     public var connectPerRequest: Bool
+    /// Run the statements once, then keep the connection open and say nothing more (an idle pg_pconnect worker
+    /// after its last page: what the pooler keeps per client once a client has sent something).
+    public var idleAfterFirstRequest = false
+
+    public init(name: String, statements: [Statement], connectPerRequest: Bool, idleAfterFirstRequest: Bool = false) {
+        self.name = name
+        self.statements = statements
+        self.connectPerRequest = connectPerRequest
+        self.idleAfterFirstRequest = idleAfterFirstRequest
+    }
 
     /// A Moodle page view: a few indexed SELECTs, then a short transaction logging the view and touching the user.
     public static func phpRequest(users: Int, courses: Int, persistent: Bool) -> Workload {
@@ -40,6 +50,13 @@ public struct Workload: Sendable {
 
     /// Connect and stay connected, saying nothing: what an idle pg_pconnect worker costs a pooler.
     public static let idle = Workload(name: "idle", statements: [], connectPerRequest: false)
+
+    /// One statement of about `bytes` bytes (a Moodle page's longest, e.g. a big IN list), then idle.
+    public static func idleAfterQuery(bytes: Int) -> Workload {
+        let list = Array(repeating: "1", count: max(1, bytes / 2)).joined(separator: ",")
+        return Workload(name: "idle-after-query", statements: [Statement("SELECT count(*) FROM (VALUES (\(list.replacingOccurrences(of: ",", with: "),(")))) v")],
+                        connectPerRequest: false, idleAfterFirstRequest: true)
+    }
 
     public static func selectOnly(users: Int) -> Workload {
         Workload(

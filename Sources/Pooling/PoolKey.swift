@@ -46,6 +46,11 @@ public struct PoolSettings: Sendable, Equatable {
     public var serverRoundRobin: Bool
     /// server_check_query ("" when checks are off; PgBouncer's "<empty>" becomes an empty query string " ").
     public var serverCheckQuery: String
+    /// cross_thread_reuse_delay: with room in the pool and nothing idle on the client's own EventLoop, an idle
+    /// server on another loop is used instead of dialing when it has been idle at least this long (seconds; 0:
+    /// always, PgBouncer's count of logins; longer: a loop dials its own server, a login more per loop for no
+    /// thread hop per message while the other loop's server was in recent use).
+    public var crossThreadReuseDelay: Double = 0
 
     public init(mode: PoolMode = .transaction, poolSize: Int = 20, minPoolSize: Int = 0, reservePoolSize: Int = 0,
                 reservePoolTimeout: Double = 5, queryWaitTimeout: Double = 120, serverLifetime: Double = 3600,
@@ -82,5 +87,6 @@ public struct PoolSettings: Sendable, Equatable {
             serverCheckQuery: config.serverCheckQuery == "<empty>" ? ";" : config.serverCheckQuery
         )
         queryWaitNotify = Double(config.queryWaitNotify)
+        crossThreadReuseDelay = config.crossThreadReuseDelay
     }
 }

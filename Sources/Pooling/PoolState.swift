@@ -169,6 +169,10 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
             if let index = idle.lastIndex(where: { $0.loop == loop }) {
                 return handOut(index, to: waiter, loop: loop, now: now)
             }
+            if totalServers < settings.poolSize, let index = idleOnAnotherLoopToReuse(now: now) {
+                // Room to dial, but an idle server elsewhere serves now, without a login (cross_thread_reuse_delay).
+                return handOut(index, to: waiter, loop: loop, now: now)
+            }
             if totalServers < settings.poolSize {
                 if let failure = loginFailure, elapsed(since: failure.at, now: now) < seconds(settings.serverLoginRetry), usableActiveCount == 0, idle.isEmpty {
                     return .fail(message: "server login has been failing, cached error: \(failure.message) (server_login_retry)", code: "08P01")
@@ -189,10 +193,12 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
                 return handOut(settings.serverRoundRobin ? 0 : idle.count - 1, to: waiter, loop: loop, now: now)
             }
         }
-        if connectingCount >= waitingCount, let index = idle.lastIndex(where: { $0.loop == loop }) {
-            // Every waiter ahead has a dial coming, so an idle server on this loop takes nothing from them: it
-            // serves this client now rather than a new login (the welcome's server, back idle while another
-            // first client still waits for its own, was a third login for two clients).
+        if connectingCount >= waitingCount,
+           let index = idle.lastIndex(where: { $0.loop == loop }) ?? idleOnAnotherLoopToReuse(now: now) {
+            // Every waiter ahead has a dial coming, so an idle server on this loop (or one another loop has not
+            // used for cross_thread_reuse_delay) takes nothing from them: it serves this client now rather than a
+            // new login (the welcome's server, back idle while another first client still waits for its own, was
+            // a third login for two clients).
             return handOut(index, to: waiter, loop: loop, now: now)
         }
         let mayDial = totalServers < settings.poolSize && !waitsForRetry(now: now)
@@ -218,6 +224,15 @@ public struct PoolState<Server: AnyObject, Waiter: AnyObject> {
         guard due else { return .use(server) }
         enqueue(waiter, loop: loop, now: now)
         return .checkAndWait(server)
+    }
+
+    /// With nothing idle on the client's loop: the idle server (on another loop) to use rather than dial, if one
+    /// has idled for cross_thread_reuse_delay — the most recently idle of those, as a lease picks (LIFO).
+    private func idleOnAnotherLoopToReuse(now: UInt64) -> Int? {
+        guard !idle.isEmpty else { return nil }
+        let wanted = seconds(settings.crossThreadReuseDelay)
+        if settings.serverRoundRobin { return elapsed(since: idle[0].idleSince, now: now) >= wanted ? 0 : nil }
+        return idle.lastIndex { elapsed(since: $0.idleSince, now: now) >= wanted }
     }
 
     /// The server was unavailable less than server_login_retry ago: no new dial yet (the janitor retries).

@@ -37,8 +37,10 @@ public enum Listener {
                 // that returns EAGAIN on every request of a request/response protocol.
                 .childChannelOption(.maxMessagesPerRead, value: 1)
                 // Small first reads: most client messages are a few hundred bytes, and a channel keeps its last
-                // receive buffer for reuse, so the initial size is paid by every idle client. It grows on demand.
-                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+                // receive buffer for reuse, so the initial size is paid by every idle client. It grows on demand,
+                // up to pkt_buf (PgBouncer's 4 KB), and never shrinks: with NIO's 64 KB bound, a client that once
+                // sent a long statement kept 64 KB while idle (a full 512-byte read jumps straight to 8 KB).
+                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: config.pktBuf))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         if case .unixDomainSocket = channel.localAddress {} else {

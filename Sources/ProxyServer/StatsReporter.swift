@@ -15,7 +15,8 @@ final class StatsReporter: @unchecked Sendable {
 
     func start() {
         // Like PgBouncer, the period is read once at start-up.
-        let period = max(1, runtime.config.statsPeriod)
+        // Bounded above (31 years) so the nanoseconds fit in a TimeAmount: a larger value would trap.
+        let period = min(max(1, runtime.config.statsPeriod), 1_000_000_000)
         task = runtime.loops[0].scheduleRepeatedTask(initialDelay: .seconds(Int64(period)), delay: .seconds(Int64(period))) { [weak self] _ in
             self?.tick()
         }

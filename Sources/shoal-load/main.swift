@@ -5,7 +5,8 @@ import LoadHarness
 let usage = """
     Usage: shoal-load [options] --target NAME=CONNINFO [--target NAME=CONNINFO ...]
 
-      --workload W        php-request (default), php-persistent, select-only, idle (connect and hold), or script
+      --workload W        php-request (default), php-persistent, select-only, idle (connect and hold),
+                          idle-after-query (one 16 KB statement, then hold), or script
       --script FILE       SQL statements for --workload script (one per ';'-terminated line group)
       --users N           closed loop: N virtual users, each starting its next request at once (default 100)
       --rate R            open loop: R requests/s, latency measured from each request's intended start
@@ -85,6 +86,7 @@ case "php-request": workload = .phpRequest(users: initUsers, courses: courses, p
 case "php-persistent": workload = .phpRequest(users: initUsers, courses: courses, persistent: true)
 case "select-only": workload = .selectOnly(users: initUsers)
 case "idle": workload = .idle
+case "idle-after-query": workload = .idleAfterQuery(bytes: 16_384)
 case "script":
     guard let scriptPath else { fail("--workload script needs --script FILE") }
     guard let text = try? String(contentsOfFile: scriptPath, encoding: .utf8) else { fail("cannot read script \(scriptPath)") }

@@ -65,6 +65,30 @@ import Testing
         }
     }
 
+    /// A number of seconds too large for a timer used to be accepted and then trapped where it was converted to
+    /// nanoseconds (at the first dial, or in SHOW CONFIG): it is refused with its line.
+    @Test func secondsBeyondWhatATimerHoldsAreRefused() throws {
+        for value in ["1e300", "inf", "-1", "nan"] {
+            #expect(throws: ConfigDiagnostic.self, "server_connect_timeout = \(value)") {
+                _ = try loader(["a.ini": "[pgbouncer]\nserver_connect_timeout = \(value)\n"]).load(path: "a.ini")
+            }
+        }
+        let config = try loader(["a.ini": "[pgbouncer]\nserver_connect_timeout = 1000000000\ncross_thread_reuse_delay = 0.25\n"]).load(path: "a.ini").config
+        #expect(config.serverConnectTimeout == 1_000_000_000 && config.crossThreadReuseDelay == 0.25)
+    }
+
+    /// pkt_buf acts (a client's largest read, so its idle receive buffer), so it is a setting, not a warning.
+    @Test func pktBufIsReadAndBounded() throws {
+        let result = try loader(["a.ini": "[pgbouncer]\npkt_buf = 8192\n"]).load(path: "a.ini")
+        #expect(result.config.pktBuf == 8192 && result.warnings.isEmpty)
+        #expect(ShoalConfig().pktBuf == 4096)
+        for value in ["100", "-1", "99999999999"] {
+            #expect(throws: ConfigDiagnostic.self, "pkt_buf = \(value)") {
+                _ = try loader(["a.ini": "[pgbouncer]\npkt_buf = \(value)\n"]).load(path: "a.ini")
+            }
+        }
+    }
+
     /// What auth_type hba/cert need is checked by the loader itself, so start-up, RELOAD, SET and --check refuse
     /// the same configs (hba used to be accepted by a reload and then let everyone in by password).
     @Test func hbaAndCertAreCheckedWhereverAConfigIsRead() throws {

@@ -52,6 +52,20 @@ import Testing
         #expect(try TestPostgres.shared.psql("select count(distinct pid) from server_logins") == "2")
     }
 
+    /// issue 16: PHP's connect-per-request, one request at a time, lands on both EventLoops (a listener per loop);
+    /// each used to dial a server of its own when the other loop's was idle — two logins where PgBouncer makes
+    /// one. An idle server on another loop now serves before a new login (cross_thread_reuse_delay = 0).
+    @Test func oneRequestAtATimeCostsOneServerLoginWhateverLoopItLandsOn() async throws {
+        try TestPostgres.shared.psql("drop table if exists serial_logins; create table serial_logins (pid int default pg_backend_pid())")
+        let shoal = try await ShoalInstance(threads: 2) {
+            $0.databases["postgres"]?.connectQuery = "insert into serial_logins default values"
+        }
+        defer { Task { await shoal.stop() } }
+        // 24 connections from new ephemeral ports: all on one of two loops about once in 8 million runs.
+        for _ in 0..<24 { #expect(try PQConnection(shoal.conninfo).scalar("select 1") == "1") }
+        #expect(try TestPostgres.shared.psql("select count(*) from serial_logins") == "1", "\(shoal.log.suffix(800))")
+    }
+
     /// server_check_query runs when a server idle for server_check_delay is handed out, as in PgBouncer (it used to
     /// run from the janitor on every idle server every server_check_delay, and never at reuse). A check that
     /// fails closes that server, and the client is served by a new one instead of getting an error.

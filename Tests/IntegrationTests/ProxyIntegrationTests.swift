@@ -197,6 +197,18 @@ import Testing
         #expect(try connection.scalar("select sum(a) from copied") == "12502500")
     }
 
+    /// pkt_buf bounds a client's reads (and so the receive buffer it keeps while idle): messages many times that
+    /// size, in both protocols, arrive whole over many reads.
+    @Test func messagesLargerThanPktBufArriveWhole() async throws {
+        let shoal = try await ShoalInstance { $0.pktBuf = 512 }
+        defer { Task { await shoal.stop() } }
+        let connection = try PQConnection(shoal.conninfo)
+        let text = String(repeating: "moodle ", count: 30_000)
+        #expect(try connection.scalar("select length('\(text)')") == "\(text.count)")
+        #expect(try connection.scalar("select md5($1) = md5(repeat('moodle ', 30000))", [text]) == "t")
+        #expect(try connection.scalar("select 1") == "1")
+    }
+
     /// disable_pqexec (PgBouncer's; issue 15/16: accepted and ignored): a simple Query ends the client with
     /// `PQexec disallowed`, nothing of it reaching the server; the extended protocol is served.
     @Test func disablePqexecRefusesTheSimpleProtocol() async throws {

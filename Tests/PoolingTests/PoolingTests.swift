@@ -201,8 +201,10 @@ final class FakeClient {}
     }
 
     /// A pool whose one server, `server`, was dialed on `loop`, used and released: idle there.
-    func poolWithIdleServer(_ server: FakeServer, on loop: Int, poolSize: Int) -> PoolState<FakeServer, FakeClient> {
-        var pool = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: poolSize))
+    func poolWithIdleServer(_ server: FakeServer, on loop: Int, poolSize: Int, crossThreadReuseDelay: Double = 0) -> PoolState<FakeServer, FakeClient> {
+        var settings = PoolSettings(poolSize: poolSize)
+        settings.crossThreadReuseDelay = crossThreadReuseDelay
+        var pool = PoolState<FakeServer, FakeClient>(settings: settings)
         _ = pool.leaseRequested(by: FakeClient(), loop: loop, now: 0)
         _ = pool.connected(server, loop: loop, createdAt: 0, now: 0)
         _ = pool.released(server, loop: loop, createdAt: 0, reusable: true, now: 1)
@@ -275,8 +277,11 @@ final class FakeClient {}
         guard case .wait = pool.leaseRequested(by: first, loop: 0, now: 3) else { Issue.record("want to wait for the dial under way"); return }
         #expect(pool.totalServers == 2)
         guard case .handOver(_, let served) = pool.connected(b, loop: 1, createdAt: 0, now: 4), served === first else { Issue.record("want hand-over"); return }
-        // An idle server on the client's loop is used while the waiters ahead all have dials coming.
-        var busy = PoolState<FakeServer, FakeClient>(settings: PoolSettings(poolSize: 20))
+        // An idle server on the client's loop is used while the waiters ahead all have dials coming (with each
+        // loop keeping to its own servers, so that the client on loop 1 dials).
+        var ownLoops = PoolSettings(poolSize: 20)
+        ownLoops.crossThreadReuseDelay = 60
+        var busy = PoolState<FakeServer, FakeClient>(settings: ownLoops)
         let c = FakeServer()
         _ = busy.leaseRequested(by: FakeClient(), loop: 0, now: 0)
         _ = busy.connected(c, loop: 0, createdAt: 0, now: 0)
@@ -285,11 +290,40 @@ final class FakeClient {}
         guard case .use(let used) = busy.leaseRequested(by: FakeClient(), loop: 0, now: 3), used === c else { Issue.record("want the idle server"); return }
     }
 
+    /// issue 16: with room in the pool, an idle server on another loop is used before a new login (PgBouncer's
+    /// count of servers); cross_thread_reuse_delay keeps a loop to its own servers unless the other loop's has
+    /// idled that long.
+    @Test func anIdleServerOnAnotherLoopIsUsedBeforeDialing() {
+        let a = FakeServer()
+        var pool = poolWithIdleServer(a, on: 0, poolSize: 20)
+        guard case .use(let used) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2), used === a else { Issue.record("want use"); return }
+        #expect(pool.totalServers == 1)
+        // Nothing idle anywhere: a dial on the client's loop.
+        guard case .connectAndWait(loop: 1) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 3) else { Issue.record("want dial"); return }
+
+        var delayed = poolWithIdleServer(a, on: 0, poolSize: 20, crossThreadReuseDelay: 5)
+        guard case .connectAndWait(loop: 1) = delayed.leaseRequested(by: FakeClient(), loop: 1, now: 3 * second) else {
+            Issue.record("idle 3 s, less than the delay: want a dial on loop 1"); return
+        }
+        guard case .use(let late) = delayed.leaseRequested(by: FakeClient(), loop: 1, now: 7 * second), late === a else {
+            Issue.record("idle 6 s: want the server on loop 0"); return
+        }
+        // The own loop's server still comes first, however long the other has idled.
+        var both = poolWithIdleServer(a, on: 0, poolSize: 20)
+        let b = FakeServer()
+        _ = both.leaseRequested(by: FakeClient(), loop: 0, now: 2)
+        _ = both.leaseRequested(by: FakeClient(), loop: 1, now: 2)
+        guard case .handOver = both.connected(b, loop: 1, createdAt: 2, now: 2) else { Issue.record("want hand-over"); return }
+        _ = both.released(a, loop: 0, createdAt: 0, reusable: true, now: 3)
+        _ = both.released(b, loop: 1, createdAt: 2, reusable: true, now: 4)
+        guard case .use(let own) = both.leaseRequested(by: FakeClient(), loop: 0, now: 100 * second), own === a else { Issue.record("want loop 0's"); return }
+    }
+
     @Test func aRefusedDialLetsAnIdleServerOnAnotherLoopServeTheWaiter() {
         // The lease prefers dialing on its own loop; when a shared limit refuses that dial, the idle server on
         // the other loop must serve the client now (it used to wait for server_check_delay to free it).
         let a = FakeServer()
-        var pool = poolWithIdleServer(a, on: 1, poolSize: 4)
+        var pool = poolWithIdleServer(a, on: 1, poolSize: 4, crossThreadReuseDelay: 60)
         let client = FakeClient()
         guard case .connectAndWait(loop: 0) = pool.leaseRequested(by: client, loop: 0, now: 2) else { Issue.record("want dial"); return }
         let served = pool.connectDeferred()
@@ -301,7 +335,7 @@ final class FakeClient {}
         // One server idle on loop 0; two clients on loop 1 each dial rather than take it, which fills the pool.
         // The third client has no dial coming: it must get the idle server instead of waiting for a release.
         let a = FakeServer()
-        var pool = poolWithIdleServer(a, on: 0, poolSize: 3)
+        var pool = poolWithIdleServer(a, on: 0, poolSize: 3, crossThreadReuseDelay: 60)
         guard case .connectAndWait(loop: 1) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want dial"); return }
         guard case .connectAndWait(loop: 1) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want dial"); return }
         guard case .use(let chosen) = pool.leaseRequested(by: FakeClient(), loop: 1, now: 2) else { Issue.record("want use"); return }
