@@ -3,6 +3,8 @@
 
 CPU per transaction is the pooler process's user+system time (from /proc/PID/stat) spent during the run,
 divided by the transactions pgbench completed. Direct PostgreSQL has no pooler process, so no CPU figure.
+Each round's line also gives the pooler's context switches per transaction (every thread's voluntary and
+involuntary switches): each is a sleep and a wake-up, which on a shared machine is where most kernel time goes.
 """
 import argparse, json, os, re, statistics, subprocess, tempfile
 
@@ -18,6 +20,19 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def context_switches(pid):
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return total
 
 
 def peak_rss_kb(pid):
@@ -79,8 +94,10 @@ def main():
             ordered = targets[round_number % len(targets):] + targets[:round_number % len(targets)]
             for name, port, pid in ordered:
                 before = cpu_seconds(pid) if pid else None
+                switches_before = context_switches(pid) if pid else None
                 tps, done, failed, p99 = run(port, args, options.seconds, options.password)
                 after = cpu_seconds(pid) if pid else None
+                switches = context_switches(pid) - switches_before if pid else None
                 entry = results.setdefault((scenario, name), {"tps": [], "cpu_us": [], "failed": 0, "p99": []})
                 if tps is None:
                     entry["failed"] += 1
@@ -92,7 +109,8 @@ def main():
                 if pid and done:
                     entry["cpu_us"].append((after - before) * 1e6 / done)
                 # Pooler core use: CPU seconds per second of the run (1.0 = one core busy throughout).
-                cpu = f", {entry['cpu_us'][-1]:.1f} µs CPU/xact, pooler core use {(after - before) / options.seconds:.2f}" if pid and done else ""
+                cpu = (f", {entry['cpu_us'][-1]:.1f} µs CPU/xact, pooler core use {(after - before) / options.seconds:.2f}, "
+                       f"{switches / done:.2f} context switches/xact") if pid and done else ""
                 print(f"round {round_number + 1} {scenario:28} {name:10} {tps:10.0f} tps, p99 {p99:.1f} ms{cpu}", flush=True)
 
     if options.shoal_load:

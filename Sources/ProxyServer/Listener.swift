@@ -17,6 +17,7 @@ import NIOPosix
 public enum Listener {
     public static func bind(runtime: ShoalRuntime) async throws -> [Channel] {
         let config = runtime.config
+        let clientReceiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: config.pktBuf)
         // A function, not one value: ServerBootstrap is a class and its options accumulate.
         @Sendable func makeBootstrap(ipv6: Bool = false, readOnly: Bool = false, loop: EventLoop? = nil, tcp: Bool = true) -> ServerBootstrap {
             var bootstrap = loop.map { ServerBootstrap(group: $0, childGroup: $0) } ?? ServerBootstrap(group: runtime.group)
@@ -27,24 +28,32 @@ public enum Listener {
                 // Out of file descriptors (EMFILE/ENFILE), accept() fails at once on every wakeup: back off a
                 // second instead of spinning a core, as PgBouncer suspends accepting.
                 .serverChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler()) }
+                    channel.eventLoop.makeCompletedFuture {
+                        // Keepalive, TCP_USER_TIMEOUT and buffer sizes set on the listener are inherited by every
+                        // socket it accepts (Linux copies them at accept): no setsockopt per client.
+                        if tcp { try TCPTuning.apply(to: channel, config: config, listener: true) }
+                        try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler())
+                    }
                 }
                 .serverChannelOption(.backlog, value: Int32(config.listenBacklog))
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                // NIO's default too, made explicit: accepted sockets inherit it, so TCPTuning skips it per client.
+                // NIO's default too, made explicit: accepted sockets inherit it.
                 .serverChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                // One read per readiness event, as PgBouncer does: NIO's default of 4 costs an extra read()
-                // that returns EAGAIN on every request of a request/response protocol.
-                .childChannelOption(.maxMessagesPerRead, value: 1)
-                // Small first reads: most client messages are a few hundred bytes, and a channel keeps its last
-                // receive buffer for reuse, so the initial size is paid by every idle client. It grows on demand,
-                // up to pkt_buf (PgBouncer's 4 KB), and never shrinks: with NIO's 64 KB bound, a client that once
-                // sent a long statement kept 64 KB while idle (a full 512-byte read jumps straight to 8 KB).
-                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: config.pktBuf))
+                // The child options are set here, synchronously, rather than as childChannelOptions: NIO applies
+                // those one by one through a chain of futures per accepted socket (about 4 % of Shoal's CPU per
+                // connect-per-request transaction).
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        if case .unixDomainSocket = channel.localAddress {} else {
-                            try? TCPTuning.apply(to: channel, config: config, accepted: true)
+                        if let options = channel.syncOptions {
+                            // One read per readiness event, as PgBouncer does: NIO's default of 4 costs an extra
+                            // read() that returns EAGAIN on every request of a request/response protocol.
+                            try options.setOption(.maxMessagesPerRead, value: 1)
+                            // Small first reads: most client messages are a few hundred bytes, and a channel keeps
+                            // its last receive buffer for reuse, so the initial size is paid by every idle client.
+                            // It grows on demand, up to pkt_buf (PgBouncer's 4 KB), and never shrinks: with NIO's
+                            // 64 KB bound, a client that once sent a long statement kept 64 KB while idle (a full
+                            // 512-byte read jumps straight to 8 KB).
+                            try options.setOption(.recvAllocator, value: clientReceiveBuffers)
                         }
                         try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop, readOnlyRoute: readOnly))
                     }

@@ -6,11 +6,11 @@ import NIOCore
 /// tcp_socket_buffer, and its keepalive keys (0 leaves the kernel's default), so a peer that vanished without a
 /// reset is noticed.
 enum TCPTuning {
-    /// `accepted`: a client's socket, which inherits TCP_NODELAY from the listener (NIO's ServerBootstrap sets it
-    /// there), so setting it again would only cost a syscall per connection.
-    static func apply(to channel: Channel, config: ShoalConfig, accepted: Bool = false) throws {
+    /// `listener`: a TCP listening socket, whose accepted sockets inherit all of these (Linux copies them at
+    /// accept), so clients cost no setsockopt; TCP_NODELAY is left to NIO's ServerBootstrap, which sets it there.
+    static func apply(to channel: Channel, config: ShoalConfig, listener: Bool = false) throws {
         guard let options = channel.syncOptions else { return }
-        if !accepted { try options.setOption(.tcpOption(.tcp_nodelay), value: 1) }
+        if !listener { try options.setOption(.tcpOption(.tcp_nodelay), value: 1) }
         // tcp_socket_buffer: both buffers fixed (the kernel doubles the figure for its bookkeeping).
         if config.tcpSocketBuffer > 0 {
             let bytes = min(config.tcpSocketBuffer, Int(Int32.max / 2))
