@@ -145,7 +145,7 @@ public struct ShoalConfig: Sendable {
     /// limit (a Kubernetes pod limited to 1 CPU runs one loop). Only a restart changes it.
     public var workerThreads = 0
     /// pkt_buf: the most a client connection reads at once, hence the most it keeps as its receive buffer while
-    /// idle (a buffer never shrinks once grown: 64 KB after one long statement without this bound).
+    /// idle (a receive buffer never shrinks once grown: up to 64 KB after one long statement without this bound).
     public var pktBuf = 4096
     /// cross_thread_reuse_delay (Shoal's key): seconds an idle server on another EventLoop must have idled before
     /// a client whose own loop has none uses it instead of dialing. See PoolSettings.

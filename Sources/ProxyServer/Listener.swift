@@ -50,9 +50,9 @@ public enum Listener {
                             try options.setOption(.maxMessagesPerRead, value: 1)
                             // Small first reads: most client messages are a few hundred bytes, and a channel keeps
                             // its last receive buffer for reuse, so the initial size is paid by every idle client.
-                            // It grows on demand, up to pkt_buf (PgBouncer's 4 KB), and never shrinks: with NIO's
-                            // 64 KB bound, a client that once sent a long statement kept 64 KB while idle (a full
-                            // 512-byte read jumps straight to 8 KB).
+                            // It doubles after each read that fills it, up to pkt_buf (PgBouncer's 4 KB), and never
+                            // shrinks: with NIO's 64 KB bound, a client that once sent a 16 KB statement kept a
+                            // buffer that size while idle (22.5 KB per idle client against 9.4 KB; RESULTS.md).
                             try options.setOption(.recvAllocator, value: clientReceiveBuffers)
                         }
                         try channel.pipeline.syncOperations.addHandler(ClientConnection(runtime: runtime, eventLoop: channel.eventLoop, readOnlyRoute: readOnly))
