@@ -79,14 +79,17 @@ public struct ConfigLoader {
         case mode(WritableKeyPath<ShoalConfig, Int>)
         /// pkt_buf: bytes, at least 512 (a client's first read is 512 bytes).
         case packetBuffer
+        /// An integer in a range (a TCP port, listen_backlog): beyond it the value used to trap where it was
+        /// narrowed at start-up, instead of being refused with its line.
+        case ranged(WritableKeyPath<ShoalConfig, Int>, ClosedRange<Int>)
         /// A PgBouncer key that Shoal accepts but does not act on yet.
         case unsupported
     }
 
     // Immutable after initialisation; key paths are not Sendable, hence the annotation.
     nonisolated(unsafe) private static let keys: [String: Kind] = [
-        "listen_addr": .list(\.listenAddr), "listen_port": .int(\.listenPort), "unix_socket_dir": .string(\.unixSocketDir),
-        "listen_backlog": .int(\.listenBacklog), "pkt_buf": .packetBuffer,
+        "listen_addr": .list(\.listenAddr), "listen_port": .ranged(\.listenPort, 0...65535), "unix_socket_dir": .string(\.unixSocketDir),
+        "listen_backlog": .ranged(\.listenBacklog, 0...Int(Int32.max)), "pkt_buf": .packetBuffer,
         "auth_type": .authType, "auth_file": .optionalString(\.authFile), "auth_hba_file": .optionalString(\.authHbaFile),
         "auth_user": .optionalString(\.authUser),
         "auth_query": .string(\.authQuery), "auth_dbname": .optionalString(\.authDbname),
@@ -111,9 +114,11 @@ public struct ConfigLoader {
         "cancel_wait_timeout": .seconds(\.cancelWaitTimeout), "autodb_idle_timeout": .seconds(\.autodbIdleTimeout),
         "pool_idle_timeout": .seconds(\.poolIdleTimeout), "server_fast_close": .bool(\.serverFastClose),
         "tcp_defer_accept": .bool(\.tcpDeferAccept), "disable_pqexec": .bool(\.disablePqexec),
-        "tcp_keepalive": .bool(\.tcpKeepalive), "tcp_keepidle": .count(\.tcpKeepidle), "tcp_keepintvl": .count(\.tcpKeepintvl),
-        "tcp_keepcnt": .count(\.tcpKeepcnt), "tcp_user_timeout": .count(\.tcpUserTimeout),
-        "tcp_socket_buffer": .count(\.tcpSocketBuffer),
+        // Linux's own bounds (0 leaves the kernel's default): a value past them made the setsockopt fail.
+        "tcp_keepalive": .bool(\.tcpKeepalive), "tcp_keepidle": .ranged(\.tcpKeepidle, 0...32767),
+        "tcp_keepintvl": .ranged(\.tcpKeepintvl, 0...32767), "tcp_keepcnt": .ranged(\.tcpKeepcnt, 0...127),
+        "tcp_user_timeout": .ranged(\.tcpUserTimeout, 0...Int(Int32.max)),
+        "tcp_socket_buffer": .ranged(\.tcpSocketBuffer, 0...Int(Int32.max / 2)),
         "logfile": .optionalString(\.logfile), "pidfile": .optionalString(\.pidfile),
         "log_connections": .bool(\.logConnections), "log_disconnections": .bool(\.logDisconnections),
         "log_pooler_errors": .bool(\.logPoolerErrors), "log_stats": .bool(\.logStats), "stats_period": .int(\.statsPeriod),
@@ -126,13 +131,13 @@ public struct ConfigLoader {
         "client_tls_key_file": .optionalString(\.clientTLSKeyFile), "client_tls_protocols": .tlsProtocols(\.clientTLSProtocols),
         "client_tls_ciphers": .string(\.clientTLSCiphers),
         // Shoal's own.
-        "metrics_addr": .string(\.metricsAddr), "metrics_port": .int(\.metricsPort), "log_format": .logFormat,
+        "metrics_addr": .string(\.metricsAddr), "metrics_port": .ranged(\.metricsPort, 0...65535), "log_format": .logFormat,
         "pin_session_state": .switch(\.pinSessionState), "max_prepared_statements": .int(\.maxPreparedStatements),
         "max_client_prepared_statements": .count(\.maxClientPreparedStatements), "max_pinned_clients": .int(\.maxPinnedClients),
         "pin_warn_timeout": .seconds(\.pinWarnTimeout), "worker_threads": .count(\.workerThreads),
         "cross_thread_reuse_delay": .seconds(\.crossThreadReuseDelay),
         "so_reuseport": .bool(\.soReuseport),
-        "readonly_listen_port": .int(\.readonlyListenPort), "health_check_period": .seconds(\.healthCheckPeriod),
+        "readonly_listen_port": .ranged(\.readonlyListenPort, 0...65535), "health_check_period": .seconds(\.healthCheckPeriod),
         "health_check_timeout": .seconds(\.healthCheckTimeout), "health_check_failures": .int(\.healthCheckFailures),
         "health_check_user": .optionalString(\.healthCheckUser), "max_replica_lag": .seconds(\.maxReplicaLag),
         "max_host_connections": .int(\.maxHostConnections), "aurora_topology": .switch(\.auroraTopology),
@@ -183,6 +188,11 @@ public struct ConfigLoader {
             config[keyPath: path] = seconds
         case .string(let path):
             config[keyPath: path] = value
+        case .ranged(let path, let range):
+            guard let number = parseInteger(value), range.contains(number) else {
+                throw bad("an integer from \(range.lowerBound) to \(range.upperBound)")
+            }
+            config[keyPath: path] = number
         case .packetBuffer:
             guard let bytes = parseInteger(value), bytes >= 512, bytes <= 1 << 24 else { throw bad("a number of bytes from 512 to 16777216") }
             config.pktBuf = bytes
@@ -333,7 +343,7 @@ public struct ConfigLoader {
     private static func render(_ key: String, _ config: ShoalConfig) -> String? {
         guard let kind = keys[key] else { return nil }
         switch kind {
-        case .int(let path), .count(let path): return String(config[keyPath: path])
+        case .int(let path), .count(let path), .ranged(let path, _): return String(config[keyPath: path])
         case .bool(let path): return config[keyPath: path] ? "1" : "0"
         case .seconds(let path):
             let seconds = config[keyPath: path]

@@ -77,6 +77,24 @@ import Testing
         #expect(config.serverConnectTimeout == 1_000_000_000 && config.crossThreadReuseDelay == 0.25)
     }
 
+    /// Ports, listen_backlog and the keepalive keys past what they are narrowed to (a port's 16 bits, Int32,
+    /// Linux's keepalive bounds) trapped or failed the listener at start-up; they are refused with their line.
+    @Test func integersBeyondTheirUseAreRefused() throws {
+        let refused = ["listen_port = 99999", "listen_port = -5", "metrics_port = 70000", "readonly_listen_port = 65536",
+                       "listen_backlog = 99999999999", "tcp_keepidle = 32768", "tcp_keepintvl = 99999", "tcp_keepcnt = 128",
+                       "tcp_user_timeout = 4294967296", "tcp_socket_buffer = 4294967296"]
+        for line in refused {
+            do {
+                _ = try loader(["a.ini": "[pgbouncer]\n\(line)\n"]).load(path: "a.ini")
+                Issue.record("accepted: \(line)")
+            } catch {
+                #expect(error.line == 2 && error.description.contains("expected an integer from 0 to"), "\(error)")
+            }
+        }
+        let config = try loader(["a.ini": "[pgbouncer]\nlisten_port = 65535\ntcp_keepidle = 32767\ntcp_keepcnt = 127\n"]).load(path: "a.ini").config
+        #expect(config.listenPort == 65535 && config.tcpKeepidle == 32767 && config.tcpKeepcnt == 127)
+    }
+
     /// pkt_buf acts (a client's largest read, so its idle receive buffer), so it is a setting, not a warning.
     @Test func pktBufIsReadAndBounded() throws {
         let result = try loader(["a.ini": "[pgbouncer]\npkt_buf = 8192\n"]).load(path: "a.ini")
