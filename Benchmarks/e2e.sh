@@ -9,7 +9,7 @@
 # (NOPIN_NO_PREPARED=1: and max_prepared_statements = 0). SHOAL_VARIANT='key = value; key = value' adds a Shoal
 # with those settings on top ("shoal-variant", e.g. SHOAL_VARIANT='worker_threads = 1'). ONLY_LOAD=1 runs only the shoal-load scenario.
 # IDLE_CLIENTS=0 skips the idle-memory measurement; LOAD_USERS=0 skips the shoal-load scenario.
-# IDLE_WORKLOAD=idle-after-query measures idle clients that each sent one 16 KB statement first (default: idle,
+# IDLE_WORKLOAD=idle-after-query measures idle clients that each sent one 32 KB statement first (default: idle,
 # clients that only log in).
 # BASELINE_BIN=path adds a Shoal built from another commit ("shoal-before") with the same config, interleaved
 # with the others: a before/after comparison in one run (build it with

@@ -269,10 +269,10 @@ public struct ConfigLoader {
 
     // MARK: Live settings (SHOW CONFIG, SET)
 
-    /// Keys that only a restart changes (PgBouncer's `changeable = no`, plus Shoal's listeners for metrics).
     /// The largest number of seconds a key takes: about 31 years.
     static let maxSeconds = 1_000_000_000.0
 
+    /// Keys that only a restart changes (PgBouncer's `changeable = no`, plus Shoal's listeners for metrics).
     public static let restartOnlyKeys: Set<String> = [
         "disable_pqexec", "job_name", "listen_addr", "listen_backlog", "listen_port", "pidfile", "pkt_buf", "resolv_conf",
         "so_reuseport", "track_extra_parameters", "peers_dns", "unix_socket_dir", "unix_socket_group", "unix_socket_mode", "user",

@@ -51,10 +51,11 @@ public struct Workload: Sendable {
     /// Connect and stay connected, saying nothing: what an idle pg_pconnect worker costs a pooler.
     public static let idle = Workload(name: "idle", statements: [], connectPerRequest: false)
 
-    /// One statement of about `bytes` bytes (a Moodle page's longest, e.g. a big IN list), then idle.
-    public static func idleAfterQuery(bytes: Int) -> Workload {
-        let list = Array(repeating: "1", count: max(1, bytes / 2)).joined(separator: ",")
-        return Workload(name: "idle-after-query", statements: [Statement("SELECT count(*) FROM (VALUES (\(list.replacingOccurrences(of: ",", with: "),(")))) v")],
+    /// One long statement (a VALUES list of `rows` rows, 4 bytes each: 8,192 rows make 32 KB, like a Moodle
+    /// page's largest IN lists or inserts), then idle.
+    public static func idleAfterQuery(rows: Int) -> Workload {
+        let values = Array(repeating: "(1)", count: max(1, rows)).joined(separator: ",")
+        return Workload(name: "idle-after-query", statements: [Statement("SELECT count(*) FROM (VALUES \(values)) v")],
                         connectPerRequest: false, idleAfterFirstRequest: true)
     }
 

@@ -51,7 +51,7 @@ public enum Listener {
                             // Small first reads: most client messages are a few hundred bytes, and a channel keeps
                             // its last receive buffer for reuse, so the initial size is paid by every idle client.
                             // It doubles after each read that fills it, up to pkt_buf (PgBouncer's 4 KB), and never
-                            // shrinks: with NIO's 64 KB bound, a client that once sent a 16 KB statement kept a
+                            // shrinks: with NIO's 64 KB bound, a client that once sent a 32 KB statement kept a
                             // buffer that size while idle (22.5 KB per idle client against 9.4 KB; RESULTS.md).
                             try options.setOption(.recvAllocator, value: clientReceiveBuffers)
                         }

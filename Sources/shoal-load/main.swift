@@ -6,7 +6,7 @@ let usage = """
     Usage: shoal-load [options] --target NAME=CONNINFO [--target NAME=CONNINFO ...]
 
       --workload W        php-request (default), php-persistent, select-only, idle (connect and hold),
-                          idle-after-query (one 16 KB statement, then hold), or script
+                          idle-after-query (one 32 KB statement, then hold), or script
       --script FILE       SQL statements for --workload script (one per ';'-terminated line group)
       --users N           closed loop: N virtual users, each starting its next request at once (default 100)
       --rate R            open loop: R requests/s, latency measured from each request's intended start
@@ -86,7 +86,7 @@ case "php-request": workload = .phpRequest(users: initUsers, courses: courses, p
 case "php-persistent": workload = .phpRequest(users: initUsers, courses: courses, persistent: true)
 case "select-only": workload = .selectOnly(users: initUsers)
 case "idle": workload = .idle
-case "idle-after-query": workload = .idleAfterQuery(bytes: 16_384)
+case "idle-after-query": workload = .idleAfterQuery(rows: 8192)
 case "script":
     guard let scriptPath else { fail("--workload script needs --script FILE") }
     guard let text = try? String(contentsOfFile: scriptPath, encoding: .utf8) else { fail("cannot read script \(scriptPath)") }
