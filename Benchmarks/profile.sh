@@ -6,7 +6,8 @@
 #
 #   Benchmarks/profile.sh [SECONDS, default 10] [pgbench options, default: -S -C -c 50 -j 2]
 #   SHOAL_BIN=path profiles that binary; PERF_OUT=dir keeps perf.data there; SHOAL_INI='key = value' lines are
-#   added to Shoal's configuration (e.g. SHOAL_INI='worker_threads = 1').
+#   added to Shoal's configuration (e.g. SHOAL_INI='worker_threads = 1'). PERF_EVENT=event records every such
+#   event instead of CPU samples and prints the count per transaction and the callers (e.g. malloc, below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -34,7 +35,13 @@ PGPASSWORD=$PG_PASSWORD pgbench -n -h 127.0.0.1 -p "$shoalport" -U postgres -T 2
 before=$(cpu)
 PGPASSWORD=$PG_PASSWORD pgbench -n -h 127.0.0.1 -p "$shoalport" -U postgres -T "$seconds" "${pgbench_args[@]}" postgres > "$dir/pgbench.txt" 2>&1 &
 bench=$!
-perf record -q -F 2000 -g -p "$shoal_pid" -o "$out/perf.data" -- sleep "$((seconds - 1))" 2>/dev/null
+if [ -n "${PERF_EVENT:-}" ]; then
+    # Every event, not a sample of them: e.g. PERF_EVENT=probe_libc:malloc after
+    # `perf probe -x /lib/x86_64-linux-gnu/libc.so.6 malloc` counts Shoal's allocations and where they come from.
+    perf record -q -e "$PERF_EVENT" -c 1 -g -p "$shoal_pid" -o "$out/perf.data" -- sleep "$((seconds - 1))" 2>/dev/null
+else
+    perf record -q -F 2000 -g -p "$shoal_pid" -o "$out/perf.data" -- sleep "$((seconds - 1))" 2>/dev/null
+fi
 wait "$bench"
 after=$(cpu)
 done_tx=$(awk '/actually processed/ {print $NF}' "$dir/pgbench.txt")
@@ -42,4 +49,13 @@ tps=$(awk '/^tps/ {print $3; exit}' "$dir/pgbench.txt")
 ticks=$(getconf CLK_TCK)
 echo "pgbench ${pgbench_args[*]} through Shoal, ${seconds} s: $done_tx transactions, $tps tps," \
      "$(python3 -c "print(f'{($after - $before) / $ticks / $done_tx * 1e6:.1f}')") µs Shoal CPU per transaction (commit $(git rev-parse --short HEAD))"
+if [ -n "${PERF_EVENT:-}" ]; then
+    # The recording covers seconds - 1 of the run: scale the transactions to it.
+    events=$(perf script -i "$out/perf.data" -F event 2>/dev/null | wc -l)
+    echo "$PERF_EVENT: $events events, $(python3 -c "print(f'{$events / ($done_tx * ($seconds - 1) / $seconds):.1f}')") per transaction"
+    echo "callers (the nearest frames above the event, by share of events):"
+    perf report -i "$out/perf.data" --no-children --stdio -g caller,0.5,callee,function,percent --percent-limit 1 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -"${PERF_LINES:-120}" | cut -c1-200
+    exit 0
+fi
 perf report -i "$out/perf.data" --no-children --sort sym --stdio -F overhead,sym 2>/dev/null | python3 Benchmarks/profile_summary.py
