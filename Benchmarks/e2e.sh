@@ -154,9 +154,10 @@ python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password
 # Memory per idle client: RSS before and after 10,000 clients connect and stay idle (shoal-load --workload idle,
 # or IDLE_WORKLOAD).
 idle_clients=${IDLE_CLIENTS:-10000}
-[ "$idle_clients" = 0 ] || for who in shoal pgbouncer; do
+[ "$idle_clients" = 0 ] || for who in shoal pgbouncer ${base_pid:+shoal-before}; do
     pid=$shoal_pid; port=$shoalport
     [ "$who" = pgbouncer ] && pid=$bouncer_pid && port=$bouncerport
+    [ "$who" = shoal-before ] && pid=$base_pid && port=$baseport
     before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     "$load_bin" --workload "${IDLE_WORKLOAD:-idle}" --users "$idle_clients" --ramp-up 20 --duration 40 --rounds 1 \
         --target "$who=host=127.0.0.1 port=$port dbname=postgres user=postgres password=$PG_PASSWORD" > "$dir/idle-$who.txt" 2>&1 &

@@ -77,7 +77,7 @@ public struct ConfigLoader {
         case iterations
         /// Permission bits, written in octal (`0700`).
         case mode(WritableKeyPath<ShoalConfig, Int>)
-        /// pkt_buf: bytes, at least 512 (a client's first read is 512 bytes).
+        /// pkt_buf: bytes, at least 512 (a login and a short statement still take one read each).
         case packetBuffer
         /// An integer in a range (a TCP port, listen_backlog): beyond it the value used to trap where it was
         /// narrowed at start-up, instead of being refused with its line.

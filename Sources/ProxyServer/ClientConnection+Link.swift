@@ -94,7 +94,7 @@ extension ClientConnection {
         let options = pool.linkOptions(user: user, snapshot: snapshot, statementNames: runtime.statementNames)
         guard link.replaceOptions(options) else { return }
         self.linkSnapshot = snapshot
-        if options.tracksActivity && !registeredWithSweeper {
+        if options.value.tracksActivity && !registeredWithSweeper {
             runtime.sweepers[loopIndex].add(self)
             registeredWithSweeper = true
         }

@@ -294,11 +294,11 @@ extension ClientConnection {
         statsShard!.counters.clientLogins &+= 1
         let options = pool.linkOptions(user: user, snapshot: snapshot, statementNames: runtime.statementNames)
         let startupParameters = link.parameters
-        link = LinkStateMachine(options: options, now: NIODeadline.now().uptimeNanoseconds)
+        link = LinkStateMachine(sharedOptions: options, now: NIODeadline.now().uptimeNanoseconds)
         linkSnapshot = snapshot
         link.parameters = startupParameters
         link.pinSlots = pool
-        if options.tracksActivity {
+        if options.value.tracksActivity {
             runtime.sweepers[loopIndex].add(self)
             registeredWithSweeper = true
         }

@@ -131,8 +131,11 @@ final class ClientConnection: ChannelInboundHandler, @unchecked Sendable {
         self.eventLoop = eventLoop
         self.loopIndex = runtime.loopIndex(of: eventLoop)
         // Replaced at login with the pool's options; until then it only collects the startup parameters.
-        self.link = LinkStateMachine(options: .init(mode: .session), now: 0)
+        self.link = LinkStateMachine(sharedOptions: Self.loginOptions, now: 0)
     }
+
+    /// The link options before login, one for all clients (no allocation per connection).
+    private static let loginOptions = LinkStateMachine.SharedOptions(.init(mode: .session))
 
     // MARK: Channel events
 

@@ -17,7 +17,9 @@ import NIOPosix
 public enum Listener {
     public static func bind(runtime: ShoalRuntime) async throws -> [Channel] {
         let config = runtime.config
-        let clientReceiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: config.pktBuf)
+        // 256 bytes hold a login's messages (a startup packet, SCRAM's client-first and client-final): that is
+        // what an idle client that has only logged in keeps.
+        let clientReceiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: config.pktBuf)
         // A function, not one value: ServerBootstrap is a class and its options accumulate.
         @Sendable func makeBootstrap(ipv6: Bool = false, readOnly: Bool = false, loop: EventLoop? = nil, tcp: Bool = true) -> ServerBootstrap {
             var bootstrap = loop.map { ServerBootstrap(group: $0, childGroup: $0) } ?? ServerBootstrap(group: runtime.group)

@@ -66,12 +66,12 @@ final class Pool: @unchecked Sendable {
         }
     }
 
-    private var _linkOptions: (snapshot: ConfigSnapshot, user: String, options: LinkStateMachine.Options)?
+    private var _linkOptions: (snapshot: ConfigSnapshot, user: String, options: LinkStateMachine.SharedOptions)?
 
     /// The link options of a client logging in to this pool as `user`: built once per config and user rather
     /// than on every login (PHP connects per request), since building them reads a dozen settings, the user's
     /// entry and the pool's mode and target, each under a lock.
-    func linkOptions(user: String, snapshot: ConfigSnapshot, statementNames: StatementNames) -> LinkStateMachine.Options {
+    func linkOptions(user: String, snapshot: ConfigSnapshot, statementNames: StatementNames) -> LinkStateMachine.SharedOptions {
         // One lock for the look-up, the pool's settings and the store: a RELOAD's `update` in between would
         // otherwise be overwritten by options built from the settings it replaced.
         lock.withLock {
@@ -88,8 +88,9 @@ final class Pool: @unchecked Sendable {
                 options.resetQueryOnRelease = nil
                 options.resetQueryOnDisconnect = nil
             }
-            _linkOptions = (snapshot, user, options)
-            return options
+            let shared = LinkStateMachine.SharedOptions(options)
+            _linkOptions = (snapshot, user, shared)
+            return shared
         }
     }
 
