@@ -22,11 +22,12 @@ let package = Package(
             path: "Benchmarks/HotPaths",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
-        // nio-floor.sh: what an idle connection costs under NIO alone.
+        // nio-floor.sh: what an idle connection costs under NIO alone. Outside Benchmarks/: package-benchmark
+        // runs every executable there as a benchmark suite, and this one needs a port argument.
         .executableTarget(
             name: "NIOFloor",
             dependencies: [.product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")],
-            path: "Benchmarks/NIOFloor"
+            path: "Tools/NIOFloor"
         ),
     ]
 )

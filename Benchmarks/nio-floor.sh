@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Memory per idle connection under SwiftNIO alone (Benchmarks/NIOFloor: Shoal's child-channel options, a handler
+# Memory per idle connection under SwiftNIO alone (Benchmarks/Tools/NIOFloor: Shoal's child-channel options, a handler
 # that keeps nothing), to set against Shoal's figure from e2e.sh: 10,000 connections held open, once without
 # sending anything (never read) and once after 8 bytes each (one read: the channel keeps its receive buffer).
 #   Benchmarks/nio-floor.sh [connections, default 10000]

@@ -63,8 +63,15 @@ public struct ClientAuthMachine {
     }
 
 
+    /// AuthenticationSASL offering SCRAM-SHA-256: the same bytes for every login, so one shared buffer.
+    private static let scramOffer: ByteBuffer = {
+        var out = ByteBufferAllocator().buffer(capacity: 32)
+        out.writeAuthenticationSASL(mechanisms: [SCRAM.mechanism])
+        return out
+    }()
+
     public mutating func start() -> Action {
-        var out = ByteBuffer()
+        var out = ByteBufferAllocator().buffer(capacity: 16)
         switch method {
         case .trust:
             method = .done
@@ -74,7 +81,7 @@ public struct ClientAuthMachine {
         case .md5(let salt):
             out.writeAuthenticationMD5Password(salt: salt)
         case .scramStart:
-            out.writeAuthenticationSASL(mechanisms: [SCRAM.mechanism])
+            return .send(Self.scramOffer)
         case .scramContinue, .done:
             preconditionFailure("Invalid state: start() called twice")
         }
@@ -119,7 +126,8 @@ public struct ClientAuthMachine {
             do {
                 let serverFirst = try exchange.receiveClientFirst(data)
                 method = .scramContinue(exchange)
-                var out = ByteBuffer()
+                // Sized up front: an empty ByteBuffer grows (reallocates) as the message is written.
+                var out = ByteBufferAllocator().buffer(capacity: 9 + serverFirst.count)
                 out.writeAuthenticationSASLContinue(serverFirst)
                 return .send(out)
             } catch {
@@ -133,7 +141,7 @@ public struct ClientAuthMachine {
                 // then takes as long as for a real user.
                 let serverFinal = try exchange.receiveClientFinal(data)
                 guard let secret, !secret.isEmpty, !MD5Password.isStoredHash(secret) else { return passwordFailed() }
-                var out = ByteBuffer()
+                var out = ByteBufferAllocator().buffer(capacity: 9 + serverFinal.count)
                 out.writeAuthenticationSASLFinal(serverFinal)
                 let keys = exchange.clientKey.map { (clientKey: $0, serverKey: exchange.verifier.serverKey) }
                 return .authenticated(saslFinal: out, scramKeys: keys, cleartextPassword: nil)

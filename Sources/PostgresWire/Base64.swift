@@ -12,7 +12,15 @@ public enum Base64 {
 
     public static func encode<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
         var out: [UInt8] = []
-        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        out.reserveCapacity(encodedCount(bytes.count))
+        encode(bytes, appendingTo: &out)
+        return out
+    }
+
+    public static func encodedCount(_ count: Int) -> Int { (count + 2) / 3 * 4 }
+
+    /// Appends the encoding to `out` (whose capacity the caller reserves): a SCRAM message is built in one array.
+    public static func encode<Bytes: Collection>(_ bytes: Bytes, appendingTo out: inout [UInt8]) where Bytes.Element == UInt8 {
         var iterator = bytes.makeIterator()
         while let first = iterator.next() {
             let second = iterator.next(), third = iterator.next()
@@ -22,7 +30,6 @@ public enum Base64 {
             out.append(second == nil ? UInt8(ascii: "=") : alphabet[Int(group >> 6 & 63)])
             out.append(third == nil ? UInt8(ascii: "=") : alphabet[Int(group & 63)])
         }
-        return out
     }
 
     public static func encodedString<Bytes: Collection>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {

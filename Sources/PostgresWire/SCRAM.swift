@@ -89,12 +89,18 @@ public enum SCRAM {
             var outer = SHA256()
             outer.update(bufferPointer: UnsafeRawBufferPointer(pad))
             innerDigest.withUnsafeBytes { outer.update(bufferPointer: $0) }
-            return Array(outer.finalize())
+            return bytes(of: outer.finalize())
         }
     }
 
     public static func sha256(_ bytes: [UInt8]) -> [UInt8] {
-        Array(SHA256.hash(data: bytes))
+        self.bytes(of: SHA256.hash(data: bytes))
+    }
+
+    /// A digest's 32 bytes in one allocation: `Array(digest)` goes through the digest's Sequence conformance,
+    /// which does not know the count, and grew the array several times per digest (counted with a malloc probe).
+    private static func bytes(of digest: SHA256.Digest) -> [UInt8] {
+        digest.withUnsafeBytes { [UInt8]($0) }
     }
 
     static func xor(_ a: [UInt8], _ b: [UInt8]) -> [UInt8] {
@@ -111,31 +117,44 @@ public enum SCRAM {
 
     /// 18 random bytes in base64, as PostgreSQL's nonces.
     public static func randomNonce() -> String {
-        Base64.encodedString(randomBytes(18))
+        String(decoding: randomNonceBytes(), as: UTF8.self)
+    }
+
+    /// The same nonce as bytes, in one allocation (the random bytes stay on the stack).
+    public static func randomNonceBytes() -> [UInt8] {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 18) { random in
+            fillRandom(random)
+            return Base64.encode(UnsafeBufferPointer(random))
+        }
     }
 
     /// Random bytes from one getrandom() call (the standard library's generator makes one per eight bytes).
     public static func randomBytes(_ count: Int) -> [UInt8] {
         [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            var filled = 0
-            while filled < count {
-                let got = getrandom(buffer.baseAddress! + filled, count - filled, 0)
-                if got > 0 {
-                    filled += got
-                } else {
-                    // Interrupted (EINTR), or no getrandom: the standard library's generator, eight bytes a draw.
-                    var generator = SystemRandomNumberGenerator()
-                    while filled < count {
-                        withUnsafeBytes(of: generator.next() as UInt64) { word in
-                            for byte in word where filled < count {
-                                buffer[filled] = byte
-                                filled += 1
-                            }
+            fillRandom(UnsafeMutableBufferPointer(rebasing: buffer[..<count]))
+            initialized = count
+        }
+    }
+
+    private static func fillRandom(_ buffer: UnsafeMutableBufferPointer<UInt8>) {
+        let count = buffer.count
+        var filled = 0
+        while filled < count {
+            let got = getrandom(buffer.baseAddress! + filled, count - filled, 0)
+            if got > 0 {
+                filled += got
+            } else {
+                // Interrupted (EINTR), or no getrandom: the standard library's generator, eight bytes a draw.
+                var generator = SystemRandomNumberGenerator()
+                while filled < count {
+                    withUnsafeBytes(of: generator.next() as UInt64) { word in
+                        for byte in word where filled < count {
+                            buffer[filled] = byte
+                            filled += 1
                         }
                     }
                 }
             }
-            initialized = count
         }
     }
 
@@ -169,15 +188,23 @@ public struct SCRAMServerExchange: Sendable {
 
     public let verifier: Verifier
     public typealias Verifier = SCRAM.Verifier
-    // All on bytes: the messages are ASCII in practice, and the AuthMessage is hashed as bytes anyway.
+    // All on bytes: the messages are ASCII in practice, and the AuthMessage is hashed as bytes anyway. Each
+    // message is built in one array of the right size: concatenating and growing arrays made most of the
+    // 43 allocations a SCRAM login cost (counted with a malloc probe under pgbench -S -C, Benchmarks/RESULTS.md).
     private let serverNonce: [UInt8]
     private var clientFirstBare: ArraySlice<UInt8> = []
     private var serverFirst: [UInt8] = []
-    private var combinedNonce: [UInt8] = []
+    /// The combined nonce, where it sits in `serverFirst` (after "r=").
+    private var combinedNonce: Range<Int> = 0..<0
     /// The client's ClientKey, recovered from its proof; it lets Shoal log in to the server as this client.
     public private(set) var clientKey: [UInt8]? = nil
 
-    public init(verifier: SCRAM.Verifier, serverNonce: String = SCRAM.randomNonce()) {
+    public init(verifier: SCRAM.Verifier) {
+        self.verifier = verifier
+        self.serverNonce = SCRAM.randomNonceBytes()
+    }
+
+    public init(verifier: SCRAM.Verifier, serverNonce: String) {
         self.verifier = verifier
         self.serverNonce = Array(serverNonce.utf8)
     }
@@ -185,24 +212,35 @@ public struct SCRAMServerExchange: Sendable {
     /// Takes the client-first-message and returns server-first-message.
     public mutating func receiveClientFirst(_ message: [UInt8]) throws(Failure) -> [UInt8] {
         // gs2-header: "n,," or "y,," (client supports binding but thinks we don't) — "p=" would need TLS.
-        let parts = message.split(separator: UInt8(ascii: ","), maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count == 3 else { throw .malformedMessage }
-        if parts[0].elementsEqual("n".utf8) || parts[0].elementsEqual("y".utf8) {
-        } else if parts[0].starts(with: "p=".utf8) {
+        guard let firstComma = message.firstIndex(of: UInt8(ascii: ",")),
+              let secondComma = message[(firstComma + 1)...].firstIndex(of: UInt8(ascii: ","))
+        else { throw .malformedMessage }
+        let flag = message[..<firstComma], authzid = message[(firstComma + 1)..<secondComma]
+        if flag.elementsEqual("n".utf8) || flag.elementsEqual("y".utf8) {
+        } else if flag.starts(with: "p=".utf8) {
             throw .channelBindingUnsupported
         } else {
             throw .malformedMessage
         }
-        guard parts[1].isEmpty || parts[1].starts(with: "a=".utf8) else { throw .malformedMessage }
-        clientFirstBare = parts[2]
+        guard authzid.isEmpty || authzid.starts(with: "a=".utf8) else { throw .malformedMessage }
+        clientFirstBare = message[(secondComma + 1)...]
         // RFC 5802: the nonce is printable ASCII without ','.
         guard let clientNonce = SCRAM.attribute(UInt8(ascii: "r"), in: clientFirstBare), !clientNonce.isEmpty,
               clientNonce.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
         else { throw .malformedMessage }
-        combinedNonce = Array(clientNonce) + serverNonce
-        serverFirst = Array("r=".utf8) + combinedNonce + Array(",s=".utf8) + Base64.encode(verifier.salt)
-            + Array(",i=\(verifier.iterations)".utf8)
-        return serverFirst
+        let iterations = String(verifier.iterations).utf8
+        var out: [UInt8] = []
+        out.reserveCapacity(2 + clientNonce.count + serverNonce.count + 3 + Base64.encodedCount(verifier.salt.count) + 3 + iterations.count)
+        out += "r=".utf8
+        out += clientNonce
+        out += serverNonce
+        combinedNonce = 2..<out.count
+        out += ",s=".utf8
+        Base64.encode(verifier.salt, appendingTo: &out)
+        out += ",i=".utf8
+        out += iterations
+        serverFirst = out
+        return out
     }
 
     /// Takes client-final-message; returns server-final-message on success.
@@ -220,7 +258,7 @@ public struct SCRAMServerExchange: Sendable {
         guard let proofStart else { throw .malformedMessage }
         let withoutProof = message[..<proofStart]
         guard let nonce = SCRAM.attribute(UInt8(ascii: "r"), in: withoutProof) else { throw .malformedMessage }
-        guard nonce.elementsEqual(combinedNonce) else { throw .nonceMismatch }
+        guard !combinedNonce.isEmpty, nonce.elementsEqual(serverFirst[combinedNonce]) else { throw .nonceMismatch }
         guard let binding = SCRAM.attribute(UInt8(ascii: "c"), in: withoutProof), let gs2 = Base64.decode(binding),
               gs2.starts(with: "n,".utf8) || gs2.starts(with: "y,".utf8)
         else { throw .malformedMessage }
@@ -238,7 +276,12 @@ public struct SCRAMServerExchange: Sendable {
         let recoveredKey = SCRAM.xor(proof, clientSignature)
         guard SCRAM.equal(SCRAM.sha256(recoveredKey), verifier.storedKey) else { throw .wrongProof }
         clientKey = recoveredKey
-        return Array("v=".utf8) + Base64.encode(SCRAM.hmac(key: verifier.serverKey, authMessage))
+        let serverSignature = SCRAM.hmac(key: verifier.serverKey, authMessage)
+        var out: [UInt8] = []
+        out.reserveCapacity(2 + Base64.encodedCount(serverSignature.count))
+        out += "v=".utf8
+        Base64.encode(serverSignature, appendingTo: &out)
+        return out
     }
 }
 

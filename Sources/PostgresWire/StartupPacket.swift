@@ -36,7 +36,9 @@ public enum StartupPacketError: Error, Equatable, Sendable {
 public enum StartupPacketDecoder {
     public static func decode(_ buffer: inout ByteBuffer) throws(StartupPacketError) -> StartupPacket? {
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: Int32.self) else { return nil }
-        let headerBytes = buffer.getBytes(at: buffer.readerIndex, length: min(8, buffer.readableBytes)) ?? []
+        // Copied only for the error (it is an allocation on every login otherwise).
+        let start = buffer.readerIndex
+        var headerBytes: [UInt8] { buffer.getBytes(at: start, length: min(8, buffer.writerIndex - start)) ?? [] }
         guard length >= 8, Int(length) <= StartupPacket.maxLength else { throw .badHeader(headerBytes) }
         guard buffer.readableBytes >= Int(length) else { return nil }
         var packet = buffer.readSlice(length: Int(length))!
@@ -67,6 +69,7 @@ public enum StartupPacketDecoder {
             throw .invalidLayout
         }
         var parameters: [(String, String)] = []
+        parameters.reserveCapacity(8) // user, database and a few settings: no regrowth on a typical login
         while true {
             guard let key = packet.readNullTerminatedString() else { throw .invalidLayout }
             if key.isEmpty { break }

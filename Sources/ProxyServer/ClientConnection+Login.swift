@@ -135,7 +135,9 @@ extension ClientConnection {
             case let name where name.hasPrefix("_pq_."):
                 unsupportedProtocolOptions.append(name)
             default:
-                if tracked.contains(key.lowercased()) {
+                // Tracked names are lower case: look the name up as sent first, which spares lowercased()'s copy
+                // for the usual lower-case spelling (a heap string past 15 bytes, e.g. application_name).
+                if tracked.contains(key) || tracked.contains(key.lowercased()) {
                     clientSettings.append((key, value))
                     replicationParameters.append((key, value))
                 } else if !ignored.contains(key) {
@@ -328,10 +330,10 @@ extension ClientConnection {
         guard let context else { return }
         var out = context.channel.allocator.buffer(capacity: 512)
         if let welcome {
-            link.parameters = welcome.welcomedParameters(client: link.parameters, tracked: runtime.snapshot.trackedNames)
-            for entry in welcome.entries {
-                out.writeParameterStatus(name: entry.name, value: link.parameters.value(forKey: entry.key) ?? entry.value)
-            }
+            let tracked = runtime.snapshot.trackedNames
+            let client = link.parameters
+            link.parameters = welcome.welcomedParameters(client: client, tracked: tracked)
+            welcome.writeStatus(into: &out, client: client, welcomed: link.parameters, tracked: tracked)
         }
         link.facts = welcome?.facts
         let key = runtime.registerCancelKey(for: self)

@@ -800,4 +800,35 @@ extension ClientStatements.Rewrite: Equatable {
         #expect(reloaded["server_version"] == "15.18")
         #expect(reloaded == { var copy = parameters; copy.set("server_version", "15.18"); return copy }())
     }
+
+    /// The welcome's ParameterStatus bytes come mostly from a copy encoded once per pool: they must equal
+    /// encoding every entry with the welcomed value, whatever the client chose and whether the tracked names
+    /// changed since (a RELOAD).
+    @Test func theWelcomeBytesEqualEncodingEveryEntry() {
+        let welcome = Welcome(reported: reported, tracked: tracked)
+        var chooser = ParameterSet()
+        chooser.set("application_name", "moodle")
+        chooser.set("TimeZone", "Europe/Paris")
+        var sameSpelledOtherwise = ParameterSet()
+        sameSpelledOtherwise.set("client_encoding", "utf8")
+        var untracked = ParameterSet()
+        untracked.set("search_path", "public")
+        var more = tracked
+        more.insert("server_version")
+        for client in [ParameterSet(), chooser, sameSpelledOtherwise, untracked] {
+            for names in [tracked, more] {
+                let welcomed = welcome.welcomedParameters(client: client, tracked: names)
+                var expected = ByteBuffer()
+                for entry in welcome.entries {
+                    expected.writeParameterStatus(name: entry.name, value: welcomed.value(forKey: entry.key) ?? entry.value)
+                }
+                var written = ByteBuffer()
+                welcome.writeStatus(into: &written, client: client, welcomed: welcomed, tracked: names)
+                #expect(written == expected, "client \(client.values.keys.sorted()), tracked \(names.count)")
+            }
+        }
+        var out = ByteBuffer()
+        welcome.writeStatus(into: &out, client: chooser, welcomed: welcome.welcomedParameters(client: chooser, tracked: tracked), tracked: tracked)
+        #expect(String(buffer: out).contains("moodle") && String(buffer: out).contains("Europe/Paris"))
+    }
 }
