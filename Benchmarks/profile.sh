@@ -8,6 +8,8 @@
 #   SHOAL_BIN=path profiles that binary; PERF_OUT=dir keeps perf.data there; SHOAL_INI='key = value' lines are
 #   added to Shoal's configuration (e.g. SHOAL_INI='worker_threads = 1'). PERF_EVENT=event records every such
 #   event instead of CPU samples and prints the count per transaction and the callers (e.g. malloc, below).
+#   BENCH_POOLER=pgbouncer profiles PgBouncer (Debian's package) with the same settings instead, to compare
+#   where each pooler's samples go (Shoal-only keys in SHOAL_INI would make PgBouncer refuse the file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -47,8 +49,9 @@ after=$(cpu)
 done_tx=$(awk '/actually processed/ {print $NF}' "$dir/pgbench.txt")
 tps=$(awk '/^tps/ {print $3; exit}' "$dir/pgbench.txt")
 ticks=$(getconf CLK_TCK)
-echo "pgbench ${pgbench_args[*]} through Shoal, ${seconds} s: $done_tx transactions, $tps tps," \
-     "$(python3 -c "print(f'{($after - $before) / $ticks / $done_tx * 1e6:.1f}')") µs Shoal CPU per transaction (commit $(git rev-parse --short HEAD))"
+who=Shoal; [ "${BENCH_POOLER:-shoal}" = pgbouncer ] && who=PgBouncer
+echo "pgbench ${pgbench_args[*]} through $who, ${seconds} s: $done_tx transactions, $tps tps," \
+     "$(python3 -c "print(f'{($after - $before) / $ticks / $done_tx * 1e6:.1f}')") µs $who CPU per transaction (commit $(git rev-parse --short HEAD))"
 if [ -n "${PERF_EVENT:-}" ]; then
     # The recording covers seconds - 1 of the run: scale the transactions to it.
     events=$(perf script -i "$out/perf.data" -F event 2>/dev/null | wc -l)

@@ -310,7 +310,9 @@ extension ClientConnection {
                 if let scramKeys { pool.serverSecret = .scramKeys(clientKey: scramKeys.clientKey, serverKey: scramKeys.serverKey) }
                 else if let cleartextPassword { pool.serverSecret = .password(cleartextPassword) }
                 else if let authSecret, MD5Password.isStoredHash(authSecret) { pool.serverSecret = .md5Hash(authSecret) }
-            } else if case .scramKeys = pool.serverSecret, let scramKeys {
+            } else if case .scramKeys(let clientKey, _) = pool.serverSecret, let scramKeys, clientKey != scramKeys.clientKey {
+                // The password changed (new keys): later server logins use the new ones. The same keys, as on
+                // nearly every login, are left in place.
                 pool.serverSecret = .scramKeys(clientKey: scramKeys.clientKey, serverKey: scramKeys.serverKey)
             }
         }

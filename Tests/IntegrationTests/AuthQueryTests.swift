@@ -20,6 +20,26 @@ import Testing
         #expect(shoal.log.contains("no such user: nosuchrole"))
     }
 
+    /// The pool logs in to PostgreSQL with the keys of its users' SCRAM logins (pass-through). After a password
+    /// change, the first login with the new password brings new keys and the next server login uses them; a
+    /// login with the same keys as before leaves them alone.
+    @Test func passThroughKeysFollowAPasswordChange() async throws {
+        try TestPostgres.shared.psql("drop role if exists rotor; create role rotor login password 'one'")
+        let shoal = try await ShoalInstance {
+            $0.authUser = "postgres"
+            $0.adminUsers = ["postgres"]
+        }
+        defer { Task { await shoal.stop() } }
+        let base = "host=127.0.0.1 port=\(shoal.port) dbname=postgres user=rotor"
+        #expect(try PQConnection("\(base) password=one").scalar("select current_user") == "rotor")
+        #expect(try PQConnection("\(base) password=one").scalar("select 2") == "2")
+        try TestPostgres.shared.psql("alter role rotor password 'two'")
+        // Old servers go: the next client needs a server login, which must use the new keys.
+        try PQConnection(shoal.consoleConninfo()).query("RECONNECT postgres")
+        #expect(try PQConnection("\(base) password=two").scalar("select current_user") == "rotor")
+        #expect(refusal("\(base) password=one").contains("password authentication failed for user \"rotor\""))
+    }
+
     /// issue 15: a burst of logins with random user names costs at most `AuthLookups.connectionsPerTarget`
     /// backends, kept open between lookups — not one backend and one login per startup packet.
     @Test func aBurstOfUnknownUsersStaysWithinTheAuthPool() async throws {

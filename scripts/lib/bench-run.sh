@@ -4,7 +4,8 @@
 #                         stops Shoal and PostgreSQL on exit
 #   bench_start_shoal     starts Shoal in front of $pgport with transaction pooling, scram-sha-256 and the
 #                         settings on its standard input (pgbouncer.ini lines); sets shoal_pid and conninfo. The
-#                         auth file holds $bench_secret (default: the plaintext password)
+#                         auth file holds $bench_secret (default: the plaintext password). BENCH_POOLER=pgbouncer
+#                         starts PgBouncer with the same file instead (shoal_pid is then PgBouncer's)
 #   bench_stored_verifier prints the SCRAM verifier PostgreSQL on $pgport stores for postgres (what a real
 #                         deployment's userlist holds)
 bench_binaries() {
@@ -29,7 +30,9 @@ bench_setup() {
 }
 
 bench_cleanup() {
-    [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
+    # PgBouncer 1.18 ignores SIGQUIT; SIGINT is its safe shutdown (the benchmark's clients are gone by now).
+    local signal=QUIT; [ "${BENCH_POOLER:-shoal}" = pgbouncer ] && signal=INT
+    [ -n "${shoal_pid:-}" ] && kill -"$signal" "$shoal_pid" 2>/dev/null || true
     pg_down "$dir/pg"
     rm -rf "$dir"
 }
@@ -53,9 +56,22 @@ INI
         cat
     } > "$dir/shoal.ini"
     printf '"postgres" "%s"\n' "${bench_secret:-$PG_PASSWORD}" > "$dir/userlist.txt"
-    "$shoal_bin" -q "$dir/shoal.ini" 2> "$dir/shoal.log" &
-    shoal_pid=$!
-    wait_port "$shoalport"
+    if [ "${BENCH_POOLER:-shoal}" = pgbouncer ]; then
+        # PgBouncer with the same file, for the same measurement of the other pooler. It refuses to run as
+        # root; shoal_pid is then PgBouncer's (runuser forks: find the process itself).
+        chown -R postgres "$dir" 2>/dev/null || true
+        if [ "$(id -u)" -eq 0 ]; then
+            runuser -u postgres -- bash -c "ulimit -n $(ulimit -Hn); exec pgbouncer -q $dir/shoal.ini" > /dev/null 2> "$dir/shoal.log" &
+        else
+            pgbouncer -q "$dir/shoal.ini" > /dev/null 2> "$dir/shoal.log" &
+        fi
+        wait_port "$shoalport"
+        shoal_pid=$(pgrep -f "pgbouncer -q $dir/shoal.ini" | tail -1)
+    else
+        "$shoal_bin" -q "$dir/shoal.ini" 2> "$dir/shoal.log" &
+        shoal_pid=$!
+        wait_port "$shoalport"
+    fi
     conninfo="host=127.0.0.1 port=$shoalport dbname=postgres user=postgres password=$PG_PASSWORD sslmode=disable"
 }
 
