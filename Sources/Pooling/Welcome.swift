@@ -68,7 +68,7 @@ public final class Welcome: Sendable {
         }
         for (index, entry) in entries.enumerated() {
             if fast && changed & (1 << UInt64(index)) == 0 {
-                status.withUnsafeReadableBytes { out.writeBytes(UnsafeRawBufferPointer(rebasing: $0[statusRanges[index]])) }
+                _ = status.withUnsafeReadableBytes { out.writeBytes(UnsafeRawBufferPointer(rebasing: $0[statusRanges[index]])) }
             } else {
                 out.writeParameterStatus(name: entry.name, value: welcomed.value(forKey: entry.key) ?? entry.value)
             }
