@@ -308,6 +308,9 @@ extension LinkStateMachine {
             step.action = .sendToServer(startOwn(.replay, sql: sql))
             return step
         }
+        // Nothing to set: if the two sets are equal to the letter, the server keeps the client's storage, so the
+        // next link of any client sharing it (a pool's clients share the welcome's) compares two pointers.
+        server!.parameters.shareStorage(ifEqualTo: parameters)
         if let bytes = takePending(warning: &step.warning) { step.action = .sendToServer(bytes) }
         return step
     }
@@ -430,8 +433,13 @@ extension LinkStateMachine {
     /// the pool's rotation, or its configuration changed under server_fast_close): whether it can be ended
     /// cleanly now.
     public var mayEndSession: Bool {
-        phase == .linked && (options.mode == .session || !pinned.isEmpty)
-            && (releaseBlocker == nil || releaseBlocker == .cancelInFlight)
+        phase == .linked && (options.mode == .session || !pinned.isEmpty) && releaseBlockerAllowsEnd
+    }
+
+    /// No release blocker, or only a cancel in flight (which a closing server does not wait for).
+    public var releaseBlockerAllowsEnd: Bool {
+        let blocker = releaseBlocker
+        return blocker == nil || blocker == .cancelInFlight
     }
 
     /// Ends the link because the server's host left the rotation; the client is then closed.

@@ -117,8 +117,7 @@ extension LinkStateMachine {
         }
         // A server in the middle of a message (an asynchronous one split across reads, or worse) is not released:
         // `releaseBlocker` says `serverMidMessage` until the message ends.
-        guard scan.releasable || probeFinished, options.mode != .session, phase == .linked,
-              releaseBlocker == nil || releaseBlocker == .cancelInFlight else { return read }
+        guard scan.releasable || probeFinished, options.mode != .session, phase == .linked, releaseBlockerAllowsEnd else { return read }
         if probeNeeded {
             read.action = .sendToServer(startOwn(.probe, sql: SessionStateProbe.sql))
         } else if pinned.isEmpty {

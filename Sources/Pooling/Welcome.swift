@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import PostgresWire
 
@@ -26,6 +27,10 @@ public final class Welcome: Sendable {
     private let statusRanges: [Range<Int>]
     /// Entry index by key, to find the few entries a client's own parameters change.
     private let indexByKey: [String: Int]
+    /// The last client's parameters and what they were welcomed with. A pool's clients usually send the same
+    /// startup parameters (one application, one driver): the next such client gets the same set, storage and all,
+    /// so clients and servers share one dictionary and every link compares two pointers (`ParameterSet.sharesStorage`).
+    private let lastWelcomed = NIOLockedValueBox<(client: ParameterSet, welcomed: ParameterSet)?>(nil)
 
     public init(reported: [(String, String)], tracked: Set<String>) {
         entries = reported.map { Entry(name: $0.0, key: $0.0.lowercased(), value: $0.1) }
@@ -88,12 +93,14 @@ public final class Welcome: Sendable {
             }
             return result
         }
+        if let last = lastWelcomed.withLockedValue({ $0 }), last.client.equalsToTheLetter(client) { return last.welcomed }
         var result = base
         for (key, chosen) in client.values {
             if let server = result.value(forKey: key), server.lowercased() == chosen.value.lowercased() { continue }
             result.set(key: key, name: chosen.name, chosen.value)
         }
         result.adoptSession(of: client)
+        lastWelcomed.withLockedValue { $0 = (client, result) }
         return result
     }
 }

@@ -450,6 +450,37 @@ final class FakeClient {}
         #expect(client.setStatement(from: client) == nil)
     }
 
+    /// A server's set takes a client's storage only when the two are equal to the letter; then the comparison on
+    /// the next link is an identity check, and either side changing stays its own (value semantics).
+    @Test func aServerSharesAClientsStorageOnlyWhenEqualToTheLetter() {
+        var client = ParameterSet()
+        client.set("client_encoding", "UTF8")
+        client.set("TimeZone", "UTC")
+        var server = ParameterSet()
+        server.set("TimeZone", "UTC")
+        server.set("client_encoding", "utf8") // equal but for case: no SET needed, and no sharing either
+        #expect(client.setStatement(from: server) == nil)
+        server.shareStorage(ifEqualTo: client)
+        #expect(!server.sharesStorage(with: client))
+        #expect(server["client_encoding"] == "utf8", "the server's confirmed spelling stays")
+
+        server.set("client_encoding", "UTF8")
+        #expect(!server.sharesStorage(with: client))
+        server.shareStorage(ifEqualTo: client)
+        #expect(server.sharesStorage(with: client) && server.equalsToTheLetter(client))
+        #expect(client.setStatement(from: server) == nil)
+        // The client changes a setting: its storage is its own again and the difference is found.
+        client.set("TimeZone", "Europe/Paris")
+        #expect(!server.sharesStorage(with: client))
+        #expect(server["TimeZone"] == "UTC")
+        #expect(client.setStatement(from: server) == "SET TimeZone='Europe/Paris';")
+        // A session setting on one side only also differs.
+        var withSession = server
+        withSession.setSession("search_path", rawValue: "x")
+        #expect(!withSession.sharesStorage(with: server) && !withSession.equalsToTheLetter(server))
+        #expect(server.setStatement(from: withSession) == "RESET search_path;")
+    }
+
     @Test func parsesMoodleOptions() throws {
         let settings = try StartupOptions.parse("--client_encoding=utf8 --standard_conforming_strings=on -c search_path=a\\ b -cTimeZone=UTC")
         #expect(settings.map(\.0) == ["client_encoding", "standard_conforming_strings", "search_path", "TimeZone"])
@@ -799,6 +830,23 @@ extension ClientStatements.Rewrite: Equatable {
         #expect(reloaded["application_name"] == "moodle" && reloaded["client_encoding"] == "UTF8" && reloaded["timezone"] == "Europe/Paris")
         #expect(reloaded["server_version"] == "15.18")
         #expect(reloaded == { var copy = parameters; copy.set("server_version", "15.18"); return copy }())
+    }
+
+    /// Clients that send the same startup parameters get the same welcomed set, storage included (so servers can
+    /// share it too); a client with other parameters gets its own, and a name spelled otherwise is not the same.
+    @Test func clientsWithTheSameParametersShareOneWelcomedSet() {
+        let welcome = Welcome(reported: reported, tracked: tracked)
+        func client(_ name: String, _ value: String) -> ParameterSet { var set = ParameterSet(); set.set(name, value); return set }
+        let first = welcome.welcomedParameters(client: client("application_name", "moodle"), tracked: tracked)
+        let second = welcome.welcomedParameters(client: client("application_name", "moodle"), tracked: tracked)
+        #expect(first.sharesStorage(with: second))
+        let other = welcome.welcomedParameters(client: client("application_name", "pgbench"), tracked: tracked)
+        #expect(!other.sharesStorage(with: first) && other["application_name"] == "pgbench")
+        let third = welcome.welcomedParameters(client: client("application_name", "moodle"), tracked: tracked)
+        #expect(third == first && third["application_name"] == "moodle")
+        let spelledOtherwise = welcome.welcomedParameters(client: client("Application_Name", "moodle"), tracked: tracked)
+        #expect(spelledOtherwise == third)
+        #expect(welcome.welcomedParameters(client: ParameterSet(), tracked: tracked)["application_name"] == "")
     }
 
     /// The welcome's ParameterStatus bytes come mostly from a copy encoded once per pool: they must equal
