@@ -196,7 +196,10 @@ public enum SessionStateScanner {
             var to = index + 1
             while to < end && isIdentifier(sql[to]) { to += 1 }
             let first = lower(sql[index]), length = to - index
-            if first == UInt8(ascii: "p"), length >= 16, length <= 27 {
+            // "pg_" before lower-casing the word into a String: a table named like pgbench_accounts (16 letters,
+            // a "p" first) cost an allocation per statement.
+            if first == UInt8(ascii: "p"), length >= 16, length <= 27, lower(sql[index + 1]) == UInt8(ascii: "g"),
+               sql[index + 2] == UInt8(ascii: "_") {
                 switch lowercased(sql, index, to) {
                 case "pg_advisory_lock", "pg_try_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock_shared":
                     effects.creates.insert(.advisoryLock)
