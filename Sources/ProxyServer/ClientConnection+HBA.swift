@@ -18,13 +18,14 @@ extension ClientConnection {
 
     /// The auth type this login runs under: the configured one, or for `hba` the method of the first rule that
     /// matches. `peer` and `cert` are settled here.
-    func hostBasedAuthType(_ config: ShoalConfig) -> HostBasedOutcome {
+    func hostBasedAuthType(_ snapshot: ConfigSnapshot) -> HostBasedOutcome {
         let method: HBARules.Method
-        switch config.authType {
+        // Fields read through the snapshot, not a `ShoalConfig` argument: passing it copied the whole configuration.
+        switch snapshot.config.authType {
         case .cert:
             method = .cert
         case .hba:
-            guard let rules = config.hbaRules else {
+            guard let rules = snapshot.config.hbaRules else {
                 fatal("no authentication method is found", code: "28000")
                 return .refused
             }
@@ -35,7 +36,7 @@ extension ClientConnection {
             }
             method = rule.method
         default:
-            return .authType(config.authType)
+            return .authType(snapshot.config.authType)
         }
         switch method {
         case .trust: return .authType(.trust)

@@ -162,13 +162,13 @@ extension ClientConnection {
         if snapshot.config.logConnections {
             logger.info("login attempt: db=\(databaseName) user=\(user) tls=\(tlsDescription ?? "no") replication=\(replication?.loginLine ?? "no")")
         }
-        let isConsoleLogin = snapshot.config.isConsoleDatabase(databaseName)
+        let isConsoleLogin = snapshot.isConsoleDatabase(databaseName)
         if !isConsoleLogin && !counted {
             // 08P01, as PgBouncer sends it. The console is exempt, so an operator can always get in.
             return fatal("no more connections allowed (max_client_conn)")
         }
 
-        databaseEntry = isConsoleLogin ? nil : snapshot.config.database(named: databaseName)
+        databaseEntry = isConsoleLogin ? nil : snapshot.database(named: databaseName)
         state = .authenticating
         if isConsoleLogin, user == "pgbouncer", let peerUID, peerUID == geteuid() {
             // PgBouncer's rule: the same OS user on the Unix socket is admin without a password.
@@ -177,7 +177,7 @@ extension ClientConnection {
         }
         let secret = runtime.userList.secrets[user]
         let authType: AuthType
-        switch hostBasedAuthType(snapshot.config) {
+        switch hostBasedAuthType(snapshot) {
         case .refused: return
         case .proven: return beginAuthentication(secret: secret, authType: .trust, snapshot: snapshot)
         case .authType(let type): authType = type
@@ -185,7 +185,7 @@ extension ClientConnection {
         let authUser = databaseEntry?.authUser ?? snapshot.config.authUser
         // The console has no entry of its own: a stats or admin user that exists only in the database is looked up
         // through auth_dbname's entry, as PgBouncer does.
-        let lookupEntry = databaseEntry ?? (isConsoleLogin ? snapshot.config.authDbname.flatMap { snapshot.config.database(named: $0) } : nil)
+        let lookupEntry = databaseEntry ?? (isConsoleLogin ? snapshot.config.authDbname.flatMap { snapshot.database(named: $0) } : nil)
         if secret == nil, let database = lookupEntry, authUser != nil, authType != .any {
             // Not in the auth file: ask the database (auth_query as auth_user), then authenticate. Under trust too:
             // trust skips the password, not the question whether the user exists (PgBouncer's rule).
@@ -268,7 +268,7 @@ extension ClientConnection {
         // Fields are read through the snapshot: a `let config = snapshot.config` copy would retain (and release)
         // every string and collection of the whole configuration on each login.
         let snapshot = runtime.snapshot
-        if snapshot.config.isConsoleDatabase(databaseName) {
+        if snapshot.isConsoleDatabase(databaseName) {
             if snapshot.config.adminUsers.contains(user) { return startConsole(access: .admin) }
             if snapshot.config.statsUsers.contains(user) || snapshot.config.authType == .any { return startConsole(access: .readOnly) }
             runtime.registries[loopIndex].authFailures &+= 1
@@ -331,8 +331,11 @@ extension ClientConnection {
     func sendWelcome(_ welcome: Welcome?) {
         guard let context else { return }
         var out = context.channel.allocator.buffer(capacity: 512)
+        // One snapshot, held in a local: `runtime.snapshot.config.x` on a temporary made the compiler copy (and
+        // retain) the whole configuration to read one field of it.
+        let snapshot = runtime.snapshot
         if let welcome {
-            let tracked = runtime.snapshot.trackedNames
+            let tracked = snapshot.trackedNames
             let client = link.parameters
             link.parameters = welcome.welcomedParameters(client: client, tracked: tracked)
             welcome.writeStatus(into: &out, client: client, welcomed: link.parameters, tracked: tracked)
@@ -341,7 +344,7 @@ extension ClientConnection {
         let key = runtime.registerCancelKey(for: self)
         cancelKey = key
         out.writeBackendKeyData(processID: key.processID, secretKey: key.secretKey)
-        let notice = runtime.snapshot.config.loginNotifyMessage
+        let notice = snapshot.config.loginNotifyMessage
         if !notice.isEmpty { out.writeErrorResponse(severity: "NOTICE", code: "00000", message: notice, notice: true) }
         out.writeReadyForQuery(.idle)
         context.writeAndFlush(wrapOutboundOut(out), promise: nil)
