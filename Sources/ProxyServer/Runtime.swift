@@ -388,7 +388,7 @@ final class ConfigSnapshot: Sendable {
     }
 
     // ShoalConfig's methods, on the snapshot: a method called on `config` (a large struct in this class) was
-    // handed a retained copy of the whole configuration — three per login, 1.3 % of Shoal's samples under
+    // handed a retained copy of the whole configuration — three per login, 0.85 % of Shoal's samples under
     // pgbench -S -C. These read the one stored field they need.
 
     /// `ShoalConfig.isConsoleDatabase`.
