@@ -203,16 +203,20 @@ public struct ShoalConfig: Sendable {
     public init() {}
 
     /// The admin console's virtual database: `pgbouncer`, and `shoal` unless a real database takes that name.
-    // Inlinable, like `database(named:)`: called through a `ConfigSnapshot` on every login, an opaque call made
-    // the caller copy (retain and release) the whole configuration to pass it as `self`.
-    @inlinable
-    public func isConsoleDatabase(_ name: String) -> Bool {
+    public func isConsoleDatabase(_ name: String) -> Bool { Self.isConsoleDatabase(name, databases: databases) }
+
+    /// The database entry for a client's database name, from the `*` fallback when not listed.
+    public func database(named name: String) -> DatabaseEntry? { Self.database(named: name, in: databases) }
+
+    // The same two on the `[databases]` section alone. A configuration held in a class (the runtime's snapshot)
+    // asks these: calling a method on the whole struct there made the caller copy it — every string and
+    // collection retained and released — to pass it as `self`, three times per login (even @inlinable).
+
+    public static func isConsoleDatabase(_ name: String, databases: [String: DatabaseEntry]) -> Bool {
         name == "pgbouncer" || (name == "shoal" && databases["shoal"] == nil)
     }
 
-    /// The database entry for a client's database name, from the `*` fallback when not listed.
-    @inlinable
-    public func database(named name: String) -> DatabaseEntry? {
+    public static func database(named name: String, in databases: [String: DatabaseEntry]) -> DatabaseEntry? {
         if let entry = databases[name] { return entry }
         guard var fallback = databases["*"] else { return nil }
         fallback.name = name

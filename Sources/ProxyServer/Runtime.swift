@@ -389,19 +389,9 @@ final class ConfigSnapshot: Sendable {
 
     // ShoalConfig's methods, on the snapshot: a method called on `config` (a large struct in this class) was
     // handed a retained copy of the whole configuration — three per login, 0.85 % of Shoal's samples under
-    // pgbench -S -C. These read the one stored field they need.
+    // pgbench -S -C. These pass only the `[databases]` section.
 
-    /// `ShoalConfig.isConsoleDatabase`.
-    func isConsoleDatabase(_ name: String) -> Bool {
-        name == "pgbouncer" || (name == "shoal" && config.databases["shoal"] == nil)
-    }
+    func isConsoleDatabase(_ name: String) -> Bool { ShoalConfig.isConsoleDatabase(name, databases: config.databases) }
 
-    /// `ShoalConfig.database(named:)`: the entry for a client's database name, from the `*` fallback when not listed.
-    func database(named name: String) -> DatabaseEntry? {
-        if let entry = config.databases[name] { return entry }
-        guard var fallback = config.databases["*"] else { return nil }
-        fallback.name = name
-        if fallback.dbname == nil { fallback.dbname = name }
-        return fallback
-    }
+    func database(named name: String) -> DatabaseEntry? { ShoalConfig.database(named: name, in: config.databases) }
 }
