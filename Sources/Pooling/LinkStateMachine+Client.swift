@@ -437,7 +437,7 @@ extension LinkStateMachine {
     }
 
     /// No release blocker, or only a cancel in flight (which a closing server does not wait for).
-    public var releaseBlockerAllowsEnd: Bool {
+    var releaseBlockerAllowsEnd: Bool {
         let blocker = releaseBlocker
         return blocker == nil || blocker == .cancelInFlight
     }

@@ -130,14 +130,18 @@ public struct ParameterSet: Sendable, Equatable {
     /// equal but for case, as `setStatement` accepts): the contents do not change, so a server's set still says
     /// only what PostgreSQL confirmed; the next comparison is an identity check.
     public mutating func shareStorage(ifEqualTo other: ParameterSet) {
-        guard !sharesStorage(with: other), equalsToTheLetter(other) else { return }
+        guard !sharesStorage(with: other), sameContents(as: other) else { return }
         values = other.values
         session = other.session
     }
 
     /// The same names as spelled, values and session settings (`==` compares values only).
     public func equalsToTheLetter(_ other: ParameterSet) -> Bool {
-        if sharesStorage(with: other) { return true }
+        sharesStorage(with: other) || sameContents(as: other)
+    }
+
+    /// `equalsToTheLetter`, entry by entry.
+    private func sameContents(as other: ParameterSet) -> Bool {
         guard values.count == other.values.count, session == other.session else { return false }
         for (key, entry) in values {
             guard let theirs = other.values[key], theirs.name == entry.name, theirs.value == entry.value else { return false }

@@ -846,6 +846,7 @@ extension ClientStatements.Rewrite: Equatable {
         #expect(third == first && third["application_name"] == "moodle")
         let spelledOtherwise = welcome.welcomedParameters(client: client("Application_Name", "moodle"), tracked: tracked)
         #expect(spelledOtherwise == third)
+        #expect(!spelledOtherwise.sharesStorage(with: third), "a name spelled otherwise gets a set of its own")
         #expect(welcome.welcomedParameters(client: ParameterSet(), tracked: tracked)["application_name"] == "")
     }
 
