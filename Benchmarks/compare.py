@@ -165,18 +165,20 @@ def main():
             ratio = statistics.median(s["tps"]) / statistics.median(b["tps"])
             cpu = (statistics.median(s["cpu_us"]) / statistics.median(b["cpu_us"])) if s["cpu_us"] and b["cpu_us"] else float("nan")
             print(f"| {scenario} | {ratio:.2f} | {cpu:.2f} |")
-    # Any other pooler target (e.g. shoal-nopin) against shoal, for on/off comparisons of one feature.
+    # Any other pooler target (e.g. shoal-nopin, nio-forwarder) against shoal, for on/off comparisons of one
+    # feature, and against PgBouncer (for the forwarder: NIO's own cost, the floor under Shoal's ratio).
     others = [name for name, _, pid in targets if pid and name not in ("shoal", "pgbouncer")]
     for other in others:
         print()
-        print(f"| scenario | shoal/{other} throughput | shoal/{other} CPU per xact |")
-        print("|---|---:|---:|")
+        print(f"| scenario | shoal/{other} throughput | shoal/{other} CPU per xact | {other}/pgbouncer CPU per xact |")
+        print("|---|---:|---:|---:|")
         for scenario, _ in SCENARIOS:
-            s, o = results.get((scenario, "shoal")), results.get((scenario, other))
+            s, o, b = results.get((scenario, "shoal")), results.get((scenario, other)), results.get((scenario, "pgbouncer"))
             if s and o and s["tps"] and o["tps"]:
                 ratio = statistics.median(s["tps"]) / statistics.median(o["tps"])
                 cpu = (statistics.median(s["cpu_us"]) / statistics.median(o["cpu_us"])) if s["cpu_us"] and o["cpu_us"] else float("nan")
-                print(f"| {scenario} | {ratio:.3f} | {cpu:.3f} |")
+                floor = (statistics.median(o["cpu_us"]) / statistics.median(b["cpu_us"])) if o["cpu_us"] and b and b["cpu_us"] else float("nan")
+                print(f"| {scenario} | {ratio:.3f} | {cpu:.3f} | {floor:.3f} |")
     for name, _, pid in targets:
         if pid:
             print(f"peak RSS {name}: {peak_rss_kb(pid) / 1024:.1f} MiB")

@@ -19,6 +19,11 @@
 # POOLER_BOUND=1: the poolers share CPU 0 (Shoal with worker_threads = 1, every thread of each pinned with
 # taskset), PostgreSQL and pgbench get CPU 1, so the poolers' own cost limits throughput; compare the tps and
 # check the pooler's core is the busy one (its CPU per second is printed as "pooler core use").
+# NIO_FORWARDER=1 adds "nio-forwarder" (Benchmarks/Tools/NIOFloor): a bare SwiftNIO byte forwarder set up as Shoal
+# sets up NIO, one PostgreSQL connection per client — what NIO alone costs per transaction, next to both poolers
+# (PostgreSQL then takes up to 1,100 connections, for the 1,000-client row; the forwarder skips the idle clients).
+# NIO_FORWARDER_CROSS=1 (with NIO_FORWARDER=1) adds "nio-cross": the same forwarder with each client's server on the
+# other loop, so every message hops between threads — what a client linked to another loop's server pays.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -39,6 +44,8 @@ baseport=$((pgport + 4))
 cleanup() {
     [ -n "${shoal_pid:-}" ] && kill -QUIT "$shoal_pid" 2>/dev/null || true
     [ -n "${base_pid:-}" ] && kill -QUIT "$base_pid" 2>/dev/null || true
+    [ -n "${forwarder_pid:-}" ] && kill "$forwarder_pid" 2>/dev/null || true
+    [ -n "${cross_pid:-}" ] && kill "$cross_pid" 2>/dev/null || true
     for pid in ${variant_pids[@]:-}; do kill -QUIT "$pid" 2>/dev/null || true; done
     # PgBouncer 1.18 ignores SIGQUIT; SIGINT waits for servers to be released, then exits.
     [ -n "${bouncer_pid:-}" ] && kill -INT "$bouncer_pid" 2>/dev/null || true
@@ -62,7 +69,9 @@ client_tls_key_file = $dir/server.key
 server_tls_sslmode = require"
     export PGSSLMODE=require
 fi
-pg_up "$dir" "$pgport" "max_connections=300" "${tls_settings[@]}"
+max_connections=300
+[ "${NIO_FORWARDER:-0}" = 1 ] && max_connections=1100
+pg_up "$dir" "$pgport" "max_connections=$max_connections" "${tls_settings[@]}"
 ulimit -n "$(ulimit -Hn)"
 # Both poolers get the same userlist: the SCRAM verifier PostgreSQL stores, as a real deployment would.
 verifier=$(bench_stored_verifier)
@@ -131,13 +140,28 @@ if [ -n "${BASELINE_BIN:-}" ]; then
     wait_port "$baseport"
     base_target=(--target "shoal-before=$baseport:$base_pid")
 fi
+forwarder_target=()
+if [ "${NIO_FORWARDER:-0}" = 1 ]; then
+    swift build -c release --product NIOFloor --package-path Benchmarks >/dev/null
+    [ "${POOLER_BOUND:-0}" = 1 ] && forwarder_loops=1 || forwarder_loops=$(nproc)
+    Benchmarks/.build/release/NIOFloor "$((pgport + 6))" "$pgport" "$forwarder_loops" &
+    forwarder_pid=$!
+    wait_port "$((pgport + 6))"
+    forwarder_target=(--target "nio-forwarder=$((pgport + 6)):$forwarder_pid")
+    if [ "${NIO_FORWARDER_CROSS:-0}" = 1 ]; then
+        Benchmarks/.build/release/NIOFloor "$((pgport + 7))" "$pgport" "$forwarder_loops" cross &
+        cross_pid=$!
+        wait_port "$((pgport + 7))"
+        forwarder_target+=(--target "nio-cross=$((pgport + 7)):$cross_pid")
+    fi
+fi
 wait_port "$shoalport"; wait_port "$bouncerport"
 sleep 0.5
 # runuser forks: find the pgbouncer process itself for CPU accounting.
 bouncer_pid=$(pgrep -f "pgbouncer -q $dir/pgbouncer/pgbouncer.ini" | tail -1)
 if [ "${POOLER_BOUND:-0}" = 1 ]; then
     # Every thread of every pooler on CPU 0; the postmaster on CPU 1 (backends it forks later inherit it).
-    for pid in "$shoal_pid" "$bouncer_pid" ${variant_pids[@]:-} ${base_pid:-}; do taskset -a -p -c 0 "$pid" >/dev/null; done
+    for pid in "$shoal_pid" "$bouncer_pid" ${variant_pids[@]:-} ${base_pid:-} ${forwarder_pid:-} ${cross_pid:-}; do taskset -a -p -c 0 "$pid" >/dev/null; done
     taskset -a -p -c 1 "$(head -1 "$dir/data/postmaster.pid")" >/dev/null
     export PGBENCH_WRAP="taskset -c 1"
 fi
@@ -150,7 +174,7 @@ load_option=(--shoal-load "$load_bin" --load-users "${LOAD_USERS:-2000}")
 python3 Benchmarks/compare.py --seconds "$seconds" --rounds "$rounds" --password "$PG_PASSWORD" \
     "${load_option[@]}" \
     --target "direct=$pgport:" --target "shoal=$shoalport:$shoal_pid" --target "pgbouncer=$bouncerport:$bouncer_pid" "${variant_targets[@]}" \
-    "${base_target[@]}"
+    "${base_target[@]}" "${forwarder_target[@]}"
 # Memory per idle client: RSS before and after 10,000 clients connect and stay idle (shoal-load --workload idle,
 # or IDLE_WORKLOAD).
 idle_clients=${IDLE_CLIENTS:-10000}

@@ -9,7 +9,9 @@
 #   added to Shoal's configuration (e.g. SHOAL_INI='worker_threads = 1'). PERF_EVENT=event records every such
 #   event instead of CPU samples and prints the count per transaction and the callers (e.g. malloc, below).
 #   BENCH_POOLER=pgbouncer profiles PgBouncer (Debian's package) with the same settings instead, to compare
-#   where each pooler's samples go (Shoal-only keys in SHOAL_INI would make PgBouncer refuse the file).
+#   where each pooler's samples go (Shoal-only keys in SHOAL_INI would make PgBouncer refuse the file);
+#   BENCH_POOLER=nio-forwarder profiles a bare NIO byte forwarder set up as Shoal sets up NIO (NIOFloor), to tell
+#   NIO's share from Shoal's (under -S only: it dials PostgreSQL per client, so -S -C is not a floor).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -49,7 +51,7 @@ after=$(cpu)
 done_tx=$(awk '/actually processed/ {print $NF}' "$dir/pgbench.txt")
 tps=$(awk '/^tps/ {print $3; exit}' "$dir/pgbench.txt")
 ticks=$(getconf CLK_TCK)
-who=Shoal; [ "${BENCH_POOLER:-shoal}" = pgbouncer ] && who=PgBouncer
+case "${BENCH_POOLER:-shoal}" in pgbouncer) who=PgBouncer ;; nio-forwarder) who="the NIO forwarder" ;; *) who=Shoal ;; esac
 echo "pgbench ${pgbench_args[*]} through $who, ${seconds} s: $done_tx transactions, $tps tps," \
      "$(python3 -c "print(f'{($after - $before) / $ticks / $done_tx * 1e6:.1f}')") µs $who CPU per transaction (commit $(git rev-parse --short HEAD))"
 if [ -n "${PERF_EVENT:-}" ]; then

@@ -5,7 +5,9 @@
 #   bench_start_shoal     starts Shoal in front of $pgport with transaction pooling, scram-sha-256 and the
 #                         settings on its standard input (pgbouncer.ini lines); sets shoal_pid and conninfo. The
 #                         auth file holds $bench_secret (default: the plaintext password). BENCH_POOLER=pgbouncer
-#                         starts PgBouncer with the same file instead (shoal_pid is then PgBouncer's)
+#                         starts PgBouncer with the same file instead (shoal_pid is then PgBouncer's);
+#                         BENCH_POOLER=nio-forwarder starts Benchmarks/Tools/NIOFloor's bare NIO byte forwarder
+#                         (one PostgreSQL connection per client, no pooling: NIO's own cost)
 #   bench_stored_verifier prints the SCRAM verifier PostgreSQL on $pgport stores for postgres (what a real
 #                         deployment's userlist holds)
 bench_binaries() {
@@ -31,7 +33,8 @@ bench_setup() {
 
 bench_cleanup() {
     # PgBouncer 1.18 ignores SIGQUIT; SIGINT is its safe shutdown (the benchmark's clients are gone by now).
-    local signal=QUIT; [ "${BENCH_POOLER:-shoal}" = pgbouncer ] && signal=INT
+    local signal=QUIT
+    case "${BENCH_POOLER:-shoal}" in pgbouncer) signal=INT ;; nio-forwarder) signal=TERM ;; esac
     [ -n "${shoal_pid:-}" ] && kill -"$signal" "$shoal_pid" 2>/dev/null || true
     pg_down "$dir/pg"
     rm -rf "$dir"
@@ -56,7 +59,12 @@ INI
         cat
     } > "$dir/shoal.ini"
     printf '"postgres" "%s"\n' "${bench_secret:-$PG_PASSWORD}" > "$dir/userlist.txt"
-    if [ "${BENCH_POOLER:-shoal}" = pgbouncer ]; then
+    if [ "${BENCH_POOLER:-shoal}" = nio-forwarder ]; then
+        swift build -c release --product NIOFloor --package-path Benchmarks >/dev/null
+        Benchmarks/.build/release/NIOFloor "$shoalport" "$pgport" 2> "$dir/shoal.log" &
+        shoal_pid=$!
+        wait_port "$shoalport"
+    elif [ "${BENCH_POOLER:-shoal}" = pgbouncer ]; then
         # PgBouncer with the same file, for the same measurement of the other pooler. It refuses to run as
         # root; shoal_pid is then PgBouncer's (runuser forks: find the process itself).
         chown -R postgres "$dir" 2>/dev/null || true
