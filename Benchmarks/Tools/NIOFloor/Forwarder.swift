@@ -14,7 +14,8 @@ import Glibc
 
 /// One side of the pair: what it reads is written to its partner, flushed when the read burst ends. With `cross`,
 /// the partner lives on another loop and every read is handed to it as a task (as Shoal does for a client linked to
-/// a server of another loop), to measure what a hop costs.
+/// a server of another loop), to measure what a hop costs. Unchecked Sendable: tasks carry a side to its own loop,
+/// and `loop` and `partner` are set before the client is registered, so nothing is read across threads unordered.
 final class Glue: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
