@@ -302,7 +302,8 @@ extension LinkStateMachine {
                 step.toClient = out
             }
         }
-        if let sql = parameters.setStatement(from: session.parameters) {
+        let difference = parameters.difference(from: session.parameters)
+        if let sql = difference.sql {
             // The server's view changes when PostgreSQL confirms the SET; until then the client's request waits,
             // so it never runs with settings the server refused.
             step.action = .sendToServer(startOwn(.replay, sql: sql))
@@ -310,7 +311,9 @@ extension LinkStateMachine {
         }
         // Nothing to set: if the two sets are equal to the letter, the server keeps the client's storage, so the
         // next link of any client sharing it (a pool's clients share the welcome's) compares two pointers.
-        server!.parameters.shareStorage(ifEqualTo: parameters)
+        if difference.toTheLetter && !parameters.sharesStorage(with: session.parameters) {
+            server!.parameters.takeStorage(of: parameters)
+        }
         if let bytes = takePending(warning: &step.warning) { step.action = .sendToServer(bytes) }
         return step
     }

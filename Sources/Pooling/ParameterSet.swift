@@ -83,18 +83,30 @@ public struct ParameterSet: Sendable, Equatable {
     /// Session settings the server has and this client does not are RESET, so none leaks from one client to the next.
     /// Values whose quoted form is over 128 bytes are skipped, like PgBouncer.
     public func setStatement(from server: ParameterSet) -> String? {
-        // The commonest case: the server took this client's storage at an earlier link (`shareStorage`).
-        if sharesStorage(with: server) { return nil }
+        difference(from: server).sql
+    }
+
+    /// `setStatement`, and whether the two sets are also equal to the letter (`equalsToTheLetter`), found in the
+    /// same pass: a link asks both, and the server then takes this set's storage (`takeStorage`).
+    public func difference(from server: ParameterSet) -> (sql: String?, toTheLetter: Bool) {
+        // The commonest case: the server took this client's storage at an earlier link.
+        if sharesStorage(with: server) { return (nil, true) }
         // The common case on every link: nothing differs. Check without sorting or allocating.
         var anyDifferent = false
+        var toTheLetter = values.count == server.values.count
         for (key, wanted) in values {
             guard let current = server.values[key] else { anyDifferent = true; break }
-            if current.value != wanted.value && current.value.lowercased() != wanted.value.lowercased() {
-                anyDifferent = true
-                break
+            if current.value != wanted.value {
+                toTheLetter = false
+                if current.value.lowercased() != wanted.value.lowercased() {
+                    anyDifferent = true
+                    break
+                }
+            } else if current.name != wanted.name {
+                toTheLetter = false
             }
         }
-        guard anyDifferent || session != server.session else { return nil }
+        guard anyDifferent || session != server.session else { return (nil, toTheLetter) }
         var sql = ""
         for key in values.keys.sorted() {
             let wanted = values[key]!
@@ -110,7 +122,7 @@ public struct ParameterSet: Sendable, Equatable {
             let value = session[name]!
             sql += name == "role" || name == "session authorization" ? "SET \(name) \(value);" : "SET \(name) = \(value);"
         }
-        return sql.isEmpty ? nil : sql
+        return (sql.isEmpty ? nil : sql, false)
     }
 
     /// Whether both sets hold the very same dictionaries (one took the other's with `shareStorage`): then they are
@@ -131,6 +143,12 @@ public struct ParameterSet: Sendable, Equatable {
     /// only what PostgreSQL confirmed; the next comparison is an identity check.
     public mutating func shareStorage(ifEqualTo other: ParameterSet) {
         guard !sharesStorage(with: other), sameContents(as: other) else { return }
+        takeStorage(of: other)
+    }
+
+    /// `shareStorage` for a caller that has found the two equal to the letter already (`difference`).
+    public mutating func takeStorage(of other: ParameterSet) {
+        assert(equalsToTheLetter(other), "a server's set may only take storage holding the same contents")
         values = other.values
         session = other.session
     }

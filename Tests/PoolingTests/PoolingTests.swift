@@ -481,6 +481,34 @@ final class FakeClient {}
         #expect(server.setStatement(from: withSession) == "RESET search_path;")
     }
 
+    /// `difference` answers in one pass what a link asks: besides the statement (`setStatement` is its first half),
+    /// whether the two sets are equal to the letter — as `equalsToTheLetter`, entry by entry, says.
+    @Test func aLinksOnePassAgreesWithBothQuestions() {
+        func set(_ pairs: [(String, String)], session: [(String, String)] = []) -> ParameterSet {
+            var result = ParameterSet()
+            for (name, value) in pairs { result.set(name, value) }
+            for (name, value) in session { result.setSession(name, rawValue: value) }
+            return result
+        }
+        let base = [("client_encoding", "UTF8"), ("TimeZone", "UTC")]
+        let cases: [(ParameterSet, ParameterSet)] = [
+            (set(base), set(base)),
+            (set(base), set([("client_encoding", "utf8"), ("TimeZone", "UTC")])),
+            (set(base), set([("Client_Encoding", "UTF8"), ("TimeZone", "UTC")])),
+            (set(base), set([("client_encoding", "UTF8")])),
+            (set([("client_encoding", "UTF8")]), set(base)),
+            (set(base), set([("client_encoding", "UTF8"), ("TimeZone", "Europe/Paris")])),
+            (set(base, session: [("search_path", "x")]), set(base)),
+            (set(base), set(base, session: [("search_path", "x")])),
+        ]
+        for (client, server) in cases {
+            let difference = client.difference(from: server)
+            #expect(difference.toTheLetter == client.equalsToTheLetter(server), "\(client.values.keys.sorted()) against \(server.values.keys.sorted())")
+        }
+        #expect(set(base).difference(from: set(base)).toTheLetter)
+        #expect(!set(base).difference(from: set([("client_encoding", "utf8"), ("TimeZone", "UTC")])).toTheLetter)
+    }
+
     @Test func parsesMoodleOptions() throws {
         let settings = try StartupOptions.parse("--client_encoding=utf8 --standard_conforming_strings=on -c search_path=a\\ b -cTimeZone=UTC")
         #expect(settings.map(\.0) == ["client_encoding", "standard_conforming_strings", "search_path", "TimeZone"])
